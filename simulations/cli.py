@@ -1,0 +1,56 @@
+"""The ``fedrec`` command line: parses, then forwards to one module per subcommand.
+
+Each module in :mod:`simulations.commands` exposes ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. A :class:`fedrec.errors.FedrecError`
+anywhere below is printed as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fedrec.errors import FedrecError
+
+# Order is the order shown by ``fedrec --help``.
+COMMANDS = (
+    "split",
+    "evaluate",
+    "baseline",
+    "download",
+    "simulate",
+    "report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedrec",
+        description="Federated, privacy-preserving recommendation (Flower + Opacus).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"simulations.commands.{name}")
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args))
+    except FedrecError as err:
+        print(f"fedrec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
