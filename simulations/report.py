@@ -1,0 +1,276 @@
+"""Render a run directory into ``report.md`` with PNG plots.
+
+The report reads only the files of the run directory (``config.json``,
+``rounds.jsonl``, ``metrics.json`` and, for private runs, ``privacy.json``), so it can
+be re-rendered at any time with ``fedrec report RUN_DIR``. Every number it shows is
+read from those files; it computes nothing new except summaries (median, max) of the
+recorded per-client epsilons.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fedrec.errors import DataError
+
+TABLE_KEYS = (
+    "ndcg@10",
+    "recall@20",
+    "hr@10",
+    "mrr",
+    "coverage@10",
+    "novelty@10",
+    "gini@10",
+    "diversity@10",
+)
+REFERENCE_NAMES = ("popularity", "ease")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            "missing run file", where=str(path), fix="pass a directory written by fedrec simulate"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"not valid JSON ({err.msg})", where=f"{path}:{err.lineno}") from None
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-round records of ``rounds.jsonl`` (empty when the file is absent)."""
+    path = run_dir / "rounds.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DataError(
+                "malformed line in rounds.jsonl",
+                where=f"{path}:{lineno}",
+                fix="the run was cut mid-write; resume it with fedrec simulate --resume",
+            ) from None
+    return rows
+
+
+def references(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The reference baselines (popularity, EASE) recorded beside a run's metrics."""
+    found: dict[str, dict[str, Any]] = {}
+    block = metrics.get("reference") or metrics.get("references") or {}
+    for name in REFERENCE_NAMES:
+        ref = block.get(name) if isinstance(block, dict) else None
+        if ref is None:
+            ref = metrics.get(name)
+        if isinstance(ref, dict):
+            found[name] = ref
+    return found
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(rows: Iterable[tuple[str, dict[str, Any]]]) -> str:
+    """A markdown table of ``TABLE_KEYS`` with one row per (name, metrics)."""
+    lines = [
+        "| model | " + " | ".join(TABLE_KEYS) + " |",
+        "|---|" + "---|" * len(TABLE_KEYS),
+    ]
+    for name, m in rows:
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def _metric_series(rounds: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in rounds:
+        m = row.get("metrics") or {}
+        if isinstance(m, dict) and m.get(key) is not None:
+            xs.append(int(row["round"]))
+            ys.append(float(m[key]))
+    return xs, ys
+
+
+def plot_utility(
+    run_dir: Path, rounds: list[dict[str, Any]], refs: dict[str, dict[str, Any]]
+) -> str | None:
+    """NDCG@10 against round, with popularity and EASE as reference lines."""
+    xs, ys = _metric_series(rounds, "ndcg@10")
+    if not xs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(xs, ys, marker="o", markersize=3, label="federated")
+    for (name, ref), style in zip(refs.items(), ("--", ":"), strict=False):
+        if ref.get("ndcg@10") is not None:
+            ax.axhline(float(ref["ndcg@10"]), linestyle=style, color="gray", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("Utility against round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, run_dir / "utility.png")
+
+
+def plot_loss(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
+    """Mean client training loss against round (recorded only in non-private runs)."""
+    pts = [
+        (int(r["round"]), float(r["train_loss"])) for r in rounds if r.get("train_loss") is not None
+    ]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean client training loss")
+    ax.set_title("Training loss (non-private runs only)")
+    ax.grid(alpha=0.3)
+    return _save(fig, run_dir / "loss.png")
+
+
+def plot_epsilon(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
+    """Epsilon spent so far against round (run epsilon, or median and max per client)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rounds:
+        eps = row.get("epsilon")
+        if isinstance(eps, dict):
+            for name, value in eps.items():
+                if value is not None:
+                    series.setdefault(name, []).append((int(row["round"]), float(value)))
+        elif eps is not None:
+            series.setdefault("epsilon", []).append((int(row["round"]), float(eps)))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon spent")
+    ax.set_title("Privacy budget spent")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, run_dir / "epsilon.png")
+
+
+def plot_client_epsilons(run_dir: Path, privacy: dict[str, Any]) -> str | None:
+    """Histogram of the final per-client epsilons (local DP)."""
+    clients = privacy.get("clients") or {}
+    values = [float(c["epsilon"]) for c in clients.values() if c.get("epsilon") is not None]
+    if not values:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(values, bins=min(30, max(5, len(values) // 10)))
+    ax.set_xlabel("epsilon of a client")
+    ax.set_ylabel("clients")
+    ax.set_title("Distribution of per-client epsilon")
+    return _save(fig, run_dir / "client_epsilon.png")
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _privacy_section(
+    run_dir: Path, config: dict[str, Any], rounds: list[dict[str, Any]]
+) -> list[str]:
+    path = run_dir / "privacy.json"
+    mode = config.get("privacy", "none")
+    if isinstance(mode, dict):
+        mode = mode.get("mode", "none")
+    if not path.exists():
+        return ["## Privacy", "", f"Privacy mode: `{mode}`. No privacy guarantee is claimed.", ""]
+    privacy = _read_json(path)
+    lines = ["## Privacy", ""]
+    eps = privacy.get("epsilon")
+    lines.append(
+        f"Mode `{privacy.get('mode')}`, accountant `{privacy.get('accountant')}` (Opacus), "
+        f"delta = {privacy.get('delta')}, epsilon = {_fmt(eps)}."
+    )
+    if (
+        privacy.get("insecure_noise_seed") is not None
+        or config.get("insecure_noise_seed") is not None
+    ):
+        lines += [
+            "",
+            "**WARNING: this run used `--insecure-noise-seed`; its noise is reproducible "
+            "and its privacy guarantee does not hold. For tests only.**",
+        ]
+    clients = privacy.get("clients") or {}
+    if clients:
+        values = sorted(
+            float(c["epsilon"]) for c in clients.values() if c.get("epsilon") is not None
+        )
+        if values:
+            median = values[len(values) // 2]
+            lines.append(
+                f"Per-client epsilon over {len(values)} clients: "
+                f"median {median:.3f}, max {values[-1]:.3f}."
+            )
+    lines += ["", "See docs/PRIVACY.md for the unit protected and the threat model.", ""]
+    for image in (plot_epsilon(run_dir, rounds), plot_client_epsilons(run_dir, privacy)):
+        if image:
+            lines += [f"![{image}]({image})", ""]
+    return lines
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; return the report path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(
+            "run directory not found", where=str(run_dir), fix="pass the --out of a run"
+        )
+    config = _read_json(run_dir / "config.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    rounds = read_rounds(run_dir)
+    refs = references(metrics)
+    title = (
+        config.get("model", {}).get("kind")
+        if isinstance(config.get("model"), dict)
+        else config.get("model")
+    )
+    lines = [
+        f"# fedrec run: {run_dir.name}",
+        "",
+        f"Data `{config.get('data')}`, model `{title}`, strategy `{config.get('strategy')}`, "
+        f"{len(rounds)} rounds recorded, seed {config.get('seed')}.",
+        "",
+        "## Final metrics (full ranking, uniform over users; docs/PROTOCOL.md)",
+        "",
+        metrics_table([("federated", metrics), *refs.items()]),
+        "",
+    ]
+    for image in (plot_utility(run_dir, rounds, refs), plot_loss(run_dir, rounds)):
+        if image:
+            lines += [f"![{image}]({image})", ""]
+    failed = sum(len(r.get("failed") or []) for r in rounds)
+    seconds = sum(float(r.get("seconds") or 0.0) for r in rounds)
+    lines += [
+        "## Rounds",
+        "",
+        f"{len(rounds)} rounds in {seconds:.1f} s; "
+        f"{failed} client failures recorded in rounds.jsonl.",
+        "",
+    ]
+    lines += _privacy_section(run_dir, config, rounds)
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out
