@@ -53,11 +53,11 @@ class Interactions:
 
     @property
     def n_users(self) -> int:
-        return int(len(self.user_ids))
+        return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
-        return int(len(self.item_ids))
+        return len(self.item_ids)
 
     def __len__(self) -> int:
-        return int(len(self.user))
+        return len(self.user)

@@ -1,0 +1,72 @@
+"""Output directories that appear complete or not at all.
+
+Design rule: nothing half-written is ever left where a user looks. Files are written
+into a hidden temporary sibling of the target, which is renamed into place only when
+every file is written; on any failure the temporary directory is removed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedrec.errors import OutputError
+
+
+def check_output_dir(path: Path) -> None:
+    """Raise :class:`OutputError` unless ``path`` is absent or an empty directory."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(
+            "output path exists and is not a directory", where=str(path), fix="choose another --out"
+        )
+    if path.is_dir() and any(path.iterdir()):
+        raise OutputError(
+            "output directory is not empty",
+            where=str(path),
+            fix="choose a new directory or remove this one first",
+        )
+
+
+@contextmanager
+def atomic_output_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` when the block succeeds.
+
+    Refuses an existing non-empty ``path`` and an unwritable parent with
+    :class:`OutputError`; removes the temporary directory if the block raises.
+    """
+    target = Path(path).expanduser()
+    check_output_dir(target)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise OutputError(
+            f"cannot write output directory ({target.parent} is a file, not a directory)",
+            where=str(target),
+            fix="choose a writable location",
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        tmp.mkdir()  # unlike mkdtemp, keeps the user's umask for the final folder
+    except OSError as err:
+        raise OutputError(
+            f"cannot write output directory ({err.strerror or err})",
+            where=str(target),
+            fix="choose a writable location",
+        ) from err
+    try:
+        yield tmp
+        check_output_dir(target)  # it may have appeared while we were writing
+        if target.is_dir():
+            target.rmdir()
+        tmp.rename(target)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write output directory ({err.strerror or err})",
+            where=str(target),
+            fix="choose a writable location with enough free space",
+        ) from err
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

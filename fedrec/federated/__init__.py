@@ -1,0 +1,1 @@
+"""Flower-free federated core: client functions, server aggregation, reference loop."""

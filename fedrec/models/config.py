@@ -1,0 +1,160 @@
+"""Frozen, validated configuration of a model and of its local training.
+
+Design rule: configuration flows one way, from the CLI or ``[tool.flwr.app.config]``
+into these two frozen dataclasses, and from them into typed arguments. Every value is
+checked at construction, so a bad value fails at the boundary with a
+:class:`fedrec.errors.ConfigError` naming the field and the fix, never deep inside torch.
+
+Defaults are the tuned MF defaults recorded in ``/work/notes/models_api.md``; the
+autoencoder fields are read only by the CDAE / Mult-VAE models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedrec.errors import ConfigError
+
+MODEL_KIND_NAMES = ("mf", "cdae", "multvae")
+MF_LOSSES = ("bce", "bpr")
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+
+
+def _require(ok: bool, what: str, field: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(what, where=field, fix=fix)
+
+
+def _positive(value: float, field: str) -> None:
+    _require(value > 0, f"must be > 0, got {value}", field, "use a positive value")
+
+
+def _non_negative(value: float, field: str) -> None:
+    _require(value >= 0, f"must be >= 0, got {value}", field, "use 0 or a positive value")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What model to build.
+
+    Attributes
+    ----------
+    kind
+        ``"mf"``, ``"cdae"`` or ``"multvae"``.
+    dim
+        Embedding / latent dimension.
+    init_std
+        Standard deviation of the normal initialization of embeddings.
+    loss
+        MF only: ``"bce"`` (pointwise, sampled negatives) or ``"bpr"`` (Rendle et al. 2009).
+    negatives
+        MF only: negatives per positive, drawn uniformly from *all* items,
+        independently of the user's data.
+    item_bias
+        MF only: learn an item bias ``b_i`` (item-side); when off it stays frozen at 0.
+    hidden, dropout, beta
+        Autoencoders only: hidden width, input dropout (denoising corruption) and the
+        KL weight of Mult-VAE (Liang et al. 2018).
+    """
+
+    kind: str = "mf"
+    dim: int = 32
+    init_std: float = 0.1
+    loss: str = "bce"
+    negatives: int = 4
+    item_bias: bool = True
+    hidden: int = 600
+    dropout: float = 0.5
+    beta: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in MODEL_KIND_NAMES,
+            f"unknown model kind {self.kind!r}",
+            "model.kind",
+            f"use one of {', '.join(MODEL_KIND_NAMES)}",
+        )
+        _require(self.dim >= 1, f"must be >= 1, got {self.dim}", "model.dim", "use e.g. 32")
+        _positive(self.init_std, "model.init_std")
+        _require(
+            self.loss in MF_LOSSES,
+            f"unknown MF loss {self.loss!r}",
+            "model.loss",
+            f"use one of {', '.join(MF_LOSSES)}",
+        )
+        _require(
+            self.negatives >= 1, f"must be >= 1, got {self.negatives}", "model.negatives", "use 4"
+        )
+        _require(self.hidden >= 1, f"must be >= 1, got {self.hidden}", "model.hidden", "use 600")
+        _require(
+            0.0 <= self.dropout < 1.0,
+            f"must be in [0, 1), got {self.dropout}",
+            "model.dropout",
+            "use e.g. 0.5",
+        )
+        _non_negative(self.beta, "model.beta")
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """How a device (or the centralized twin) trains.
+
+    Attributes
+    ----------
+    epochs
+        Local epochs per round (passes over the user's examples, fresh negatives each).
+    lr
+        Learning rate of the local optimizer (losses are means over a minibatch).
+    batch_size
+        Examples per minibatch; a user's examples beyond it form further minibatches.
+    optimizer
+        ``"sgd"`` or ``"adam"``; a fresh optimizer each round (no state kept).
+    weight_decay
+        L2 weight decay of the local optimizer (all trainable parameters).
+    proximal_mu
+        FedProx (Li et al. 2020) proximal weight on item-side parameters; 0 = off.
+    refit_steps
+        Federated Reconstruction (Singhal et al. 2021): epochs fitting the user-side
+        parameters alone on the current global item parameters, before a user's first
+        update, before every update when ``refit_every_round``, and before evaluation.
+    refit_lr
+        Learning rate of the user-side refit (same optimizer kind).
+    refit_every_round
+        Refit the user-side state on the new global items before each local update,
+        not only at first participation.
+    """
+
+    epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 1024
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    refit_steps: int = 20
+    refit_lr: float = 0.1
+    refit_every_round: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"must be >= 1, got {self.epochs}", "train.epochs", "use 1+")
+        _positive(self.lr, "train.lr")
+        _require(
+            self.batch_size >= 1,
+            f"must be >= 1, got {self.batch_size}",
+            "train.batch_size",
+            "use e.g. 1024",
+        )
+        _require(
+            self.optimizer in LOCAL_OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r}",
+            "train.optimizer",
+            f"use one of {', '.join(LOCAL_OPTIMIZERS)}",
+        )
+        _non_negative(self.weight_decay, "train.weight_decay")
+        _non_negative(self.proximal_mu, "train.proximal_mu")
+        _require(
+            self.refit_steps >= 0,
+            f"must be >= 0, got {self.refit_steps}",
+            "train.refit_steps",
+            "use 0 (off) or e.g. 20",
+        )
+        _positive(self.refit_lr, "train.refit_lr")

@@ -1,0 +1,83 @@
+"""Matrix factorization for implicit feedback, split for federated training.
+
+The score of item ``i`` for user ``u`` is ``p_u . q_i + b_i``. ``p_u`` (``user_emb``)
+is user-side and stays on the device; ``Q`` (``item_emb``) and ``b`` (``item_bias``)
+are item-side and aggregated, as in FCF (Ammad-ud-din et al. 2019) and Federated
+Reconstruction (Singhal et al. 2021). All three are ``nn.Embedding`` so Opacus computes
+per-example gradients for them.
+
+Losses (``reduction="mean"``):
+
+- ``"bce"``: each positive plus ``negatives`` items drawn uniformly from *all* items,
+  independently of the user's data. A negative that happens to be a positive of the
+  user is kept as a negative: filtering it would make the example set depend on the
+  user's other interactions, which breaks the per-interaction DP unit.
+- ``"bpr"`` (Rendle et al. 2009): one (positive, negative) pair per sampled negative,
+  ``-log sigmoid(x_up - x_un)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedrec.models.config import ModelConfig
+from fedrec.models.trainable import Examples, TrainableRecommender
+
+
+class MatrixFactorization(TrainableRecommender):
+    """MF with user vectors ``P``, item vectors ``Q`` and item biases ``b``."""
+
+    kind = "mf"
+    ITEM_SIDE = ("item_emb.weight", "item_bias.weight")
+    USER_SIDE = ("user_emb.weight",)
+
+    def __init__(self, cfg: ModelConfig, n_items: int, n_users: int = 1) -> None:
+        super().__init__(n_items, n_users)
+        self.cfg = cfg
+        self.user_emb = nn.Embedding(n_users, cfg.dim)
+        self.item_emb = nn.Embedding(n_items, cfg.dim)
+        self.item_bias = nn.Embedding(n_items, 1)
+        nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
+        nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
+        nn.init.zeros_(self.item_bias.weight)
+        self.item_bias.weight.requires_grad_(cfg.item_bias)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits for ``users`` ``[b]`` and ``items`` ``[b]`` or ``[b, k]``."""
+        p = self.user_emb(users)
+        if items.dim() == 2:
+            p = p.unsqueeze(1)
+        return (p * self.item_emb(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+    def make_examples(
+        self,
+        users: npt.NDArray[np.int64],
+        items: npt.NDArray[np.int64],
+        *,
+        generator: torch.Generator,
+    ) -> Examples:
+        """Positives with uniform negatives (BCE) or (positive, negative) pairs (BPR)."""
+        u = torch.as_tensor(np.asarray(users, dtype=np.int64))
+        i = torch.as_tensor(np.asarray(items, dtype=np.int64))
+        k = self.cfg.negatives
+        neg = torch.randint(0, self.n_items, (len(i) * k,), generator=generator)
+        if self.cfg.loss == "bpr":
+            pairs = torch.stack([i.repeat_interleave(k), neg], dim=1)
+            return Examples((u.repeat_interleave(k), pairs), torch.ones(len(pairs)))
+        users_all = torch.cat([u, u.repeat_interleave(k)])
+        labels = torch.cat([torch.ones(len(i)), torch.zeros(len(neg))])
+        return Examples((users_all, torch.cat([i, neg])), labels)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss == "bpr":
+            return -F.logsigmoid(output[:, 0] - output[:, 1]).mean()
+        return F.binary_cross_entropy_with_logits(output, target, reduction="mean")
+
+    def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``P[users] Q^T + b^T``; ``history`` is unused (MF scores from ``p_u``)."""
+        del history
+        return self.user_emb(users) @ self.item_emb.weight.T + self.item_bias.weight.T

@@ -1,0 +1,270 @@
+"""Privacy accounting as data: frozen release records composed by an Opacus accountant.
+
+Design rule (after Google's ``dp_accounting``): what a mechanism spent is *data*, a list
+of :class:`Release` records ``(noise_multiplier, sample_rate, steps)``, each one a
+Poisson-subsampled Gaussian mechanism applied ``steps`` times. Epsilon is never stored
+as the source of truth: it is recomputed from that list by a fresh Opacus accountant
+(:func:`epsilon_from_history`), so a report, a ledger or a resumed run can always be
+re-checked from its recorded history alone. No epsilon formula is written here; RDP
+(Mironov 2017; Mironov, Talwar & Zhang 2019) and PRV (Gopi, Lee & Wutschitz, NeurIPS
+2021) are Opacus's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedrec.errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "prv")
+"""Accountants a run may choose; ``"rdp"`` is the default."""
+
+HistoryEntry = list[float]
+"""One Opacus history entry ``[noise_multiplier, sample_rate, steps]`` (JSON-ready)."""
+
+
+def _check(ok: bool, what: str, where: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(what, where=where, fix=fix)
+
+
+def check_accountant(accountant: str) -> None:
+    """Raise :class:`ConfigError` unless ``accountant`` is one of :data:`ACCOUNTANTS`."""
+    _check(
+        accountant in ACCOUNTANTS,
+        f"unknown accountant {accountant!r}",
+        "privacy.accountant",
+        f"use one of {', '.join(ACCOUNTANTS)}",
+    )
+
+
+def check_delta(delta: float) -> None:
+    """Raise :class:`ConfigError` unless ``0 < delta < 1``."""
+    _check(0.0 < delta < 1.0, f"delta must be in (0, 1), got {delta}", "privacy.delta", "use 1e-5")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Poisson-subsampled Gaussian mechanism, applied ``steps`` times.
+
+    Attributes
+    ----------
+    noise_multiplier
+        Noise standard deviation divided by the clip norm (sensitivity), ``> 0``.
+    sample_rate
+        Poisson sampling probability of each privacy unit per step, in ``(0, 1]``.
+    steps
+        Number of compositions, ``>= 0``.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        _check(
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0,
+            f"noise_multiplier must be finite and > 0, got {self.noise_multiplier}",
+            "privacy.noise_multiplier",
+            "calibrate it with calibrate_noise or set a positive value",
+        )
+        _check(
+            0.0 < self.sample_rate <= 1.0,
+            f"sample_rate must be in (0, 1], got {self.sample_rate}",
+            "privacy.sample_rate",
+            "use batch size / examples (local) or clients per round / clients (central)",
+        )
+        _check(
+            int(self.steps) == self.steps and self.steps >= 0,
+            f"steps must be an integer >= 0, got {self.steps}",
+            "privacy.steps",
+            "count optimizer steps (local) or rounds (central)",
+        )
+
+    def entry(self) -> HistoryEntry:
+        """The Opacus history entry ``[noise_multiplier, sample_rate, steps]``."""
+        return [float(self.noise_multiplier), float(self.sample_rate), int(self.steps)]
+
+
+def _as_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
+    """Validate and copy a history, merging consecutive equal mechanisms like Opacus."""
+    out: list[HistoryEntry] = []
+    for raw in history:
+        if len(raw) != 3:
+            raise ConfigError(
+                f"history entry {list(raw)} must be [noise_multiplier, sample_rate, steps]",
+                where="privacy history",
+                fix="restore the history exactly as it was written",
+            )
+        release = Release(float(raw[0]), float(raw[1]), int(raw[2]))
+        if release.steps == 0:
+            continue
+        if out and out[-1][0] == release.noise_multiplier and out[-1][1] == release.sample_rate:
+            out[-1][2] = int(out[-1][2]) + release.steps
+        else:
+            out.append(release.entry())
+    return out
+
+
+def epsilon_from_history(
+    history: Iterable[Sequence[float]], delta: float, accountant: str = "rdp"
+) -> float:
+    """Epsilon spent by ``history`` at ``delta``, from a fresh Opacus accountant.
+
+    Parameters
+    ----------
+    history
+        Entries ``[noise_multiplier, sample_rate, steps]`` as recorded in a ledger or
+        ``privacy.json``.
+    delta
+        Target delta in ``(0, 1)``.
+    accountant
+        ``"rdp"`` or ``"prv"``.
+
+    Returns
+    -------
+    float
+        Epsilon (``0.0`` for an empty history). PRV returns its upper bound.
+    """
+    check_accountant(accountant)
+    check_delta(delta)
+    entries = _as_history(history)
+    if not entries:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(e[0], e[1], int(e[2])) for e in entries]
+    return float(acc.get_epsilon(delta=delta))
+
+
+class PrivacyAccount:
+    """A composed record of releases whose epsilon Opacus computes on demand.
+
+    Parameters
+    ----------
+    accountant
+        ``"rdp"`` (default) or ``"prv"``.
+    history
+        Entries to start from (e.g. restored from a ledger or checkpoint).
+    """
+
+    def __init__(self, *, accountant: str = "rdp", history: Iterable[Sequence[float]] = ()) -> None:
+        check_accountant(accountant)
+        self.accountant = accountant
+        self._history = _as_history(history)
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """A copy of Opacus's ``[[noise_multiplier, sample_rate, steps], ...]``."""
+        return [list(e) for e in self._history]
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        """Compose one more Poisson-subsampled Gaussian mechanism, ``steps`` times."""
+        self.record_release(Release(noise_multiplier, sample_rate, steps))
+
+    def record_release(self, release: Release) -> None:
+        """Compose ``release`` into this account."""
+        self._history = _as_history([*self._history, release.entry()])
+
+    def after(self, release: Release) -> PrivacyAccount:
+        """A new account: this one with ``release`` composed (this one is unchanged)."""
+        return PrivacyAccount(accountant=self.accountant, history=[*self._history, release.entry()])
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta`` (recomputed by a fresh Opacus accountant)."""
+        return epsilon_from_history(self._history, delta, self.accountant)
+
+    @property
+    def steps(self) -> int:
+        """Total number of composed mechanism applications."""
+        return sum(int(e[2]) for e in self._history)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"accountant": ..., "history": [...]}``; restores exactly via :meth:`from_json`."""
+        return {"accountant": self.accountant, "history": self.history}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PrivacyAccount:
+        """Restore an account written by :meth:`to_json`."""
+        return cls.from_history(data["history"], accountant=str(data["accountant"]))
+
+    @classmethod
+    def from_history(
+        cls, history: Iterable[Sequence[float]], *, accountant: str = "rdp"
+    ) -> PrivacyAccount:
+        """An account holding exactly ``history``."""
+        return cls(accountant=accountant, history=history)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PrivacyAccount):
+            return NotImplemented
+        return self.accountant == other.accountant and self._history == other._history
+
+    def __repr__(self) -> str:
+        return f"PrivacyAccount(accountant={self.accountant!r}, history={self._history!r})"
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+) -> float:
+    """The smallest noise multiplier (to Opacus's 0.01 tolerance) reaching the target.
+
+    Binary search by :func:`opacus.accountants.utils.get_noise_multiplier`; the result
+    never overshoots: ``epsilon_from_history([[z, q, steps]], delta) <= target_epsilon``.
+
+    Raises
+    ------
+    ConfigError
+        On a non-positive epsilon, a delta outside ``(0, 1)``, a sample rate outside
+        ``(0, 1]``, ``steps < 1``, an unknown accountant, or a budget needing a noise
+        multiplier above 1e6.
+    """
+    _check(
+        math.isfinite(target_epsilon) and target_epsilon > 0,
+        f"target epsilon must be finite and > 0, got {target_epsilon}",
+        "privacy.epsilon",
+        "use e.g. 1, 4 or 8",
+    )
+    check_delta(delta)
+    check_accountant(accountant)
+    Release(1.0, sample_rate, steps)  # validates sample_rate and steps
+    _check(steps >= 1, f"steps must be >= 1, got {steps}", "privacy.steps", "train at least once")
+    try:
+        sigma = get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=int(steps),
+            accountant=accountant,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot reach epsilon={target_epsilon} at delta={delta} with q={sample_rate}, "
+            f"{steps} steps ({exc})",
+            where="privacy.epsilon",
+            fix="raise the epsilon budget, or lower the sample rate or the number of steps",
+        ) from exc
+    return float(sigma)
+
+
+def default_delta(n_units: int) -> float:
+    """The default delta: ``min(1e-5, 1 / (10 * n_units))``.
+
+    A mechanism that publishes one random unit's data in the clear is ``(0, 1/n)``-DP,
+    so a meaningful delta must sit well below ``1/n`` for the ``n`` units the guarantee
+    is about; we require a factor ten, and never exceed the customary 1e-5. Pass the
+    number of users for a central (user-level) run; for a local run the per-device
+    dataset is far smaller than the number of users, so the same value is conservative.
+    """
+    _check(n_units >= 1, f"need at least one unit, got {n_units}", "default_delta", "pass n >= 1")
+    return min(1e-5, 1.0 / (10.0 * n_units))

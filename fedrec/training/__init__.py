@@ -1,0 +1,1 @@
+"""Local (on-device) training loop and the centralized twin of every model."""

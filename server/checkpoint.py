@@ -1,0 +1,125 @@
+"""The server's durable files: checkpoint, round log and final metrics.
+
+Design rule: everything the server writes is written atomically (a temporary sibling
+renamed over the target with ``os.replace``), so a run killed at any instant leaves
+either the old or the new file. The checkpoint is written at the end of every round
+and is the single point a run resumes from: ``checkpoint.npz`` holds the global
+item-side arrays (``item.<j>``, upload order) and the server optimizer's flat state
+(``opt.<key>``, :meth:`fedrec.federated.aggregation.ServerOptimizer.state_dict`);
+``checkpoint.json`` names the round and the arrays' shapes. ``rounds.jsonl`` gets one
+line per finished round; on resume, lines past the checkpoint are dropped, so the log
+and the checkpoint always agree.
+
+The file names are the run-directory layout of :mod:`simulations.run_dir`, which
+imports them from here (the server must not import ``simulations``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedrec.errors import StoreError
+from fedrec.models.base import Arrays
+
+CHECKPOINT_NPZ = "checkpoint.npz"
+CHECKPOINT_JSON = "checkpoint.json"
+ROUNDS_JSONL = "rounds.jsonl"
+METRICS_JSON = "metrics.json"
+CONFIG_JSON = "config.json"
+CLIENTS_DIR = "clients"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The server state after ``round`` finished rounds (0 = nothing trained yet)."""
+
+    round: int
+    item_arrays: Arrays
+    optimizer_state: dict[str, npt.NDArray[np.generic]]
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write ``checkpoint.npz`` then ``checkpoint.json`` (the latter names the round)."""
+    arrays: dict[str, npt.NDArray[np.generic]] = {
+        f"item.{j}": a for j, a in enumerate(ckpt.item_arrays)
+    }
+    arrays.update({f"opt.{k}": v for k, v in ckpt.optimizer_state.items()})
+    arrays["round"] = np.array(ckpt.round, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(run_dir / CHECKPOINT_NPZ, buf.getvalue())
+    meta = {"round": ckpt.round, "item_shapes": [list(a.shape) for a in ckpt.item_arrays]}
+    atomic_write_json(run_dir / CHECKPOINT_JSON, meta)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The checkpoint in ``run_dir``, or ``None`` when the run never finished a round."""
+    path = run_dir / CHECKPOINT_NPZ
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise StoreError(
+            f"unreadable checkpoint ({err})", where=str(path), fix="start a new run"
+        ) from err
+    n_items = sum(1 for k in raw if k.startswith("item."))
+    return Checkpoint(
+        round=int(raw["round"]),
+        item_arrays=[raw[f"item.{j}"].astype(np.float32) for j in range(n_items)],
+        optimizer_state={k[4:]: v for k, v in raw.items() if k.startswith("opt.")},
+    )
+
+
+def append_round(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one round's record to ``rounds.jsonl`` (one JSON object per line)."""
+    with open(run_dir / ROUNDS_JSONL, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def truncate_rounds(run_dir: Path, last_round: int) -> None:
+    """Keep only the ``rounds.jsonl`` lines of rounds ``<= last_round`` (resume)."""
+    path = run_dir / ROUNDS_JSONL
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line torn by the interruption: everything after it is dropped
+        if int(record.get("round", 0)) <= last_round:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))

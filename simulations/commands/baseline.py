@@ -1,0 +1,197 @@
+"""``fedrec baseline``: train one centralized model, evaluate it, write a run directory.
+
+Centralized references for the federated runs, on exactly the same split and
+evaluator: popularity, item-kNN and EASE from :mod:`fedrec.baselines`, and the
+centralized twins of the federated models (mf, cdae, multvae). ``--seeds 0,1,2``
+repeats split + fit + evaluation per seed and reports the mean and std of each metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fedrec.baselines import BASELINES, make_baseline
+from fedrec.data.interactions import Interactions
+from fedrec.data.split import Split, random_split, temporal_split
+from fedrec.errors import ConfigError
+from fedrec.metrics import evaluate_scores
+from fedrec.metrics.evaluate import Metrics
+from simulations.commands.common import add_data_arguments, load_data, prepare_output_dir
+from simulations.seeds import SeedSummary, parse_seeds, run_seeds
+
+NAME = "baseline"
+HELP = "Train a centralized reference model (popularity, itemknn, ease, mf, cdae, multvae)."
+TRAINED = ("mf", "cdae", "multvae")
+MODELS = (*BASELINES, *TRAINED)
+
+ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Everything that decides a baseline run's result (written to ``config.json``)."""
+
+    data: str
+    model: str
+    seeds: tuple[int, ...]
+    split: str = "random"
+    test_fraction: float = 0.2
+    ease_lambda: float = 500.0
+    knn_k: int = 20
+    epochs: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BaselineConfig:
+        seeds = parse_seeds(args.seeds) if args.seeds else (int(args.seed),)
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"must be >= 1, got {args.epochs}", where="--epochs", fix="use 1+")
+        if not args.ease_lambda > 0:
+            raise ConfigError(
+                f"must be > 0, got {args.ease_lambda}", where="--ease-lambda", fix="use e.g. 500"
+            )
+        if args.knn_k < 1:
+            raise ConfigError(f"must be >= 1, got {args.knn_k}", where="--knn-k", fix="use e.g. 20")
+        if not 0.0 < args.test_fraction < 1.0:
+            raise ConfigError(
+                f"must be in (0, 1), got {args.test_fraction}",
+                where="--test-fraction",
+                fix="use e.g. 0.2",
+            )
+        return cls(
+            data=str(args.data),
+            model=args.model,
+            seeds=seeds,
+            split=args.split,
+            test_fraction=float(args.test_fraction),
+            ease_lambda=float(args.ease_lambda),
+            knn_k=int(args.knn_k),
+            epochs=args.epochs,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--model", required=True, choices=MODELS, help="model to train")
+    parser.add_argument("--out", required=True, type=Path, help="run directory to create")
+    _add_if_missing(parser, "--seed", type=int, default=0, help="split/model seed (default 0)")
+    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (mean and std)")
+    _add_if_missing(
+        parser, "--split", choices=("random", "temporal"), default="random", help="split method"
+    )
+    _add_if_missing(
+        parser, "--test-fraction", type=float, default=0.2, help="held-out share per user"
+    )
+    parser.add_argument("--ease-lambda", type=float, default=500.0, help="EASE L2 penalty")
+    parser.add_argument("--knn-k", type=int, default=20, help="item-kNN neighbours per item")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="mf/cdae/multvae: training epochs (default: model's)",
+    )
+
+
+def _add_if_missing(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
+    # add_data_arguments may already define the shared split flags.
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+
+
+def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:
+    """The protocol split of ``data`` for one seed (temporal splits ignore the seed)."""
+    if config.split == "temporal":
+        return temporal_split(data, test_fraction=config.test_fraction)
+    return random_split(data, test_fraction=config.test_fraction, seed=seed)
+
+
+def fit_scores(config: BaselineConfig, split: Split, seed: int) -> ScoreFn:
+    """Fit ``config.model`` on ``split.train`` and return its score function."""
+    if config.model in TRAINED:
+        from fedrec.models.config import LocalTrainConfig, ModelConfig
+        from fedrec.training.centralized import train_centralized
+
+        model_cfg = ModelConfig(kind=config.model)
+        return train_centralized(
+            model_cfg, LocalTrainConfig(), split, seed=seed, epochs=config.epochs
+        )
+    options: dict[str, object] = {}
+    if config.model == "ease":
+        options["lam"] = config.ease_lambda
+    elif config.model == "itemknn":
+        options["k"] = config.knn_k
+    return make_baseline(config.model, **options).fit(split.train).score
+
+
+def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metrics:
+    """Split, fit and evaluate for one seed: the protocol's metric dict."""
+    split = make_split(data, config, seed)
+    return evaluate_scores(fit_scores(config, split, seed), split)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = BaselineConfig.from_args(args)
+    data = load_data(args)
+    start = time.monotonic()
+    summary = run_seeds(config.seeds, lambda seed: evaluate_seed(config, data, seed))
+    elapsed = time.monotonic() - start
+    with prepare_output_dir(args.out) as tmp:
+        _write_json(Path(tmp) / "config.json", _config_json(config, data, elapsed))
+        _write_json(Path(tmp) / "metrics.json", _metrics_json(summary))
+    print(format_table(config, summary))
+    print(f"wrote {args.out}/metrics.json ({elapsed:.1f} s)")
+    return 0
+
+
+def _metrics_json(summary: SeedSummary) -> Mapping[str, object]:
+    if len(summary.per_seed) == 1:
+        return next(iter(summary.per_seed.values()))
+    return summary.to_json()
+
+
+def _config_json(config: BaselineConfig, data: Interactions, seconds: float) -> dict[str, object]:
+    return {
+        "command": NAME,
+        **asdict(config),
+        "data_source": data.source,
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "n_interactions": len(data),
+        "fit_and_evaluate_seconds": round(seconds, 3),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _write_json(path: Path, payload: Mapping[str, object]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def format_table(config: BaselineConfig, summary: SeedSummary) -> str:
+    """An aligned two-column table; ``mean ± std`` when there are several seeds."""
+    many = len(summary.per_seed) > 1
+    rows = [
+        (key, _cell(value, summary.std[key] if many else None))
+        for key, value in summary.mean.items()
+    ]
+    seeds = ",".join(str(s) for s in summary.per_seed)
+    title = f"{config.model} on {config.data} ({config.split} split, seed {seeds})"
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in rows)])
+
+
+def _cell(value: float | None, std: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{value:g}"
+    return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
