@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +174,16 @@ def test_seeds_parse_and_summarize() -> None:
     assert summary.std["ndcg@10"] == pytest.approx(np.sqrt(0.02))
 
 
+def test_reference_metrics_give_every_key(split: Split) -> None:
+    from fedrec.baselines import reference_metrics
+    from fedrec.metrics import METRIC_KEYS
+
+    ref = reference_metrics(split, ease_lambda=50)
+    assert set(ref) == {"popularity", "ease"}
+    assert all(set(METRIC_KEYS) <= set(m) for m in ref.values())
+    assert ref["ease"]["ndcg@10"] > ref["popularity"]["ndcg@10"]
+
+
 @pytest.fixture(scope="module")
 def ml100k_split() -> Split:
     if not (ML100K / "u.data").exists():
@@ -189,9 +198,7 @@ def test_ml100k_reference_numbers(ml100k_split: Split) -> None:
     from fedrec.baselines import reference_metrics
 
     # Execute
-    start = time.monotonic()
     ref = reference_metrics(ml100k_split, ease_lambda=500)
-    seconds = time.monotonic() - start
     # Assert: the numbers of docs/PROTOCOL.md
     pop, ease = ref["popularity"], ref["ease"]
     assert pop["users_evaluated"] == ease["users_evaluated"] == 943
@@ -200,7 +207,6 @@ def test_ml100k_reference_numbers(ml100k_split: Split) -> None:
     assert ease["recall@20"] == pytest.approx(0.4550, abs=0.003)
     assert ease["hr@10"] == pytest.approx(0.9449, abs=0.003)
     assert ease["mrr"] == pytest.approx(0.7153, abs=0.003)
-    assert seconds < 10
 
 
 def test_cli_baseline_writes_run_directory(tmp_path: Path) -> None:

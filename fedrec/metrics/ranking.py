@@ -122,7 +122,7 @@ def metrics_from_hits(
         hits = np.pad(hits, ((0, 0), (0, LIST_LENGTH - hits.shape[1])))
     n_rel = np.asarray(n_relevant, dtype=np.float64)
     discounts = 1.0 / np.log2(np.arange(2, 12, dtype=np.float64))
-    ideal = np.cumsum(discounts)[np.minimum(n_rel, 9).astype(np.int64) - 1]
+    ideal = np.cumsum(discounts)[np.minimum(n_rel, 10).astype(np.int64) - 1]
     hits10 = hits[:, :10].sum(axis=1).astype(np.float64)
     precision = hits10 / 10.0
     recall10 = hits10 / np.minimum(n_rel, 10.0)

@@ -83,14 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--model", required=True, choices=MODELS, help="model to train")
     parser.add_argument("--out", required=True, type=Path, help="run directory to create")
-    _add_if_missing(parser, "--seed", type=int, default=0, help="split/model seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="split and model seed (default 0)")
     parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (mean and std)")
-    _add_if_missing(
-        parser, "--split", choices=("random", "temporal"), default="random", help="split method"
-    )
-    _add_if_missing(
-        parser, "--test-fraction", type=float, default=0.2, help="held-out share per user"
-    )
+    parser.add_argument("--split", choices=("random", "temporal"), default="random")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share per user")
     parser.add_argument("--ease-lambda", type=float, default=500.0, help="EASE L2 penalty")
     parser.add_argument("--knn-k", type=int, default=20, help="item-kNN neighbours per item")
     parser.add_argument(
@@ -99,12 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mf/cdae/multvae: training epochs (default: model's)",
     )
-
-
-def _add_if_missing(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
-    # add_data_arguments may already define the shared split flags.
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
 
 
 def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:

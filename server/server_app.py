@@ -1,0 +1,159 @@
+"""The Flower ``ServerApp``: wiring only; every decision is a fedrec function.
+
+Design rule: the round loop is our own (not ``Strategy.start``) because a fedrec run
+must (a) start from a checkpoint at any round, (b) evaluate every ``eval-every``
+rounds on a *sample* of users and at the end on *all* users, and (c) log who
+participated and who failed in each round. The loop calls the strategy's four hooks
+(:mod:`server.strategies`) with ``grid.send_and_receive``; everything durable goes
+through :mod:`server.checkpoint`, in this order per round: the round's line in
+``rounds.jsonl``, then the checkpoint (a resume drops log lines past the checkpoint).
+
+Settings come from :class:`server.settings.RunSettings`: from ``[tool.flwr.app.config]``
+under ``flwr run``, or given directly by ``fedrec simulate`` (:func:`make_server_app`).
+In simulation the server also loads the split: to know which users exist, which have
+test items, and the item popularity that novelty needs. A deployment would replace
+that with registration data; the metrics themselves are computed on the devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.baselines import reference_metrics
+from fedrec.data.split import Split
+from fedrec.federated.aggregation import build_server_optimizer
+from fedrec.models.base import Arrays
+from fedrec.models.registry import init_item_arrays, item_array_shapes
+from server.checkpoint import (
+    METRICS_JSON,
+    Checkpoint,
+    append_round,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_rounds,
+)
+from server.sampling import discover_users
+from server.settings import RunSettings, load_split
+from server.strategies import EVAL_ALL_KEY, RoundPlan, build_strategy
+
+RoundCallback = Callable[[dict[str, Any]], None]
+log = logging.getLogger("fedrec.server")
+
+
+def run_server(
+    grid: Grid, settings: RunSettings, on_round: RoundCallback | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the rounds of ``settings`` and return the final metrics."""
+    run_dir = Path(settings.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = load_split(settings)
+    ckpt = load_checkpoint(run_dir)
+    optimizer = build_server_optimizer(settings.server)
+    if ckpt is None:
+        items = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
+        start = 0
+    else:
+        items, start = ckpt.item_arrays, ckpt.round
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    truncate_rounds(run_dir, start)
+    user_nodes = discover_users(grid, split.n_users, timeout=settings.round_timeout)
+    plan = RoundPlan(
+        eligible=np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64),
+        test_users=split.test_users(),
+        user_nodes=user_nodes,
+        clients_per_round=settings.clients_per_round,
+        eval_clients=settings.eval_clients,
+        seed=settings.seed,
+        item_shapes=item_array_shapes(settings.model, split.n_items),
+        catalog=split,
+        weighted=settings.server.weighted,
+    )
+    strategy = build_strategy(
+        settings.server, plan, optimizer, proximal_mu=settings.train.proximal_mu
+    )
+    final: dict[str, Any] | None = None
+    for rnd in range(start + 1, settings.rounds + 1):
+        t0 = time.perf_counter()
+        replies = grid.send_and_receive(
+            strategy.configure_train(rnd, ArrayRecord(items), _client_config(settings), grid),
+            timeout=settings.round_timeout,
+        )
+        new_items, _ = strategy.aggregate_train(rnd, replies)
+        items = new_items.to_numpy_ndarrays() if new_items is not None else items
+        metrics = None
+        last = rnd == settings.rounds
+        if last or (settings.eval_every and rnd % settings.eval_every == 0):
+            metrics = _evaluate(grid, strategy, settings, items, rnd, every_user=last)
+        record = {
+            "round": rnd,
+            "metrics": metrics,
+            "participants": strategy.last_train.participants,
+            "failed": sorted(strategy.last_train.failed),
+            "failures": {str(u): why for u, why in strategy.last_train.failed.items()},
+            "seconds": round(time.perf_counter() - t0, 4),
+            "epsilon": None,
+        }
+        append_round(run_dir, record)
+        save_checkpoint(run_dir, Checkpoint(rnd, items, optimizer.state_dict()))
+        if on_round is not None:
+            on_round(record)
+        final = metrics if last else None
+    if final is None:  # resumed after the last checkpoint: evaluate again (deterministic)
+        final = _evaluate(grid, strategy, settings, items, settings.rounds, every_user=True)
+    return _write_metrics(run_dir, split, final)
+
+
+def _client_config(settings: RunSettings) -> ConfigRecord:
+    return ConfigRecord(dict(settings.client_config()))
+
+
+def _evaluate(
+    grid: Grid, strategy: Any, settings: RunSettings, items: Arrays, rnd: int, *, every_user: bool
+) -> dict[str, Any] | None:
+    config = _client_config(settings)
+    config[EVAL_ALL_KEY] = every_user
+    arrays = ArrayRecord(items)
+    replies = grid.send_and_receive(
+        strategy.configure_evaluate(rnd, arrays, config, grid), timeout=settings.round_timeout
+    )
+    summary = strategy.aggregate_evaluate(rnd, replies)
+    if strategy.last_eval.failed:
+        log.warning("evaluation round %d: %d users failed", rnd, len(strategy.last_eval.failed))
+    return None if summary is None else dict(summary)
+
+
+def _write_metrics(run_dir: Path, split: Split, final: dict[str, Any] | None) -> dict[str, Any]:
+    metrics: dict[str, Any] = dict(final or {})
+    metrics["reference"] = reference_metrics(split)
+    atomic_write_json(run_dir / METRICS_JSON, metrics)
+    return metrics
+
+
+def make_server_app(settings: RunSettings, on_round: RoundCallback | None = None) -> ServerApp:
+    """A ``ServerApp`` running ``settings`` (``fedrec simulate``), ignoring run_config."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        del context
+        run_server(grid, settings, on_round)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .``: settings from ``[tool.flwr.app.config]`` (kebab-case keys)."""
+    run_server(grid, RunSettings.from_run_config(dict(context.run_config)))

@@ -1,0 +1,151 @@
+"""One frozen record of a federated run's settings, and its flat (kebab-case) form.
+
+Design rule: configuration flows one way. ``fedrec simulate`` or
+``[tool.flwr.app.config]`` -> :class:`RunSettings` (validated once) -> typed
+arguments. The flat form (:meth:`RunSettings.to_flat`) is what ``config.json`` stores
+and what ``flwr run`` passes as ``run_config``; :meth:`RunSettings.client_config` is
+the part a client needs, sent in every message's ``ConfigRecord`` (the simulation
+engine's ``run_simulation`` cannot pass a run config to the ``ClientApp``). Flat keys:
+``data``, ``model``, ``strategy``, ``num-server-rounds``, ... at the top level, and
+``model.<field>``, ``train.<field>``, ``server.<field>`` (fields in kebab-case) for the
+model, local-training and server-optimizer dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedrec.data import resolve_data
+from fedrec.data.split import Split, random_split, temporal_split
+from fedrec.errors import ConfigError
+from fedrec.federated.aggregation import ServerConfig
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+
+Scalar = bool | int | float | str
+FEDPROX_DEFAULT_MU = 0.01
+_TOP = {
+    "data": "data",
+    "min-rating": "min_rating",
+    "k-core": "k_core",
+    "split": "split",
+    "test-fraction": "test_fraction",
+    "num-server-rounds": "rounds",
+    "clients-per-round": "clients_per_round",
+    "seed": "seed",
+    "eval-every": "eval_every",
+    "eval-clients": "eval_clients",
+    "privacy": "privacy",
+    "run-dir": "run_dir",
+    "round-timeout": "round_timeout",
+    "noop": "noop",
+    "fail-users": "fail_users",
+}
+_CLIENT_TOP = ("data", "min-rating", "k-core", "split", "test-fraction", "seed", "noop", "fail-users")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides a federated run's result.
+
+    ``noop`` (clients echo the global arrays; for timing the Flower overhead) and
+    ``fail_users`` (these users' clients raise) are TEST-ONLY switches.
+    """
+
+    data: str = "synthetic"
+    min_rating: float | None = None
+    k_core: int | None = None
+    split: str = "random"
+    test_fraction: float = 0.2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rounds: int = 20
+    clients_per_round: int = 100
+    seed: int = 0
+    eval_every: int = 0
+    eval_clients: int = 100
+    privacy: str = "none"
+    run_dir: str = "runs/flwr"
+    round_timeout: float = 600.0
+    noop: bool = False
+    fail_users: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "clients_per_round"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", where=name)
+        if self.eval_every < 0:
+            raise ConfigError(f"must be >= 0, got {self.eval_every}", where="eval-every")
+        if self.split not in ("random", "temporal"):
+            raise ConfigError(f"unknown split {self.split!r}", where="split", fix="random|temporal")
+        if self.privacy != "none":
+            raise ConfigError(
+                f"privacy mode {self.privacy!r} is not available in this build",
+                where="privacy",
+                fix="use --privacy none",
+            )
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """The flat kebab-case form (``config.json``, ``run_config``); ``None`` is left out."""
+        flat: dict[str, Scalar] = {}
+        for key, name in _TOP.items():
+            value = getattr(self, name)
+            if name == "fail_users":
+                value = ",".join(str(u) for u in value)
+            if value is not None:
+                flat[key] = value
+        flat["model"], flat["strategy"] = self.model.kind, self.server.strategy
+        for prefix, obj in (("model", self.model), ("train", self.train), ("server", self.server)):
+            for f in dataclasses.fields(obj):
+                if f.name not in ("kind", "strategy"):
+                    flat[f"{prefix}.{f.name.replace('_', '-')}"] = getattr(obj, f.name)
+        return flat
+
+    def client_config(self) -> dict[str, Scalar]:
+        """What a client needs: data and split spec, seed, model and training settings."""
+        flat = self.to_flat()
+        keep = {k: v for k, v in flat.items() if k in _CLIENT_TOP or k.startswith(("model", "train."))}
+        keep["weighted"] = self.server.weighted
+        keep["store-dir"] = str(self.run_dir).rstrip("/") + "/clients"
+        return keep
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Build from a flat mapping; unknown keys are a :class:`ConfigError`."""
+        top: dict[str, Any] = {}
+        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "server": {}}
+        for key, value in config.items():
+            prefix, _, rest = key.partition(".")
+            if key == "model":
+                parts["model"]["kind"] = value
+            elif key == "strategy":
+                parts["server"]["strategy"] = value
+            elif rest and prefix in parts:
+                parts[prefix][rest.replace("-", "_")] = value
+            elif key in _TOP:
+                top[_TOP[key]] = value
+            else:
+                raise ConfigError(f"unknown setting {key!r}", where="run config", fix="remove it")
+        if isinstance(top.get("fail_users"), str):
+            text = top["fail_users"].strip()
+            top["fail_users"] = tuple(int(u) for u in text.split(",")) if text else ()
+        try:
+            model = ModelConfig(**parts["model"])
+            train = LocalTrainConfig(**parts["train"])
+            server = ServerConfig(**parts["server"])
+        except TypeError as err:
+            raise ConfigError(str(err), where="run config", fix="check the field names") from err
+        if server.strategy == "fedprox" and train.proximal_mu == 0.0:
+            train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)
+        return cls(model=model, train=train, server=server, **top)
+
+
+def load_split(settings: RunSettings) -> Split:
+    """The protocol split of the run's data (same call as the clients make)."""
+    data = resolve_data(settings.data, min_rating=settings.min_rating, k_core=settings.k_core)
+    if settings.split == "temporal":
+        return temporal_split(data, test_fraction=settings.test_fraction)
+    return random_split(data, test_fraction=settings.test_fraction, seed=settings.seed)

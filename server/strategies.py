@@ -1,0 +1,249 @@
+"""fedavg | fedadam | fedprox as Flower strategies that sample users and aggregate uniformly.
+
+Design rule: each strategy subclasses the Flower strategy of the same name
+(``flwr.serverapp.strategy.FedAvg``, ``FedAdam``, ``FedProx``), so Flower's wrappers
+(e.g. its differential-privacy strategies) can wrap it, but the four hooks that decide
+*who* trains and *how* updates combine are fedrec's own (:class:`_FedrecHooks`):
+
+- ``configure_train`` sends the global arrays to fedrec's seeded Poisson cohort of
+  *users* (:func:`server.sampling.train_cohort`), not to Flower's ``random`` sample;
+- ``aggregate_train`` averages the uploads **uniformly per client** and applies the
+  server optimizer of :mod:`fedrec.federated.aggregation` (FedAvg: McMahan et al. 2017;
+  FedAdam: Reddi et al. 2021; FedProx: Li et al. 2020, proximal term on the client),
+  whose explicit state the checkpoint saves. Flower's example-weighted mean is never
+  used; ``num-examples`` is neither needed nor sent unless count weighting is opted in;
+- failures are tolerated: an error reply, a missing reply (timeout, node gone), a
+  sampled user without a node, or a reply that is not exactly the declared item-side
+  arrays is recorded as failed and left out; the round aggregates what came back;
+- ``configure_evaluate``/``aggregate_evaluate`` ask a seeded sample of test users (or
+  all of them) for their per-user metrics and top-10 lists and average uniformly over
+  users with :func:`fedrec.metrics.aggregate`.
+
+The round loop itself lives in :mod:`server.server_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from fedrec.data.split import Split
+from fedrec.federated.aggregation import ServerConfig, ServerOptimizer
+from fedrec.metrics import aggregate
+from fedrec.models.base import Arrays
+from server.sampling import eval_sample, nodes_of, train_cohort
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+TOP_KEY = "top10"
+EVAL_ALL_KEY = "eval-all"
+NUM_EXAMPLES_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the hooks need to know about the population (fixed for a run).
+
+    ``catalog`` is the split, used only to compute novelty and diversity of the
+    simulated top-10 lists; ``item_shapes`` are the declared upload shapes.
+    """
+
+    eligible: npt.NDArray[np.int64]
+    test_users: npt.NDArray[np.int64]
+    user_nodes: Mapping[int, int]
+    clients_per_round: int
+    eval_clients: int
+    seed: int
+    item_shapes: list[tuple[int, ...]]
+    catalog: Split
+    weighted: bool = False
+
+
+@dataclass
+class Outcome:
+    """Who answered in the last train or evaluate step, and who failed (with why)."""
+
+    participants: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class _FedrecHooks:
+    """The fedrec overrides shared by the three strategies (put first in the bases)."""
+
+    plan: RoundPlan
+    optimizer: ServerOptimizer
+    last_train: Outcome
+    last_eval: Outcome
+
+    def _init_hooks(self, plan: RoundPlan, optimizer: ServerOptimizer) -> None:
+        self.plan, self.optimizer = plan, optimizer
+        self.last_train, self.last_eval = Outcome(), Outcome()
+        self._global: Arrays = []
+        self._sent: dict[int, int] = {}  # node id -> user of the step in flight
+        self._asked: list[int] = []
+
+    def _messages(self, users: npt.NDArray[np.int64], record: RecordDict, kind: str) -> list[Message]:
+        pairs = nodes_of(users, self.plan.user_nodes)
+        self._asked = [int(u) for u in users]
+        self._sent = {node: user for user, node in pairs}
+        return [Message(record, node, kind) for _, node in pairs]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global arrays to the seeded Poisson cohort of users."""
+        self._global = arrays.to_numpy_ndarrays()
+        self._extra_train_config(config)
+        config["server-round"] = server_round
+        cohort = train_cohort(self.plan.eligible, self.plan.clients_per_round, server_round, self.plan.seed)
+        record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        return self._messages(cohort, record, MessageType.TRAIN)
+
+    def _extra_train_config(self, config: ConfigRecord) -> None:
+        del config
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Uniform mean of the valid uploads, then one server-optimizer step."""
+        good, outcome = self._sort_replies(replies, self._check_upload)
+        uploads = [m.content[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]  # type: ignore[union-attr]
+        weights = None
+        if self.plan.weighted and good:
+            weights = [float(m.content[METRICS_KEY][NUM_EXAMPLES_KEY]) for _, m in good]  # type: ignore[index,arg-type]
+        new = self.optimizer.step(self._global, uploads, weights)
+        self.last_train = outcome
+        counts = {"clients": len(good), "failed": len(outcome.failed)}
+        return ArrayRecord(new), MetricRecord(counts)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask a seeded sample of test users (every one when ``eval-all``) to evaluate."""
+        n = 0 if bool(config.get(EVAL_ALL_KEY, False)) else self.plan.eval_clients
+        users = eval_sample(self.plan.test_users, n, server_round, self.plan.seed)
+        config["server-round"] = server_round
+        record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        return self._messages(users, record, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Average per-user metrics uniformly over users; beyond-accuracy from top-10s."""
+        good, outcome = self._sort_replies(replies, _check_eval)
+        self.last_eval = outcome
+        if not good:
+            return None
+        per_user = [{k: float(v) for k, v in m.content[METRICS_KEY].items() if k != TOP_KEY} for _, m in good]  # type: ignore[union-attr, arg-type]
+        tops = [np.asarray(m.content[METRICS_KEY][TOP_KEY], dtype=np.int64) for _, m in good]  # type: ignore[index]
+        summary = aggregate(per_user, tops, self.plan.catalog)
+        return MetricRecord({k: v for k, v in summary.items() if v is not None})
+
+    def _sort_replies(
+        self, replies: Iterable[Message], check: Any
+    ) -> tuple[list[tuple[int, Message]], Outcome]:
+        """Valid replies sorted by user (a deterministic sum), and the failures."""
+        outcome = Outcome()
+        good: list[tuple[int, Message]] = []
+        for msg in replies:
+            user = self._sent.get(msg.metadata.src_node_id)
+            if user is None:
+                continue  # not a reply to this step
+            if msg.has_error():
+                outcome.failed[user] = msg.error.reason.splitlines()[0][:200]
+                continue
+            problem = check(self, msg.content)
+            if problem:
+                outcome.failed[user] = problem
+            else:
+                good.append((user, msg))
+        answered = {u for u, _ in good} | set(outcome.failed)
+        for user in self._asked:
+            if user not in answered:
+                reason = "no node" if user not in self.plan.user_nodes else "no reply"
+                outcome.failed[user] = reason
+        good.sort(key=lambda pair: pair[0])
+        outcome.participants = [u for u, _ in good]
+        outcome.failed = dict(sorted(outcome.failed.items()))
+        return good, outcome
+
+    def _check_upload(self, content: RecordDict) -> str:
+        """Why ``content`` is not a valid upload ('' when it is)."""
+        allowed_metrics = {NUM_EXAMPLES_KEY} if self.plan.weighted else set()
+        if set(content.array_records) != {ARRAYS_KEY} or content.config_records:
+            return "reply must hold exactly one ArrayRecord 'arrays'"
+        if any(set(r) - allowed_metrics for r in content.metric_records.values()):
+            return "reply carries metrics that are not allowed"
+        if self.plan.weighted and NUM_EXAMPLES_KEY not in content.get(METRICS_KEY, {}):  # type: ignore[operator]
+            return "count weighting is on but the reply has no num-examples"
+        shapes = [tuple(a.shape) for a in content[ARRAYS_KEY].to_numpy_ndarrays()]  # type: ignore[union-attr]
+        if shapes != [tuple(s) for s in self.plan.item_shapes]:
+            return f"upload shapes {shapes} != declared {self.plan.item_shapes}"
+        return ""
+
+
+def _check_eval(_: object, content: RecordDict) -> str:
+    if set(content.metric_records) != {METRICS_KEY} or content.array_records:
+        return "evaluation reply must hold exactly one MetricRecord 'metrics'"
+    if TOP_KEY not in content[METRICS_KEY]:  # type: ignore[operator]
+        return "evaluation reply has no top-10 list"
+    return ""
+
+
+class FedAvgStrategy(_FedrecHooks, FedAvg):
+    """FedAvg (McMahan et al. 2017) with fedrec's user sampling and uniform mean."""
+
+    def __init__(self, plan: RoundPlan, optimizer: ServerOptimizer) -> None:
+        FedAvg.__init__(self, min_train_nodes=0, min_evaluate_nodes=0, min_available_nodes=0)
+        self._init_hooks(plan, optimizer)
+
+
+class FedAdamStrategy(_FedrecHooks, FedAdam):
+    """FedAdam (Reddi et al., ICLR 2021) on the uniform mean; moments checkpointed."""
+
+    def __init__(self, plan: RoundPlan, optimizer: ServerOptimizer, cfg: ServerConfig) -> None:
+        FedAdam.__init__(
+            self,
+            min_train_nodes=0,
+            min_evaluate_nodes=0,
+            min_available_nodes=0,
+            eta=cfg.server_lr,
+            beta_1=cfg.beta1,
+            beta_2=cfg.beta2,
+            tau=cfg.tau,
+        )
+        self._init_hooks(plan, optimizer)
+
+
+class FedProxStrategy(_FedrecHooks, FedProx):
+    """FedProx (Li et al., MLSys 2020): FedAvg server, proximal term ``mu`` on clients."""
+
+    def __init__(self, plan: RoundPlan, optimizer: ServerOptimizer, proximal_mu: float) -> None:
+        FedProx.__init__(
+            self,
+            min_train_nodes=0,
+            min_evaluate_nodes=0,
+            min_available_nodes=0,
+            proximal_mu=proximal_mu,
+        )
+        self._init_hooks(plan, optimizer)
+
+    def _extra_train_config(self, config: ConfigRecord) -> None:
+        config["train.proximal-mu"] = float(self.proximal_mu)
+
+
+def build_strategy(
+    cfg: ServerConfig, plan: RoundPlan, optimizer: ServerOptimizer, *, proximal_mu: float
+) -> FedAvgStrategy | FedAdamStrategy | FedProxStrategy:
+    """The strategy named by ``cfg.strategy`` around the fedrec server ``optimizer``."""
+    if cfg.strategy == "fedadam":
+        return FedAdamStrategy(plan, optimizer, cfg)
+    if cfg.strategy == "fedprox":
+        return FedProxStrategy(plan, optimizer, proximal_mu)
+    return FedAvgStrategy(plan, optimizer)
