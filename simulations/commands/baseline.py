@@ -49,6 +49,8 @@ class BaselineConfig:
     ease_lambda: float = 500.0
     knn_k: int = 20
     epochs: int | None = None
+    min_rating: float | None = None
+    k_core: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BaselineConfig:
@@ -76,6 +78,8 @@ class BaselineConfig:
             ease_lambda=float(args.ease_lambda),
             knn_k=int(args.knn_k),
             epochs=args.epochs,
+            min_rating=args.min_rating,
+            k_core=args.k_core,
         )
 
 
@@ -131,10 +135,11 @@ def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metr
 def run(args: argparse.Namespace) -> int:
     config = BaselineConfig.from_args(args)
     data = load_data(args)
-    start = time.monotonic()
-    summary = run_seeds(config.seeds, lambda seed: evaluate_seed(config, data, seed))
-    elapsed = time.monotonic() - start
+    # Enter first: a bad --out fails before the work, and a failure leaves nothing behind.
     with prepare_output_dir(args.out) as tmp:
+        start = time.monotonic()
+        summary = run_seeds(config.seeds, lambda seed: evaluate_seed(config, data, seed))
+        elapsed = time.monotonic() - start
         _write_json(Path(tmp) / "config.json", _config_json(config, data, elapsed))
         _write_json(Path(tmp) / "metrics.json", _metrics_json(summary))
     print(format_table(config, summary))

@@ -21,16 +21,21 @@ from fedrec.data import Interactions, resolve_data
 from fedrec.data.atomic import atomic_output_dir
 from fedrec.errors import ConfigError
 
+DATA_HELP = (
+    "a MovieLens folder, a CSV/Parquet file (user,item[,rating,timestamp]), a "
+    "downloaded name such as ml-100k (under $FEDREC_DATA_DIR), or "
+    "'synthetic[:users=N,items=M,seed=S]'"
+)
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+
+def add_data_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = "synthetic",
+    help: str = DATA_HELP,
+) -> None:
     """Add ``--data``, ``--min-rating`` and ``--k-core`` to ``parser``."""
-    parser.add_argument(
-        "--data",
-        default="synthetic",
-        help="a MovieLens folder, a CSV/Parquet file (user,item[,rating,timestamp]), a "
-        "downloaded name such as ml-100k (under $FEDREC_DATA_DIR), or "
-        "'synthetic[:users=N,items=M,seed=S]' (default: synthetic)",
-    )
+    parser.add_argument("--data", default=default, help=f"{help} (default: {default})")
     parser.add_argument(
         "--min-rating",
         type=float,

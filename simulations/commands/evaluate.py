@@ -37,12 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recs", required=True, type=Path, metavar="FILE", help="CSV with columns user,item,rank"
     )
-    add_data_arguments(parser)
     # Optional here: without it the catalogue is the items of the split files, no genres.
-    parser.set_defaults(data=None)
-    parser._option_string_actions["--data"].help = (
-        "the data set the split was made from (same --min-rating/--k-core), for the full "
-        "item catalogue and genres; default: the items in the split files, diversity null"
+    add_data_arguments(
+        parser,
+        default=None,
+        help="the data set the split was made from (same --min-rating/--k-core), for the "
+        "full item catalogue and genres; without it the catalogue is the items in the split "
+        "files and diversity is null",
     )
 
 

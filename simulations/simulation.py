@@ -1,0 +1,180 @@
+"""Run the fedrec Flower apps in Flower's simulation engine (one virtual node per user).
+
+Design rule: this module only prepares the process (quiet logs, one torch thread per
+client actor, absolute paths) and calls :func:`flwr.simulation.run_simulation` with
+the same ``ServerApp`` logic and ``ClientApp`` that ``flwr run .`` uses. The settings
+reach the ``ServerApp`` directly (:func:`server.server_app.make_server_app`) and the
+clients through each message's config, because ``run_simulation`` has no run-config
+argument.
+
+Resources: the Ray backend runs ``os.cpu_count() / cpus_per_client`` client actors;
+on 2 cores one CPU per client (2 actors) was as fast as 0.5 (4 actors) and faster
+than 2 (1 actor) for 100-client rounds, so ``cpus_per_client=1`` is the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from clients.client_app import app as client_app
+from fedrec.models.registry import init_item_arrays
+from server.sampling import discover_users, train_cohort
+from server.server_app import make_server_app
+from server.settings import RunSettings, load_split
+from server.strategies import ARRAYS_KEY, CONFIG_KEY
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@contextlib.contextmanager
+def quiet_flower(verbose: bool) -> Iterator[None]:
+    """Silence Flower's and Ray's logs (and telemetry) unless ``verbose``."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _backend_config(verbose: bool, cpus_per_client: float) -> dict[str, Any]:
+    return {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "logging_level": "INFO" if verbose else "ERROR",
+            "log_to_driver": verbose,
+        },
+    }
+
+
+def absolute(settings: RunSettings) -> RunSettings:
+    """``settings`` with the run dir and a data path made absolute (actors' cwd differs)."""
+    data = Path(settings.data).expanduser()
+    data_spec = str(data.resolve()) if data.exists() else settings.data
+    return replace(settings, data=data_spec, run_dir=str(Path(settings.run_dir).resolve()))
+
+
+def run_apps(
+    server_app: ServerApp,
+    n_nodes: int,
+    *,
+    verbose: bool = False,
+    cpus_per_client: float = 1.0,
+) -> None:
+    """Run ``server_app`` against ``n_nodes`` fedrec client nodes in the simulation engine."""
+    from flwr.simulation import run_simulation
+
+    with quiet_flower(verbose):
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=n_nodes,
+            backend_config=_backend_config(verbose, cpus_per_client),  # type: ignore[arg-type]
+            verbose_logging=verbose,
+        )
+
+
+def simulate(
+    settings: RunSettings,
+    *,
+    on_round: RoundCallback | None = None,
+    verbose: bool = False,
+    cpus_per_client: float = 1.0,
+) -> dict[str, Any]:
+    """Run (or continue, from the run dir's checkpoint) the rounds of ``settings``.
+
+    The run directory must already exist with its ``config.json``
+    (:func:`simulations.run_dir.create_run_dir`). Returns the final metrics, also
+    written to ``metrics.json``; renders ``report.md`` when :mod:`simulations.report`
+    is available.
+    """
+    from simulations.run_dir import read_metrics
+
+    settings = absolute(settings)
+    n_users = load_split(settings).n_users
+    run_apps(make_server_app(settings, on_round), n_users, verbose=verbose, cpus_per_client=cpus_per_client)
+    run_dir = Path(settings.run_dir)
+    _write_report(run_dir)
+    return read_metrics(run_dir)
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from simulations.report import write_report
+    except ImportError:
+        return
+    write_report(run_dir)
+
+
+def time_noop_vs_train(
+    settings: RunSettings, *, repeats: int = 2, verbose: bool = False
+) -> dict[str, float]:
+    """Seconds of a Flower no-op round vs a training round, same cohort and payload.
+
+    In one simulation (one process, warm actors): a warm-up training round (loads the
+    data in each actor), then ``repeats`` times a no-op round (clients echo the global
+    arrays: same messages, same payload shapes, no training) and a training round, all
+    to round 1's cohort. The run dir of ``settings`` receives client stores only.
+    Returns the median seconds of each and their ratio ``noop / train``.
+    """
+    settings = absolute(settings)
+    split = load_split(settings)
+    times: dict[str, list[float]] = {"noop": [], "train": []}
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        del context
+        user_nodes = discover_users(grid, split.n_users, timeout=settings.round_timeout)
+        eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
+        cohort = train_cohort(eligible, settings.clients_per_round, 1, settings.seed)
+        nodes = [user_nodes[int(u)] for u in cohort if int(u) in user_nodes]
+        arrays = ArrayRecord(init_item_arrays(settings.model, split.n_items, seed=settings.seed))
+        plan = ["train"] + ["noop", "train"] * repeats
+        for i, kind in enumerate(plan):
+            times_kind = _timed_round(grid, nodes, arrays, settings, noop=kind == "noop", rnd=i + 1)
+            if i > 0:
+                times[kind].append(times_kind)
+
+    run_apps(server_app, split.n_users, verbose=verbose)
+    noop, train = float(np.median(times["noop"])), float(np.median(times["train"]))
+    return {
+        "noop_seconds": noop,
+        "train_seconds": train,
+        "ratio": noop / train,
+        "clients": float(settings.clients_per_round),
+    }
+
+
+def _timed_round(
+    grid: Grid, nodes: list[int], arrays: ArrayRecord, settings: RunSettings, *, noop: bool, rnd: int
+) -> float:
+    from flwr.app import Message, MessageType, RecordDict
+
+    config = ConfigRecord(dict(settings.client_config()))
+    config["noop"], config["server-round"] = noop, rnd
+    record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+    t0 = time.perf_counter()
+    replies = list(grid.send_and_receive([Message(record, n, MessageType.TRAIN) for n in nodes]))
+    elapsed = time.perf_counter() - t0
+    failed = sum(1 for r in replies if r.has_error())
+    if failed or len(replies) != len(nodes):
+        raise RuntimeError(f"timing round {rnd}: {failed} errors, {len(replies)}/{len(nodes)} replies")
+    return elapsed
