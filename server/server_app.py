@@ -81,6 +81,7 @@ def run_server(
         settings.server, plan, optimizer, proximal_mu=settings.train.proximal_mu
     )
     final: dict[str, Any] | None = None
+    evaluated_last = False
     for rnd in range(start + 1, settings.rounds + 1):
         t0 = time.perf_counter()
         replies = grid.send_and_receive(
@@ -106,8 +107,8 @@ def run_server(
         save_checkpoint(run_dir, Checkpoint(rnd, items, optimizer.state_dict()))
         if on_round is not None:
             on_round(record)
-        final = metrics if last else None
-    if final is None:  # resumed after the last checkpoint: evaluate again (deterministic)
+        final, evaluated_last = metrics, last
+    if not evaluated_last:  # resumed after the last checkpoint: evaluate again (deterministic)
         final = _evaluate(grid, strategy, settings, items, settings.rounds, every_user=True)
     return _write_metrics(run_dir, split, final)
 
@@ -127,7 +128,12 @@ def _evaluate(
     )
     summary = strategy.aggregate_evaluate(rnd, replies)
     if strategy.last_eval.failed:
-        log.warning("evaluation round %d: %d users failed", rnd, len(strategy.last_eval.failed))
+        log.warning(
+            "evaluation round %d: %d users failed (%s)",
+            rnd,
+            len(strategy.last_eval.failed),
+            next(iter(strategy.last_eval.failed.values())),
+        )
     return None if summary is None else dict(summary)
 
 

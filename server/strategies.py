@@ -24,10 +24,8 @@ The round loop itself lives in :mod:`server.server_app`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -146,7 +144,7 @@ class _FedrecHooks:
         return MetricRecord({k: v for k, v in summary.items() if v is not None})
 
     def _sort_replies(
-        self, replies: Iterable[Message], check: Any
+        self, replies: Iterable[Message], check: Callable[[RecordDict], str]
     ) -> tuple[list[tuple[int, Message]], Outcome]:
         """Valid replies sorted by user (a deterministic sum), and the failures."""
         outcome = Outcome()
@@ -156,9 +154,9 @@ class _FedrecHooks:
             if user is None:
                 continue  # not a reply to this step
             if msg.has_error():
-                outcome.failed[user] = msg.error.reason.splitlines()[0][:200]
+                outcome.failed[user] = _reason(msg.error.reason)
                 continue
-            problem = check(self, msg.content)
+            problem = check(msg.content)
             if problem:
                 outcome.failed[user] = problem
             else:
@@ -188,7 +186,16 @@ class _FedrecHooks:
         return ""
 
 
-def _check_eval(_: object, content: RecordDict) -> str:
+def _reason(text: str) -> str:
+    """The client's own error message out of the engine's wrapped traceback."""
+    marker = "Message: "
+    if marker in text:
+        text = text.rsplit(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "error")[:200].rstrip("'>")
+
+
+def _check_eval(content: RecordDict) -> str:
     if set(content.metric_records) != {METRICS_KEY} or content.array_records:
         return "evaluation reply must hold exactly one MetricRecord 'metrics'"
     if TOP_KEY not in content[METRICS_KEY]:  # type: ignore[operator]

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
 
 from fedrec.errors import ConfigError
 from fedrec.privacy.accounting import (
@@ -16,7 +17,6 @@ from fedrec.privacy.accounting import (
     default_delta,
     epsilon_from_history,
 )
-
 
 EPS = st.floats(0.5, 32.0)
 RATE = st.floats(0.001, 1.0, exclude_min=True)
@@ -64,6 +64,15 @@ def test_epsilon_from_history_reproduces_account(accountant: str) -> None:
     assert epsilon_from_history(history, 1e-5, accountant) == pytest.approx(
         account.epsilon(1e-5), rel=1e-9
     )
+
+
+@pytest.mark.parametrize("history", [[[1.0, 0.3, 7]], [[0.8, 0.05, 40], [1.3, 1.0, 3]]])
+def test_rdp_equals_a_fresh_opacus_accountant(history: list[list[float]]) -> None:
+    # Prepare
+    fresh = RDPAccountant()
+    fresh.history = [(z, q, int(t)) for z, q, t in history]
+    # Execute / Assert
+    assert epsilon_from_history(history, 1e-6, "rdp") == fresh.get_epsilon(delta=1e-6)
 
 
 def test_json_round_trip_is_exact() -> None:
