@@ -147,8 +147,7 @@ def _identify(conn: sqlite3.Connection, path: Path) -> int:
         )
     if version > SCHEMA_VERSION:
         raise _error(
-            f"store schema version {version} is newer than this fedrec supports "
-            f"({SCHEMA_VERSION})",
+            f"store schema version {version} is newer than this fedrec supports ({SCHEMA_VERSION})",
             path,
             "upgrade fedrec; the file was left untouched",
         )
@@ -250,7 +249,9 @@ class DeviceStore:
 
     def interactions(self) -> list[Interaction]:
         """Every stored interaction, oldest first."""
-        rows = self.conn.execute("SELECT seq, item, rating, timestamp FROM interactions ORDER BY seq")
+        rows = self.conn.execute(
+            "SELECT seq, item, rating, timestamp FROM interactions ORDER BY seq"
+        )
         return [Interaction(int(s), i, r, float(t)) for s, i, r, t in rows]
 
     def delete_interactions(self, item: ItemId | None = None) -> int:

@@ -162,7 +162,8 @@ def mmr_rerank(
     row = mmr_rerank_batch(
         score, pool, item_features, k=k, lam=lam, relevance=relevance, redundancy=redundancy
     )[0]
-    return row[row >= 0]
+    kept: IntArray = row[row >= 0]
+    return kept
 
 
 def candidate_pools(

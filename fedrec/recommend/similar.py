@@ -90,7 +90,8 @@ def unit_rows(features: npt.ArrayLike) -> FloatArray:
     if x.ndim != 2:
         raise ValueError(f"item features must be 2-D [n_items, d], got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    unit: FloatArray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return unit
 
 
 def _check_items(items: npt.NDArray[np.int64], n_items: int, what: str) -> None:
