@@ -120,8 +120,8 @@ class RoundConfig:
         Local DP settings, or ``None`` (no privacy).
     """
 
-    model: ModelConfig = ModelConfig()
-    train: LocalTrainConfig = LocalTrainConfig()
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: LocalTrainConfig = dataclasses.field(default_factory=LocalTrainConfig)
     round: int = 1
     seed: int = 0
     item_ids: Sequence[ItemId] | None = None
@@ -193,7 +193,8 @@ def _bias(kind: str, model: TrainableRecommender, n_items: int) -> npt.NDArray[n
     param = item_side(model).get(names.get(kind, ""))
     if param is None:
         return np.zeros(n_items, dtype=np.float32)
-    return param.detach().numpy().reshape(n_items).astype(np.float32)
+    values: npt.NDArray[np.float32] = param.detach().numpy().reshape(n_items).astype(np.float32)
+    return values
 
 
 @dataclasses.dataclass
@@ -450,12 +451,12 @@ class DeviceClient:
         train_items = self._seen.copy()
         if len(train_items) == 0:
             return FitReply("no_data", message="no interaction on an item of this catalog")
-        state = self._train_state_before(config.round)
+        state = self._train_state_before(config.round, private=config.privacy is not None)
         if config.privacy is None:
             fit = client_fit(
                 config.model, config.train, g.arrays, state, train_items, seed=config.seed
             )
-            self._keep_states(fit.user_state, config.round)
+            self._keep_states(fit.user_state, config.round, private=False)
             return FitReply("ok", fit.item_arrays, fit.num_examples, fit.train_loss)
         return self._fit_private(g, config, config.privacy, state, train_items)
 
@@ -486,7 +487,7 @@ class DeviceClient:
                 ledger.reserve(release, round=config.round, budget_epsilon=privacy.epsilon_budget)
         except BudgetExhaustedError as exc:
             return FitReply("budget_exhausted", spent=ledger.spent(), message=str(exc))
-        self._keep_states(user_state, config.round)
+        self._keep_states(user_state, config.round, private=True)
         return FitReply("ok", fit_arrays, len(train_items), float("nan"), ledger.spent())
 
     def evaluate_round(
@@ -624,21 +625,28 @@ class DeviceClient:
         found = self._store.load_slot(slot)
         return None if found is None else dict(zip(found.names, found.arrays, strict=True))
 
-    def _train_state_before(self, round: int) -> UserState | None:
-        """The newest training state written in a round ``< round`` (re-runs are safe)."""
+    def _train_state_before(self, round: int, *, private: bool) -> UserState | None:
+        """The newest training state written in a round ``< round`` (re-runs are safe).
+
+        A private round never starts from a state trained without DP (that state
+        would feed the upload unaccounted): it reconstructs privately instead.
+        """
         for name in (TRAIN, TRAIN_PREV):
             found = self._store.load_slot(name)
             if found is not None and found.round is not None and found.round < round:
+                if private and not found.info.get("private", False):
+                    return None
                 return dict(zip(found.names, found.arrays, strict=True))
         return None
 
-    def _keep_states(self, state: UserState, round: int) -> None:
+    def _keep_states(self, state: UserState, round: int, *, private: bool) -> None:
         """Store the new training state (keeping the previous round's) and serve it."""
         with self._store.transaction():
             current = self._store.load_slot(TRAIN)
             if current is not None and current.round is not None and current.round < round:
                 self._store.copy_slot(TRAIN, TRAIN_PREV)
-            self._store.save_slot(TRAIN, list(state.items()), {}, round=round)
+            info = {"private": private}
+            self._store.save_slot(TRAIN, list(state.items()), info, round=round)
             self._set_serve(state)
 
     def _set_serve(self, state: UserState | None, *, persist: bool = True) -> None:
@@ -800,21 +808,23 @@ def measure_recommend_latency(
 
     cfg = RoundConfig(model=ModelConfig(kind="mf", dim=dim))
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        with DeviceClient.open(Path(tmp) / "device.db", seed=seed) as device:
-            device.set_global(init_item_arrays(cfg.model, n_items, seed=seed), cfg)
-            device.record_many(rng.choice(n_items, size=min(history, n_items), replace=False))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        DeviceClient.open(Path(tmp) / "device.db", seed=seed) as device,
+    ):
+        device.set_global(init_item_arrays(cfg.model, n_items, seed=seed), cfg)
+        device.record_many(rng.choice(n_items, size=min(history, n_items), replace=False))
+        device.recommend(10)
+        times = np.empty(calls)
+        for i in range(calls):
+            start = time.perf_counter()
             device.recommend(10)
-            times = np.empty(calls)
-            for i in range(calls):
-                start = time.perf_counter()
-                device.recommend(10)
-                times[i] = time.perf_counter() - start
-            record_times = []
-            for item in rng.choice(n_items, size=20):
-                start = time.perf_counter()
-                device.record(int(item))
-                record_times.append(time.perf_counter() - start)
+            times[i] = time.perf_counter() - start
+        record_times = []
+        for item in rng.choice(n_items, size=20):
+            start = time.perf_counter()
+            device.record(int(item))
+            record_times.append(time.perf_counter() - start)
     ms = times * 1e3
     return {
         "n_items": float(n_items),

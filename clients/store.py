@@ -42,7 +42,6 @@ import numpy as np
 import numpy.typing as npt
 
 from fedrec.errors import StoreError
-from fedrec.privacy.ledger import create_ledger_table
 
 APPLICATION_ID = 0x46524543  # "FREC"
 SCHEMA_VERSION = 2
@@ -88,7 +87,10 @@ def _v2(conn: sqlite3.Connection) -> None:
     """The shared privacy ledger table, and an index for ``forget(item)``.
 
     Idempotent: :func:`~fedrec.privacy.ledger.create_ledger_table` commits by itself.
+    Imported here: the privacy package pulls in torch, which a plain store open avoids.
     """
+    from fedrec.privacy.ledger import create_ledger_table
+
     conn.execute("CREATE INDEX IF NOT EXISTS interactions_item ON interactions (item)")
     create_ledger_table(conn)
 

@@ -91,7 +91,8 @@ class CDAE(TrainableRecommender):
     user starts as the plain Mult-DAE encoding of their row.
 
     Upload order starts with ``decoder.weight`` ``[n_items, dim]`` (the first item-side
-    array's first dimension is the catalogue size). One example is one user's row: ``inputs = (slots [b], corrupted rows [b, n_items])``,
+    array's first dimension is the catalogue size). One example is one user's row:
+    ``inputs = (slots [b], corrupted rows [b, n_items])``,
     ``target = rows``; ``forward`` returns item logits.
     """
 

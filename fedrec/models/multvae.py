@@ -39,7 +39,8 @@ class MultVAE(TrainableRecommender):
     (paper: 0.2). :attr:`beta` is a plain attribute a trainer may anneal.
 
     Upload order starts with ``dec_out.weight`` ``[n_items, hidden]`` (the first item-side
-    array's first dimension is the catalogue size). One example is one user's row: ``inputs = (corrupted rows [b, n_items], noise [b, dim])``,
+    array's first dimension is the catalogue size). One example is one user's row:
+    ``inputs = (corrupted rows [b, n_items], noise [b, dim])``,
     ``target = rows``. ``forward`` returns ``[logits | mu | logvar]`` concatenated on
     dimension 1 (``[b, n_items + 2 dim]``), which :meth:`loss` splits.
     """

@@ -47,7 +47,7 @@ class GradientTerm(Protocol):
     def add_grad(self) -> None: ...
 
 
-class _SecretNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
+class _SecretNoiseDPOptimizer(DPOptimizer):
     """Opacus's ``DPOptimizer`` drawing its noise from a secret NumPy generator.
 
     torch's CPU generator keeps only 32 bits of its seed (see
