@@ -108,7 +108,9 @@ class SimStore:
             if f"{tag}.round" in raw:
                 prefix = f"{tag}.state."
                 state = {
-                    k[len(prefix) :]: v.astype(np.float32) for k, v in raw.items() if k.startswith(prefix)
+                    k[len(prefix) :]: v.astype(np.float32)
+                    for k, v in raw.items()
+                    if k.startswith(prefix)
                 }
                 out[tag] = (int(raw[f"{tag}.round"]), state)
         return out

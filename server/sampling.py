@@ -53,8 +53,7 @@ def discover_users(grid: Grid, n_nodes: int, *, timeout: float) -> dict[int, int
     """
     nodes = wait_for_nodes(grid, n_nodes, timeout=timeout)
     messages = [
-        Message(RecordDict({"config": ConfigRecord({})}), node, MessageType.QUERY)
-        for node in nodes
+        Message(RecordDict({"config": ConfigRecord({})}), node, MessageType.QUERY) for node in nodes
     ]
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):

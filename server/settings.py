@@ -43,7 +43,16 @@ _TOP = {
     "noop": "noop",
     "fail-users": "fail_users",
 }
-_CLIENT_TOP = ("data", "min-rating", "k-core", "split", "test-fraction", "seed", "noop", "fail-users")
+_CLIENT_TOP = (
+    "data",
+    "min-rating",
+    "k-core",
+    "split",
+    "test-fraction",
+    "seed",
+    "noop",
+    "fail-users",
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,9 @@ class RunSettings:
     def client_config(self) -> dict[str, Scalar]:
         """What a client needs: data and split spec, seed, model and training settings."""
         flat = self.to_flat()
-        keep = {k: v for k, v in flat.items() if k in _CLIENT_TOP or k.startswith(("model", "train."))}
+        keep = {
+            k: v for k, v in flat.items() if k in _CLIENT_TOP or k.startswith(("model", "train."))
+        }
         keep["weighted"] = self.server.weighted
         keep["store-dir"] = str(self.run_dir).rstrip("/") + "/clients"
         return keep

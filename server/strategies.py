@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -88,7 +89,9 @@ class _FedrecHooks:
         self._sent: dict[int, int] = {}  # node id -> user of the step in flight
         self._asked: list[int] = []
 
-    def _messages(self, users: npt.NDArray[np.int64], record: RecordDict, kind: str) -> list[Message]:
+    def _messages(
+        self, users: npt.NDArray[np.int64], record: RecordDict, kind: str
+    ) -> list[Message]:
         pairs = nodes_of(users, self.plan.user_nodes)
         self._asked = [int(u) for u in users]
         self._sent = {node: user for user, node in pairs}
@@ -101,7 +104,9 @@ class _FedrecHooks:
         self._global = arrays.to_numpy_ndarrays()
         self._extra_train_config(config)
         config["server-round"] = server_round
-        cohort = train_cohort(self.plan.eligible, self.plan.clients_per_round, server_round, self.plan.seed)
+        cohort = train_cohort(
+            self.plan.eligible, self.plan.clients_per_round, server_round, self.plan.seed
+        )
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
         return self._messages(cohort, record, MessageType.TRAIN)
 
@@ -132,13 +137,18 @@ class _FedrecHooks:
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
         return self._messages(users, record, MessageType.EVALUATE)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Average per-user metrics uniformly over users; beyond-accuracy from top-10s."""
         good, outcome = self._sort_replies(replies, _check_eval)
         self.last_eval = outcome
         if not good:
             return None
-        per_user = [{k: float(v) for k, v in m.content[METRICS_KEY].items() if k != TOP_KEY} for _, m in good]  # type: ignore[union-attr, arg-type]
+        per_user = [
+            {k: float(v) for k, v in m.content[METRICS_KEY].items() if k != TOP_KEY}
+            for _, m in good
+        ]  # type: ignore[union-attr, arg-type]
         tops = [np.asarray(m.content[METRICS_KEY][TOP_KEY], dtype=np.int64) for _, m in good]  # type: ignore[index]
         summary = aggregate(per_user, tops, self.plan.catalog)
         return MetricRecord({k: v for k, v in summary.items() if v is not None})

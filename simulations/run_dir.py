@@ -101,7 +101,9 @@ def config_payload(settings: RunSettings) -> dict[str, Any]:
 def create_run_dir(path: Path, settings: RunSettings) -> None:
     """Create ``path`` (absent or empty) and write its ``config.json``."""
     if path.exists() and not path.is_dir():
-        raise OutputError("exists and is not a directory", where=str(path), fix="choose another --out")
+        raise OutputError(
+            "exists and is not a directory", where=str(path), fix="choose another --out"
+        )
     if path.is_dir() and any(path.iterdir()):
         raise OutputError(
             "run directory is not empty",

@@ -108,7 +108,12 @@ def simulate(
 
     settings = absolute(settings)
     n_users = load_split(settings).n_users
-    run_apps(make_server_app(settings, on_round), n_users, verbose=verbose, cpus_per_client=cpus_per_client)
+    run_apps(
+        make_server_app(settings, on_round),
+        n_users,
+        verbose=verbose,
+        cpus_per_client=cpus_per_client,
+    )
     run_dir = Path(settings.run_dir)
     _write_report(run_dir)
     return read_metrics(run_dir)
@@ -164,7 +169,13 @@ def time_noop_vs_train(
 
 
 def _timed_round(
-    grid: Grid, nodes: list[int], arrays: ArrayRecord, settings: RunSettings, *, noop: bool, rnd: int
+    grid: Grid,
+    nodes: list[int],
+    arrays: ArrayRecord,
+    settings: RunSettings,
+    *,
+    noop: bool,
+    rnd: int,
 ) -> float:
     from flwr.app import Message, MessageType, RecordDict
 
@@ -176,5 +187,7 @@ def _timed_round(
     elapsed = time.perf_counter() - t0
     failed = sum(1 for r in replies if r.has_error())
     if failed or len(replies) != len(nodes):
-        raise RuntimeError(f"timing round {rnd}: {failed} errors, {len(replies)}/{len(nodes)} replies")
+        raise RuntimeError(
+            f"timing round {rnd}: {failed} errors, {len(replies)}/{len(nodes)} replies"
+        )
     return elapsed

@@ -62,7 +62,7 @@ def test_bad_files_are_refused_and_never_touched(tmp_path: Path, kind: str) -> N
         conn.close()
     before = path.read_bytes()
     # Execute / Assert
-    with pytest.raises(StoreError, match="d.db") as info:
+    with pytest.raises(StoreError, match=r"d\.db") as info:
         DeviceStore.open(path)
     assert info.value.fix
     assert path.read_bytes() == before

@@ -66,7 +66,8 @@ class FitResult:
 
 def derive_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed derived from a run seed and e.g. ``(user, round)``."""
-    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
+    words = [seed, *parts]  # negative parts (e.g. the evaluation round -1) wrap to 64 bits
+    state = np.random.SeedSequence([w & 0xFFFFFFFFFFFFFFFF for w in words]).generate_state(2)
     return int(state[0]) << 31 ^ int(state[1])
 
 

@@ -76,6 +76,12 @@ def user_rows(
     return torch.as_tensor(slots), history
 
 
+def linear(n_in: int, n_out: int) -> nn.Linear:
+    """An ``nn.Linear`` without torch's default initialization (a device builds many models)."""
+    layer: nn.Linear = nn.utils.skip_init(nn.Linear, n_in, n_out)
+    return layer
+
+
 def xavier_(*layers: nn.Linear) -> None:
     """Xavier-uniform weights and zero biases (torch's global RNG, seeded by ``build_model``)."""
     for lin in layers:
@@ -108,9 +114,9 @@ class CDAE(TrainableRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int, n_users: int) -> None:
         super().__init__(n_items, n_users)
         self.dropout = cfg.dropout
-        self.encoder = nn.Linear(n_items, cfg.dim)
+        self.encoder = linear(n_items, cfg.dim)
         self.user_input = nn.Embedding(n_users, cfg.dim)
-        self.decoder = nn.Linear(cfg.dim, n_items)
+        self.decoder = linear(cfg.dim, n_items)
         xavier_(self.encoder, self.decoder)
         nn.init.zeros_(self.user_input.weight)
 

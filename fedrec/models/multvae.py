@@ -24,9 +24,8 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
 
-from fedrec.models.cdae import corrupt, multinomial_nll, user_rows, xavier_
+from fedrec.models.cdae import corrupt, linear, multinomial_nll, user_rows, xavier_
 from fedrec.models.config import ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender
 
@@ -63,10 +62,10 @@ class MultVAE(TrainableRecommender):
         self.latent = cfg.dim
         self.dropout = cfg.dropout
         self.beta = cfg.beta
-        self.enc_hidden = nn.Linear(n_items, cfg.hidden)
-        self.enc_out = nn.Linear(cfg.hidden, 2 * cfg.dim)
-        self.dec_hidden = nn.Linear(cfg.dim, cfg.hidden)
-        self.dec_out = nn.Linear(cfg.hidden, n_items)
+        self.enc_hidden = linear(n_items, cfg.hidden)
+        self.enc_out = linear(cfg.hidden, 2 * cfg.dim)
+        self.dec_hidden = linear(cfg.dim, cfg.hidden)
+        self.dec_out = linear(cfg.hidden, n_items)
         xavier_(self.enc_hidden, self.enc_out, self.dec_hidden, self.dec_out)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,16 @@ Choices (documented because ``lam`` means nothing without them):
   RecSys 2011), which trades accuracy for diversity more efficiently on ml-100k.
 
 The first pick is the most relevant candidate; ties go to the earlier candidate (pass
-candidates best first). Measured on ml-100k in ``tests/test_diversity.py``.
+candidates best first).
+
+Measured (ml-100k, seed-0 random split, EASE lambda 500, top-100 pool, min-max
+relevance, genre cosine; ``tests/test_diversity.py``): plain top-10 has NDCG@10 0.4505
+and diversity@10 0.7208. The paper's ``max`` form at ``lam = 0.5`` gives 0.3908
+(-13.3%) / 0.8645 (+19.9%): *not* the +20% / -10% target, and no pool size or
+relevance normalization tried (pools 20-300; min-max, rank, max-ratio, z-score,
+softmax, 1/rank, DCG discount) reached it at ``lam = 0.5``. The ``mean`` form reaches
+it at ``lam = 0.3``, 0.4057 (-9.9%) / 0.8747 (+21.3%), a value picked on a validation
+split carved from train (-7.0% / +20.4% there); at ``lam = 0.5`` it gives -4.1% / +13.2%.
 """
 
 from __future__ import annotations

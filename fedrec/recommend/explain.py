@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from fedrec.recommend.similar import FloatArray, _check_items, unit_rows
+from fedrec.recommend.similar import FloatArray, check_item_indices, unit_rows
 from fedrec.recommend.types import Recommendation
 
 IntArray = npt.NDArray[np.int64]
@@ -40,7 +40,7 @@ IntArray = npt.NDArray[np.int64]
 
 def _history(history_items: npt.ArrayLike, n_items: int) -> IntArray:
     history = np.unique(np.asarray(history_items, dtype=np.int64))
-    _check_items(history, n_items, "history items")
+    check_item_indices(history, n_items, "history items")
     return history
 
 
@@ -70,7 +70,7 @@ def contributions(
     unit = unit_rows(item_vectors)
     history = _history(history_items, len(unit))
     targets = np.asarray(items, dtype=np.int64).reshape(-1)
-    _check_items(targets, len(unit), "recommended items")
+    check_item_indices(targets, len(unit), "recommended items")
     weights: FloatArray = unit[targets] @ unit[history].T
     return history, weights
 
@@ -155,6 +155,9 @@ def recommend_with_explanations(
     values = np.asarray(scores, dtype=np.float64).reshape(-1)
     if np.isnan(values).any():
         raise ValueError("scores contain NaN; the model diverged or the scorer is wrong")
+    n_vectors = np.shape(item_vectors)[0]
+    if n_vectors != len(values):
+        raise ValueError(f"{len(values)} scores but {n_vectors} item vectors; use one catalogue")
     seen = _history(history, len(values))
     items = _top_items(values, seen if exclude_seen else seen[:0], k)
     because = explain(item_vectors, seen, items, top=top)

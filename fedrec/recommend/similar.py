@@ -94,7 +94,7 @@ def unit_rows(features: npt.ArrayLike) -> FloatArray:
     return unit
 
 
-def _check_items(items: npt.NDArray[np.int64], n_items: int, what: str) -> None:
+def check_item_indices(items: npt.NDArray[np.int64], n_items: int, what: str) -> None:
     if items.size and (items.min() < 0 or items.max() >= n_items):
         raise ValueError(f"{what} must be item indices in [0, {n_items})")
 
@@ -120,7 +120,7 @@ def similar_items(
         never included.
     """
     unit = unit_rows(item_vectors)
-    _check_items(np.array([item], dtype=np.int64), len(unit), "item")
+    check_item_indices(np.array([item], dtype=np.int64), len(unit), "item")
     cosine = unit @ unit[item]
     order = np.lexsort((np.arange(len(unit)), -cosine))
     order = order[order != item][: max(k, 0)]

@@ -1,0 +1,224 @@
+"""The fedrec ServerApp/ClientApp logic, driven in process by a synchronous Grid.
+
+:class:`InProcessGrid` delivers each message straight to the ``ClientApp`` (no Ray),
+with random node ids and one ``partition-id`` per user as Flower's simulation engine
+does, so every model x strategy runs through the very code of the Flower apps in a
+few seconds. The real engine is exercised in ``test_flower_simulation.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import app as client_app
+from fedrec.federated.aggregation import STRATEGIES
+from fedrec.federated.loop import evaluate_federated, run_federated
+from fedrec.metrics import USER_METRIC_KEYS
+from fedrec.models.registry import MODEL_KINDS, build_model, init_item_arrays, item_array_shapes
+from server.checkpoint import load_checkpoint
+from server.server_app import run_server
+from server.settings import RunSettings, load_split
+from simulations.run_dir import create_run_dir, read_metrics, read_rounds
+
+DATA = "synthetic:users=30,items=50,dim=4,mean=15,seed=3"
+
+
+class InProcessGrid(Grid):
+    """A Grid that runs the ClientApp synchronously and keeps every message."""
+
+    def __init__(self, n_nodes: int, seed: int = 0) -> None:
+        for name in ("task_id", "run_id", "node_id"):
+            setattr(TaskIdentity, name, 1)
+        ids = np.random.default_rng(seed).choice(2**40, n_nodes, replace=False) + 2
+        self.contexts = {
+            int(node): Context(
+                run_id=1,
+                node_id=int(node),
+                node_config={"partition-id": i, "num-partitions": n_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(ids)
+        }
+        self.replies: list[Message] = []
+
+    def set_run(self, run: Any) -> None:
+        del run
+
+    @property
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        out = []
+        for msg in messages:
+            try:
+                reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            except Exception as ex:  # the engine turns a raising ClientApp into an Error reply
+                reply = Message(Error(code=0, reason=f"Message: {ex}"), reply_to=msg)
+            out.append(reply)
+        self.replies.extend(out)
+        return out
+
+
+def make_settings(tmp: Path, **overrides: Any) -> RunSettings:
+    flat: dict[str, Any] = {
+        "data": DATA,
+        "num-server-rounds": 3,
+        "clients-per-round": 15,
+        "run-dir": str(tmp),
+        "train.epochs": 3,
+        "train.refit-steps": 5,
+    }
+    flat.update(overrides)
+    if flat.get("strategy", "fedadam") != "fedadam":
+        flat.setdefault("server.server-lr", 1.0)
+    return RunSettings.from_run_config(flat)
+
+
+def run_in_process(settings: RunSettings, seed: int = 0, **kw: Any) -> InProcessGrid:
+    run_dir = Path(settings.run_dir)
+    if not (run_dir / "config.json").exists():
+        create_run_dir(run_dir, settings)
+    grid = InProcessGrid(load_split(settings).n_users, seed=seed)
+    run_server(grid, settings, **kw)
+    return grid
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_flower_apps_learn_and_match_reference_loop(
+    tmp_path: Path, kind: str, strategy: str
+) -> None:
+    # Prepare
+    settings = make_settings(tmp_path, model=kind, strategy=strategy, **{"num-server-rounds": 2})
+    split = load_split(settings)
+    untrained = evaluate_federated(
+        split,
+        settings.model,
+        settings.train,
+        init_item_arrays(settings.model, split.n_items, seed=settings.seed),
+        {},
+        seed=settings.seed,
+    )
+    # Execute
+    run_in_process(settings)
+    reference = run_federated(
+        split,
+        settings.model,
+        settings.train,
+        settings.server,
+        rounds=settings.rounds,
+        clients_per_round=settings.clients_per_round,
+        seed=settings.seed,
+    )
+    # Assert
+    metrics = read_metrics(tmp_path)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.round == settings.rounds
+    for ours, ref in zip(ckpt.item_arrays, reference.item_arrays, strict=True):
+        np.testing.assert_array_equal(ours, ref)
+    assert metrics["ndcg@10"] == pytest.approx(reference.metrics["ndcg@10"], abs=1e-12)
+    assert metrics["ndcg@10"] > float(untrained["ndcg@10"] or 0.0) + 0.05
+    assert set(metrics["reference"]) == {"popularity", "ease"}
+
+
+def test_replies_hold_only_declared_item_side_arrays(tmp_path: Path) -> None:
+    # Prepare
+    settings = make_settings(tmp_path, model="mf", **{"num-server-rounds": 2, "eval-every": 1})
+    split = load_split(settings)
+    shapes = item_array_shapes(settings.model, split.n_items)
+    user_shapes = {
+        tuple(p.shape) for p in build_model(settings.model, split.n_items, 1, seed=0).parameters()
+    }
+    user_shapes -= set(shapes)
+    # Execute
+    grid = run_in_process(settings)
+    # Assert
+    train = [r for r in grid.replies if r.metadata.message_type == "train"]
+    evals = [r for r in grid.replies if r.metadata.message_type == "evaluate"]
+    assert train and evals
+    for reply in train:
+        assert list(reply.content.keys()) == ["arrays"]
+        arrays = reply.content["arrays"].to_numpy_ndarrays()
+        assert [a.shape for a in arrays] == shapes
+        assert not user_shapes & {a.shape for a in arrays}
+    for reply in evals:
+        assert list(reply.content.keys()) == ["metrics"]
+        record = reply.content["metrics"]
+        assert set(record) == {*USER_METRIC_KEYS, "top10"}
+        user = grid.contexts[reply.metadata.src_node_id].node_config["partition-id"]
+        train_items = set(split.train_items(int(user)).tolist())
+        assert not train_items & set(record["top10"]), "train items are excluded from rankings"
+
+
+def test_client_failure_is_tolerated_and_logged(tmp_path: Path) -> None:
+    # Prepare: user 0 joins round 1 of this data set; its client raises
+    settings = make_settings(tmp_path, **{"num-server-rounds": 2, "fail-users": "0,5"})
+    # Execute
+    run_in_process(settings)
+    # Assert
+    rounds = read_rounds(tmp_path)
+    assert len(rounds) == 2
+    failed = {u for r in rounds for u in r["failed"]}
+    assert failed and failed <= {0, 5}
+    for r in rounds:
+        assert not set(r["failed"]) & set(r["participants"])
+        assert all("fault injection" in why for why in r["failures"].values())
+        assert len(r["participants"]) > 0
+    assert read_metrics(tmp_path)["users_evaluated"] == 28  # the two dead devices
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    # Prepare
+    full = make_settings(tmp_path / "full", **{"num-server-rounds": 4, "eval-every": 2})
+    cut = dataclasses.replace(full, run_dir=str(tmp_path / "cut"))
+
+    def stop_after_two(record: dict[str, Any]) -> None:
+        if record["round"] == 2:
+            raise KeyboardInterrupt
+
+    # Execute
+    run_in_process(full)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(cut, on_round=stop_after_two)
+    assert load_checkpoint(tmp_path / "cut").round == 2  # type: ignore[union-attr]
+    run_in_process(cut, seed=1)  # a restart: new node ids, same stores and checkpoint
+    # Assert
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert a is not None and b is not None
+    for x, y in zip(a.item_arrays, b.item_arrays, strict=True):
+        np.testing.assert_array_equal(x, y)
+    for key in a.optimizer_state:
+        np.testing.assert_array_equal(a.optimizer_state[key], b.optimizer_state[key])
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in read_rounds(tmp_path / "full")]
+    assert strip == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in read_rounds(tmp_path / "cut")
+    ]
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "cut" / "metrics.json").read_text()
+    )

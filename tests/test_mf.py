@@ -1,0 +1,97 @@
+"""Matrix factorization: examples, losses, scores and config validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.errors import ConfigError
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.mf import MatrixFactorization
+from fedrec.models.registry import build_model
+
+
+def _mf(**kw: object) -> MatrixFactorization:
+    model = build_model(ModelConfig(dim=4, **kw), 10, 3, seed=0)  # type: ignore[arg-type]
+    assert isinstance(model, MatrixFactorization)
+    return model
+
+
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def test_bce_examples_are_positives_then_k_uniform_negatives() -> None:
+    # Prepare
+    model = _mf(negatives=3)
+    users, items = np.array([0, 1]), np.array([4, 7])
+    # Execute
+    ex = model.make_examples(users, items, generator=_gen())
+    # Assert
+    u, i = ex.inputs
+    assert len(ex) == 2 * (1 + 3)
+    assert ex.target.tolist() == [1, 1] + [0] * 6
+    assert u.tolist() == [0, 1, 0, 0, 0, 1, 1, 1]
+    assert i[:2].tolist() == [4, 7] and bool(((i >= 0) & (i < 10)).all())
+
+
+def test_negatives_do_not_depend_on_the_users_data() -> None:
+    # Prepare: two users with different items, same generator state
+    model = _mf(negatives=5)
+    # Execute
+    a = model.make_examples(np.array([0] * 4), np.array([0, 1, 2, 3]), generator=_gen())
+    b = model.make_examples(np.array([1] * 4), np.array([6, 7, 8, 9]), generator=_gen())
+    # Assert: the negatives are the same draws (a negative equal to a positive is kept)
+    assert torch.equal(a.inputs[1][4:], b.inputs[1][4:])
+
+
+def test_bpr_examples_are_pairs_and_loss_is_mean() -> None:
+    # Prepare
+    model = _mf(loss="bpr", negatives=2)
+    ex = model.make_examples(np.array([0, 2]), np.array([1, 5]), generator=_gen())
+    # Execute
+    out = model(*ex.inputs)
+    loss = model.loss(out, ex.target)
+    # Assert
+    assert ex.inputs[1].shape == (4, 2) and ex.inputs[1][:, 0].tolist() == [1, 1, 5, 5]
+    expected = -torch.nn.functional.logsigmoid(out[:, 0] - out[:, 1]).mean()
+    assert torch.allclose(loss, expected)
+
+
+def test_forward_and_score_are_dot_products_plus_bias() -> None:
+    # Prepare
+    model = _mf()
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    p, q, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
+    # Execute
+    logits = model(torch.tensor([2]), torch.tensor([7]))
+    scores = model.score(torch.tensor([0, 2]), torch.zeros(2, 10))
+    # Assert
+    assert torch.allclose(logits, p[2] @ q[7] + b[7])
+    assert torch.allclose(scores, p[[0, 2]] @ q.T + b)
+
+
+def test_item_bias_off_stays_frozen_at_zero() -> None:
+    model = _mf(item_bias=False)
+    assert not model.item_bias.weight.requires_grad
+    assert float(model.item_bias.weight.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ModelConfig(kind="svd"), "model.kind"),
+        (lambda: ModelConfig(dim=0), "model.dim"),
+        (lambda: ModelConfig(loss="mse"), "model.loss"),
+        (lambda: ModelConfig(negatives=0), "model.negatives"),
+        (lambda: LocalTrainConfig(lr=0.0), "train.lr"),
+        (lambda: LocalTrainConfig(optimizer="rmsprop"), "train.optimizer"),
+        (lambda: LocalTrainConfig(proximal_mu=-1.0), "train.proximal_mu"),
+    ],
+)
+def test_bad_config_values_raise_config_error(make: object, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()  # type: ignore[operator]
+    assert info.value.where == field
