@@ -31,13 +31,20 @@ PARTITION_KEY = "partition-id"
 _EVAL_STREAM = 0xE7A1
 
 
-def wait_for_nodes(grid: Grid, n_nodes: int, *, timeout: float) -> list[int]:
-    """Node ids once ``n_nodes`` nodes are connected (or all there are at ``timeout``)."""
+def wait_for_nodes(grid: Grid, n_nodes: int, *, timeout: float, settle: float = 5.0) -> list[int]:
+    """Node ids once ``n_nodes`` are connected, or once their number has not changed
+    for ``settle`` seconds (a deployment with fewer nodes than users), or at ``timeout``.
+    """
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
+    changed = time.monotonic()
     while len(nodes) < n_nodes and time.monotonic() < deadline:
+        if nodes and time.monotonic() - changed > settle:
+            break
         time.sleep(0.05)
-        nodes = list(grid.get_node_ids())
+        now = list(grid.get_node_ids())
+        if len(now) != len(nodes):
+            nodes, changed = now, time.monotonic()
     return nodes
 
 

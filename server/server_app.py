@@ -17,6 +17,7 @@ that with registration data; the metrics themselves are computed on the devices.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def run_server(
         )
         new_items, _ = strategy.aggregate_train(rnd, replies)
         items = new_items.to_numpy_ndarrays() if new_items is not None else items
-        metrics = None
+        metrics, t_eval = None, time.perf_counter()
         last = rnd == settings.rounds
         if last or (settings.eval_every and rnd % settings.eval_every == 0):
             metrics = _evaluate(grid, strategy, settings, items, rnd, every_user=last)
@@ -101,6 +102,7 @@ def run_server(
             "failed": sorted(strategy.last_train.failed),
             "failures": {str(u): why for u, why in strategy.last_train.failed.items()},
             "seconds": round(time.perf_counter() - t0, 4),
+            "eval_seconds": round(time.perf_counter() - t_eval, 4) if metrics else None,
             "epsilon": None,
         }
         append_round(run_dir, record)
@@ -162,4 +164,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run .``: settings from ``[tool.flwr.app.config]`` (kebab-case keys)."""
-    run_server(grid, RunSettings.from_run_config(dict(context.run_config)))
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    run_dir = str(Path(settings.run_dir).resolve())  # clients get the store path from it
+    run_server(grid, dataclasses.replace(settings, run_dir=run_dir))

@@ -118,13 +118,18 @@ class _FedrecHooks:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Uniform mean of the valid uploads, then one server-optimizer step."""
         good, outcome = self._sort_replies(replies, self._check_upload)
-        uploads = [m.content[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]  # type: ignore[union-attr]
+        uploads = [m.content.array_records[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]
         weights = None
         if self.plan.weighted and good:
-            weights = [float(m.content[METRICS_KEY][NUM_EXAMPLES_KEY]) for _, m in good]  # type: ignore[index,arg-type]
+            weights = [
+                _scalar(m.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for _, m in good
+            ]
         new = self.optimizer.step(self._global, uploads, weights)
         self.last_train = outcome
-        counts = {"clients": len(good), "failed": len(outcome.failed)}
+        counts: dict[str, int | float | list[int] | list[float]] = {
+            "clients": len(good),
+            "failed": len(outcome.failed),
+        }
         return ArrayRecord(new), MetricRecord(counts)
 
     def configure_evaluate(
@@ -145,11 +150,9 @@ class _FedrecHooks:
         self.last_eval = outcome
         if not good:
             return None
-        per_user = [
-            {k: float(v) for k, v in m.content[METRICS_KEY].items() if k != TOP_KEY}
-            for _, m in good
-        ]  # type: ignore[union-attr, arg-type]
-        tops = [np.asarray(m.content[METRICS_KEY][TOP_KEY], dtype=np.int64) for _, m in good]  # type: ignore[index]
+        records = [m.content.metric_records[METRICS_KEY] for _, m in good]
+        per_user = [{k: _scalar(v) for k, v in r.items() if k != TOP_KEY} for r in records]
+        tops = [np.asarray(r[TOP_KEY], dtype=np.int64) for r in records]
         summary = aggregate(per_user, tops, self.plan.catalog)
         return MetricRecord({k: v for k, v in summary.items() if v is not None})
 
@@ -164,7 +167,7 @@ class _FedrecHooks:
             if user is None:
                 continue  # not a reply to this step
             if msg.has_error():
-                outcome.failed[user] = _reason(msg.error.reason)
+                outcome.failed[user] = _reason(msg.error.reason or "error")
                 continue
             problem = check(msg.content)
             if problem:
@@ -188,9 +191,11 @@ class _FedrecHooks:
             return "reply must hold exactly one ArrayRecord 'arrays'"
         if any(set(r) - allowed_metrics for r in content.metric_records.values()):
             return "reply carries metrics that are not allowed"
-        if self.plan.weighted and NUM_EXAMPLES_KEY not in content.get(METRICS_KEY, {}):  # type: ignore[operator]
+        metrics = content.metric_records.get(METRICS_KEY)
+        if self.plan.weighted and (metrics is None or NUM_EXAMPLES_KEY not in metrics):
             return "count weighting is on but the reply has no num-examples"
-        shapes = [tuple(a.shape) for a in content[ARRAYS_KEY].to_numpy_ndarrays()]  # type: ignore[union-attr]
+        arrays = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+        shapes = [tuple(a.shape) for a in arrays]
         if shapes != [tuple(s) for s in self.plan.item_shapes]:
             return f"upload shapes {shapes} != declared {self.plan.item_shapes}"
         return ""
@@ -208,9 +213,15 @@ def _reason(text: str) -> str:
 def _check_eval(content: RecordDict) -> str:
     if set(content.metric_records) != {METRICS_KEY} or content.array_records:
         return "evaluation reply must hold exactly one MetricRecord 'metrics'"
-    if TOP_KEY not in content[METRICS_KEY]:  # type: ignore[operator]
+    if TOP_KEY not in content.metric_records[METRICS_KEY]:
         return "evaluation reply has no top-10 list"
     return ""
+
+
+def _scalar(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number in a reply, got {type(value).__name__}")
+    return float(value)
 
 
 class FedAvgStrategy(_FedrecHooks, FedAvg):

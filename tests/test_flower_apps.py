@@ -164,16 +164,18 @@ def test_replies_hold_only_declared_item_side_arrays(tmp_path: Path) -> None:
     assert train and evals
     for reply in train:
         assert list(reply.content.keys()) == ["arrays"]
-        arrays = reply.content["arrays"].to_numpy_ndarrays()
+        arrays = reply.content.array_records["arrays"].to_numpy_ndarrays()
         assert [a.shape for a in arrays] == shapes
         assert not user_shapes & {a.shape for a in arrays}
     for reply in evals:
         assert list(reply.content.keys()) == ["metrics"]
-        record = reply.content["metrics"]
+        record = reply.content.metric_records["metrics"]
         assert set(record) == {*USER_METRIC_KEYS, "top10"}
         user = grid.contexts[reply.metadata.src_node_id].node_config["partition-id"]
         train_items = set(split.train_items(int(user)).tolist())
-        assert not train_items & set(record["top10"]), "train items are excluded from rankings"
+        assert not train_items & set(np.asarray(record["top10"]).tolist()), (
+            "train items are excluded from rankings"
+        )
 
 
 def test_client_failure_is_tolerated_and_logged(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_rewriting_the_same_round_keeps_the_older_version(tmp_path: Path) -> Non
 def test_checkpoint_round_trip_and_log_truncation(tmp_path: Path) -> None:
     # Prepare
     items = [np.arange(6, dtype=np.float32).reshape(3, 2), np.ones(3, dtype=np.float32)]
-    opt = {"m.0": np.zeros((3, 2), dtype=np.float32)}
+    opt: dict[str, np.ndarray] = {"m.0": np.zeros((3, 2), dtype=np.float32)}
     for r in (1, 2, 3):
         append_round(tmp_path, {"round": r})
     # Execute

@@ -60,7 +60,7 @@ def test_user_state_round_trip(model: TrainableRecommender) -> None:
 def test_set_item_arrays_rejects_wrong_shape(model: TrainableRecommender) -> None:
     arrays = get_item_arrays(model)
     with pytest.raises(ValueError, match="shape"):
-        set_item_arrays(model, [np.zeros((1, 1), np.float32)] + arrays[1:])
+        set_item_arrays(model, [np.zeros((1, 1), np.float32), *arrays[1:]])
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)

@@ -1,12 +1,19 @@
-"""Local DP on the device: DP-SGD (Abadi et al., CCS 2016) with Opacus.
+"""Local DP on the device: DP-SGD (Abadi et al., CCS 2016), Opacus-calibrated.
 
 Design rule: the server is not trusted, so everything a device uploads, and everything
 its upload depends on (the user-side state included), is trained by :func:`dp_train`:
-Poisson sampling of privacy units with secret randomness, per-unit gradients from
-Opacus's ``GradSampleModule``, clipping of each unit's gradient over **all** trainable
-parameters jointly, Gaussian noise on **every** coordinate (every item row, dense), and
-only then the optimizer step. Rows the user never touched move too, so which rows
-changed reveals nothing beyond the DP guarantee.
+Poisson sampling of privacy units with secret randomness, per-unit gradients clipped
+over **all** trainable parameters jointly, Gaussian noise on **every** coordinate
+(every item row, dense), and only then the optimizer step. Rows the user never touched
+move too, so which rows changed reveals nothing beyond the DP guarantee.
+
+Two interchangeable clipping paths compute the same clipped noisy sum (tested equal,
+noise draws included): ``fast=True`` (default) uses ghost clipping for the Linear and
+Embedding layers fedrec's models are made of (:mod:`fedrec.privacy.fast_dp`), without
+per-example gradients; ``fast=False`` is the reference, Opacus's ``GradSampleModule``
+and ``DPOptimizer``, which materializes ``[batch, items, dim]`` per-example gradients
+for an item table. Both use Opacus's clip factor, noise std ``z C`` and division by
+the expected batch size, and the same accounting (:class:`Release`).
 
 Privacy unit: a *unit* groups example rows. MF (BCE) builds one positive row plus
 ``negatives`` negative rows per interaction; all of them form the interaction's unit
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -36,7 +43,8 @@ from torch import nn
 from fedrec.errors import ConfigError
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy.accounting import Release
-from fedrec.privacy.noise import gaussian, poisson_mask
+from fedrec.privacy.fast_dp import GhostDPStep, secret_normal
+from fedrec.privacy.noise import poisson_mask
 
 
 class GradientTerm(Protocol):
@@ -45,6 +53,14 @@ class GradientTerm(Protocol):
     mu: float
 
     def add_grad(self) -> None: ...
+
+
+class DPStep(Protocol):
+    """One DP-SGD step on a sampled batch (``None``: no unit sampled)."""
+
+    def __call__(self, batch: Examples | None, units: torch.Tensor) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _SecretNoiseDPOptimizer(DPOptimizer):
@@ -62,8 +78,9 @@ class _SecretNoiseDPOptimizer(DPOptimizer):
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
             _check_processed_flag(p.summed_grad)
-            noise = gaussian(tuple(p.summed_grad.shape), std, self.rng)
-            p.grad = (p.summed_grad + torch.from_numpy(noise).to(p.summed_grad)).view_as(p)
+            s = p.summed_grad
+            noise = secret_normal(s.numel(), std, self.rng, device=s.device, dtype=s.dtype)
+            p.grad = (s + noise.view_as(s)).view_as(p)
             _mark_as_processed(p.summed_grad)
 
 
@@ -94,15 +111,85 @@ def _check_args(
         )
 
 
-def _group_grad_samples(params: Sequence[nn.Parameter], row_units: torch.Tensor) -> None:
+def _to(batch: Examples, device: torch.device) -> Examples:
+    return Examples(tuple(t.to(device) for t in batch.inputs), batch.target.to(device))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _GhostStep:
+    """:class:`DPStep` by ghost clipping (:class:`fedrec.privacy.fast_dp.GhostDPStep`)."""
+
+    def __init__(self, model: TrainableRecommender, step: GhostDPStep) -> None:
+        self.model, self.step, self.device = model, step, _device(model)
+
+    def __call__(self, batch: Examples | None, units: torch.Tensor) -> None:
+        if batch is None:
+            self.step(None, units)
+            return
+        b = _to(batch, self.device)
+        self.step(lambda: self.model.loss(self.model(*b.inputs), b.target), units.to(self.device))
+
+    def close(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+
+class _OpacusStep:
+    """The reference :class:`DPStep`: Opacus per-sample gradients, grouped into units."""
+
+    def __init__(
+        self,
+        model: TrainableRecommender,
+        dp_opt: _SecretNoiseDPOptimizer,
+        named: Mapping[str, nn.Parameter],
+        weights: Mapping[str, float],
+        proximal: GradientTerm | None,
+    ) -> None:
+        self.model, self.dp_opt, self.named, self.weights = model, dp_opt, named, weights
+        self.proximal, self.device = proximal, _device(model)
+        self.params = [p for p in named.values()]
+        self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+
+    def __call__(self, batch: Examples | None, units: torch.Tensor) -> None:
+        self.dp_opt.zero_grad(set_to_none=True)
+        if batch is None:
+            for p in self.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        else:
+            b = _to(batch, self.device)
+            with warnings.catch_warnings():
+                # Embedding inputs are indices: Opacus's full backward hooks fire on outputs.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                self.model.loss(self.gsm(*b.inputs), b.target).backward()
+            _group_grad_samples(self.params, units.to(self.device))
+        _weight_grad_samples(self.named, self.weights, inverse=False)
+        if self.dp_opt.pre_step():
+            _weight_grad_samples(self.named, self.weights, inverse=True)
+            if self.proximal is not None and self.proximal.mu > 0:
+                self.proximal.add_grad()
+            self.dp_opt.original_optimizer.step()
+
+    def close(self) -> None:
+        self.gsm._close()
+        for p in self.model.parameters():
+            for attr in ("summed_grad", "grad_sample"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+            p.grad = None
+
+
+def _group_grad_samples(params: list[nn.Parameter], row_units: torch.Tensor) -> None:
     """Sum per-row gradients into per-unit gradients (``row_units`` indexes ``0..b-1``)."""
     n_units = int(row_units.max()) + 1
     for p in params:
         gs = p.grad_sample
         if gs is None:
-            p.grad_sample = torch.zeros((n_units, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((n_units, *p.shape), dtype=p.dtype, device=p.device)
             continue
-        out = torch.zeros((n_units, *gs.shape[1:]), dtype=gs.dtype)
+        out = torch.zeros((n_units, *gs.shape[1:]), dtype=gs.dtype, device=gs.device)
         p.grad_sample = out.index_add_(0, row_units, gs)
 
 
@@ -123,6 +210,50 @@ def _weight_grad_samples(
             p.grad_sample = p.grad_sample * c
 
 
+def make_dp_step(
+    model: TrainableRecommender,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    rng: np.random.Generator,
+    proximal: GradientTerm | None = None,
+    clip_weights: Mapping[str, float] | None = None,
+    fast: bool = True,
+) -> DPStep:
+    """One DP-SGD step of :func:`dp_train` as an object (also used by ``fedrec.bench``).
+
+    ``fast=True``: ghost clipping (:mod:`fedrec.privacy.fast_dp`); ``False``: Opacus's
+    per-sample gradients. Call :meth:`DPStep.close` when done (detaches Opacus).
+    """
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    weights = dict(clip_weights or {})
+    if unknown := set(weights) - set(named):
+        raise ConfigError(f"clip weights for unknown/frozen {sorted(unknown)}", where="privacy")
+    if fast:
+        prox = proximal
+        step = GhostDPStep(
+            model,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            rng=rng,
+            clip_weights={named[n]: c for n, c in weights.items()},
+            proximal=None if prox is None or prox.mu <= 0 else prox.add_grad,
+        )
+        return _GhostStep(model, step)
+    dp_opt = _SecretNoiseDPOptimizer(
+        optimizer,
+        rng=rng,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+    )
+    return _OpacusStep(model, dp_opt, named, weights, proximal)
+
+
 def dp_train(
     model: TrainableRecommender,
     examples: Callable[[torch.Generator], Examples],
@@ -137,14 +268,16 @@ def dp_train(
     units: torch.Tensor | None = None,
     proximal: GradientTerm | None = None,
     clip_weights: Mapping[str, float] | None = None,
+    fast: bool = True,
 ) -> Release:
     """Train ``model`` in place with DP-SGD over privacy units; return what was spent.
 
     Parameters
     ----------
     model
-        The device model; every parameter with ``requires_grad`` is clipped and noised
-        (freeze with ``fedrec.training.local.freeze_except`` to refit user-side only).
+        The device model; every parameter of ``optimizer`` (with ``requires_grad``) is
+        clipped and noised (freeze with ``fedrec.training.local.freeze_except`` to refit
+        user-side only).
     examples
         Builds one epoch's example rows from ``generator`` (public randomness: negatives,
         corruption); called once per epoch.
@@ -167,6 +300,9 @@ def dp_train(
     clip_weights
         Optional per-parameter weights inside the clipped vector (e.g.
         ``{"item_bias.weight": 0.1}``).
+    fast
+        Ghost clipping (default; Linear and Embedding layers only) or, ``False``, the
+        reference Opacus per-sample-gradient path. Same result, same noise draws.
 
     Returns
     -------
@@ -174,126 +310,49 @@ def dp_train(
         ``(noise_multiplier, q, steps)`` for the device's ledger.
     """
     _check_args(noise_multiplier, max_grad_norm, batch_size, epochs)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    weights = dict(clip_weights or {})
-    if unknown := set(weights) - set(named):
-        raise ConfigError(f"clip weights for unknown/frozen {sorted(unknown)}", where="privacy")
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-    try:
-        return _run(
-            gsm,
-            model,
-            examples,
-            units,
-            noise_multiplier,
-            max_grad_norm,
-            batch_size,
-            epochs,
-            optimizer,
-            generator,
-            rng,
-            proximal,
-            named,
-            weights,
-        )
-    finally:
-        gsm._close()
-        for p in model.parameters():
-            for attr in ("summed_grad", "grad_sample"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
-            p.grad = None
-
-
-def _run(
-    gsm: GradSampleModule,
-    model: TrainableRecommender,
-    examples: Callable[[torch.Generator], Examples],
-    units: torch.Tensor | None,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    batch_size: int,
-    epochs: int,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    rng: np.random.Generator,
-    proximal: GradientTerm | None,
-    named: dict[str, nn.Parameter],
-    weights: dict[str, float],
-) -> Release:
-    params = list(named.values())
-    n_units: int | None = None
-    steps = 0
-    dp_opt: _SecretNoiseDPOptimizer | None = None
+    step: DPStep | None = None
+    n_units, steps = 0, 0
     model.train()
-    for _ in range(epochs):
-        ex = examples(generator)
-        row_units = torch.arange(len(ex)) if units is None else units
-        if len(row_units) != len(ex):
-            raise ValueError(f"units has {len(row_units)} rows, examples have {len(ex)}")
-        n_units = int(row_units.max()) + 1 if len(ex) else 0
-        if n_units == 0:
-            raise ConfigError("no training examples", where="dp_train", fix="skip this client")
-        q = min(1.0, batch_size / n_units)
-        if dp_opt is None:
-            dp_opt = _SecretNoiseDPOptimizer(
-                optimizer,
-                rng=rng,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                expected_batch_size=q * n_units,
-            )
-        for _ in range(math.ceil(1.0 / q)):
-            _step(
-                gsm,
-                model,
-                ex,
-                row_units,
-                poisson_mask(n_units, q, rng),
-                params,
-                dp_opt,
-                optimizer,
-                proximal,
-                named,
-                weights,
-            )
-            steps += 1
-    if n_units is None:
+    try:
+        for _ in range(epochs):
+            ex = examples(generator)
+            row_units = torch.arange(len(ex)) if units is None else units
+            n_units = _count_units(ex, row_units)
+            q = min(1.0, batch_size / n_units)
+            if step is None:
+                step = make_dp_step(model, optimizer, noise_multiplier=noise_multiplier,
+                                    max_grad_norm=max_grad_norm, expected_batch_size=q * n_units,
+                                    rng=rng, proximal=proximal, clip_weights=clip_weights,
+                                    fast=fast)  # fmt: skip
+            for _ in range(math.ceil(1.0 / q)):
+                _poisson_step(step, ex, row_units, poisson_mask(n_units, q, rng))
+                steps += 1
+    finally:
+        if step is not None:
+            step.close()
+    if steps == 0:
         return Release(noise_multiplier, 1.0, 0)
     return Release(noise_multiplier, min(1.0, batch_size / n_units), steps)
 
 
-def _step(
-    gsm: GradSampleModule,
-    model: TrainableRecommender,
+def _count_units(ex: Examples, row_units: torch.Tensor) -> int:
+    if len(row_units) != len(ex):
+        raise ValueError(f"units has {len(row_units)} rows, examples have {len(ex)}")
+    if len(ex) == 0:
+        raise ConfigError("no training examples", where="dp_train", fix="skip this client")
+    return int(row_units.max()) + 1
+
+
+def _poisson_step(
+    step: DPStep,
     ex: Examples,
     row_units: torch.Tensor,
     sampled: np.ndarray[tuple[int], np.dtype[np.bool_]],
-    params: list[nn.Parameter],
-    dp_opt: _SecretNoiseDPOptimizer,
-    optimizer: torch.optim.Optimizer,
-    proximal: GradientTerm | None,
-    named: dict[str, nn.Parameter],
-    weights: dict[str, float],
 ) -> None:
-    dp_opt.zero_grad(set_to_none=True)
-    chosen = torch.from_numpy(sampled)
-    rows = torch.nonzero(chosen[row_units]).flatten()
+    """Run ``step`` on the rows of the sampled units, with compact unit ids ``0..b-1``."""
+    rows = torch.nonzero(torch.from_numpy(sampled)[row_units]).flatten()
     if len(rows) == 0:
-        for p in params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-    else:
-        batch = ex.take(rows)
-        with warnings.catch_warnings():
-            # Embedding inputs are indices: Opacus's full backward hooks fire on outputs.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            model.loss(gsm(*batch.inputs), batch.target).backward()
-        # compact unit ids 0..b-1 of the sampled rows
-        _, compact = torch.unique(row_units[rows], return_inverse=True)
-        _group_grad_samples(params, compact)
-    _weight_grad_samples(named, weights, inverse=False)
-    if dp_opt.pre_step():
-        _weight_grad_samples(named, weights, inverse=True)
-        if proximal is not None and proximal.mu > 0:
-            proximal.add_grad()
-        optimizer.step()
+        step(None, rows)
+        return
+    _, compact = torch.unique(row_units[rows], return_inverse=True)
+    step(ex.take(rows), compact)

@@ -1,0 +1,1 @@
+"""Micro-benchmarks of fedrec's building blocks (no Flower): see :mod:`.dp_overhead`."""
