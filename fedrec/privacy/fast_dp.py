@@ -156,7 +156,7 @@ class GhostClipper:
         grads = torch.autograd.grad(loss, [c[2] for c in live], allow_unused=True)
         for (layer, x, _), grad in zip(live, grads, strict=True):
             if grad is not None:
-                self._add_trace(layer, x, grad * 2)
+                self._add_trace(layer, x, grad * x.shape[0])
         return loss.detach()
 
     def _add_trace(self, layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -228,7 +228,7 @@ def _layer_sq_norms(
         )
         row_sums = _per_unit(g, inverse, len(keys))
         out[layer.weight] = _per_unit(
-            row_sums.square().sum(1), keys // layer.num_embeddings, n_units
+            row_sums.square().sum(1), keys % n_units, n_units
         )
         return out
     a = trace.inputs.to(g)
