@@ -17,9 +17,12 @@ from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.loop import run_federated
 from fedrec.metrics.evaluate import evaluate_scores
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.training.centralized import train_centralized
+from fedrec.training.centralized import CENTRAL_EPOCHS, CENTRAL_TRAIN, train_centralized
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+ROUNDS_100 = 150  # Poisson cohorts of expected size 100
+ROUNDS_ALL = 80  # every user every round
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +37,25 @@ def test_centralized_mf_reaches_040(split: Split) -> None:
 
 def test_federated_mf_100_clients_per_round_reaches_042(split: Split) -> None:
     result = run_federated(
-        split, ModelConfig(), LocalTrainConfig(), ServerConfig(), rounds=ROUNDS_100,
-        clients_per_round=100, seed=0,
+        split,
+        ModelConfig(),
+        LocalTrainConfig(),
+        ServerConfig(),
+        rounds=ROUNDS_100,
+        clients_per_round=100,
+        seed=0,
     )
     assert result.metrics["ndcg@10"] >= 0.42  # type: ignore[operator]
 
 
 def test_federated_mf_all_clients_reaches_045(split: Split) -> None:
     result = run_federated(
-        split, ModelConfig(), LocalTrainConfig(), ServerConfig(), rounds=ROUNDS_ALL,
-        clients_per_round=split.n_users, seed=0,
+        split,
+        ModelConfig(),
+        LocalTrainConfig(),
+        ServerConfig(),
+        rounds=ROUNDS_ALL,
+        clients_per_round=split.n_users,
+        seed=0,
     )
     assert result.metrics["ndcg@10"] >= 0.45  # type: ignore[operator]

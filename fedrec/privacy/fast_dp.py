@@ -228,7 +228,7 @@ def _layer_sq_norms(
         )
         row_sums = _per_unit(g, inverse, len(keys))
         out[layer.weight] = _per_unit(
-            row_sums.square().sum(1), keys % n_units, n_units
+            row_sums.square().sum(1), keys // layer.num_embeddings, n_units
         )
         return out
     a = trace.inputs.to(g)
