@@ -23,6 +23,7 @@ from fedrec.data.split import Split, random_split, temporal_split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.privacy.config import PrivacyConfig
 
 Scalar = bool | int | float | str
 FEDPROX_DEFAULT_MU = 0.01
@@ -37,7 +38,6 @@ _TOP = {
     "seed": "seed",
     "eval-every": "eval_every",
     "eval-clients": "eval_clients",
-    "privacy": "privacy",
     "run-dir": "run_dir",
     "round-timeout": "round_timeout",
     "noop": "noop",
@@ -76,7 +76,7 @@ class RunSettings:
     seed: int = 0
     eval_every: int = 0
     eval_clients: int = 100
-    privacy: str = "none"
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run_dir: str = "runs/flwr"
     round_timeout: float = 600.0
     noop: bool = False
@@ -90,12 +90,6 @@ class RunSettings:
             raise ConfigError(f"must be >= 0, got {self.eval_every}", where="eval-every")
         if self.split not in ("random", "temporal"):
             raise ConfigError(f"unknown split {self.split!r}", where="split", fix="random|temporal")
-        if self.privacy != "none":
-            raise ConfigError(
-                f"privacy mode {self.privacy!r} is not available in this build",
-                where="privacy",
-                fix="use --privacy none",
-            )
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat kebab-case form (``config.json``, ``run_config``); ``None`` is left out."""
@@ -107,17 +101,29 @@ class RunSettings:
             if value is not None:
                 flat[key] = value
         flat["model"], flat["strategy"] = self.model.kind, self.server.strategy
-        for prefix, obj in (("model", self.model), ("train", self.train), ("server", self.server)):
+        flat["privacy"] = self.privacy.mode
+        for prefix, obj in self._parts():
             for f in dataclasses.fields(obj):
-                if f.name not in ("kind", "strategy"):
-                    flat[f"{prefix}.{f.name.replace('_', '-')}"] = getattr(obj, f.name)
+                value = getattr(obj, f.name)
+                if f.name not in ("kind", "strategy", "mode") and value is not None:
+                    flat[f"{prefix}.{f.name.replace('_', '-')}"] = value
         return flat
+
+    def _parts(self) -> tuple[tuple[str, Any], ...]:
+        return (
+            ("model", self.model),
+            ("train", self.train),
+            ("server", self.server),
+            ("privacy", self.privacy),
+        )
 
     def client_config(self) -> dict[str, Scalar]:
         """What a client needs: data and split spec, seed, model and training settings."""
         flat = self.to_flat()
         keep = {
-            k: v for k, v in flat.items() if k in _CLIENT_TOP or k.startswith(("model", "train."))
+            k: v
+            for k, v in flat.items()
+            if k in _CLIENT_TOP or k.startswith(("model", "train.", "privacy"))
         }
         keep["weighted"] = self.server.weighted
         keep["store-dir"] = str(self.run_dir).rstrip("/") + "/clients"
@@ -127,13 +133,15 @@ class RunSettings:
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
         """Build from a flat mapping; unknown keys are a :class:`ConfigError`."""
         top: dict[str, Any] = {}
-        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "server": {}}
+        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "server": {}, "privacy": {}}
         for key, value in config.items():
             prefix, _, rest = key.partition(".")
             if key == "model":
                 parts["model"]["kind"] = value
             elif key == "strategy":
                 parts["server"]["strategy"] = value
+            elif key == "privacy":
+                parts["privacy"]["mode"] = value
             elif rest and prefix in parts:
                 parts[prefix][rest.replace("-", "_")] = value
             elif key in _TOP:
@@ -147,11 +155,12 @@ class RunSettings:
             model = ModelConfig(**parts["model"])
             train = LocalTrainConfig(**parts["train"])
             server = ServerConfig(**parts["server"])
+            privacy = PrivacyConfig(**parts["privacy"])
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
             train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)
-        return cls(model=model, train=train, server=server, **top)
+        return cls(model=model, train=train, server=server, privacy=privacy, **top)
 
 
 def load_split(settings: RunSettings) -> Split:

@@ -91,7 +91,7 @@ def config_payload(settings: RunSettings) -> dict[str, Any]:
         "eval_every": settings.eval_every,
         "eval_clients": settings.eval_clients,
         "seed": settings.seed,
-        "privacy": settings.privacy,
+        "privacy": dataclasses.asdict(settings.privacy),
         "settings": settings.to_flat(),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
