@@ -1,57 +1,72 @@
-"""The Flower ``ClientApp``: one simulated device per user, wiring only.
+"""The Flower ``ClientApp``: a thin wrapper over one :class:`~clients.device.DeviceClient`.
 
-Design rule: this module reads the message's config, loads (once per process) the
-data set and split, reads and writes the device's own store
-(:class:`clients.sim_store.SimStore`), calls :func:`fedrec.federated.client.client_fit`
-or :func:`~fedrec.federated.client.client_evaluate`, and packs the reply. The node's
-``partition-id`` is the user index; the user's interactions and user-side state never
-leave this process.
+Design rule: this module only wires. Per message it opens the user's device store
+(:func:`clients.sim_store.open_device`; the node's ``partition-id`` is the user), builds
+a :class:`~clients.device_round.RoundConfig` from the message, calls
+:meth:`~clients.device.DeviceClient.fit_round` or
+:meth:`~clients.device.DeviceClient.evaluate_round`, closes the store and packs the
+reply. Simulation and deployment share this path; only the data differ (a simulated
+device is fed its train interactions from the split on first use).
 
-Message contract (``ConfigRecord`` ``"config"``; keys of
-:meth:`server.settings.RunSettings.client_config`, plus ``server-round``):
+Message contract (``ConfigRecord`` ``"config"``: keys of
+:meth:`server.settings.RunSettings.client_config`, plus ``server-round``, and in local
+DP mode ``num-server-rounds`` and ``privacy.client-sample-rate``):
 
 - ``train`` -> ``{"arrays": ArrayRecord}``: the item-side arrays after local training,
-  all rows, dense, in upload order. Nothing else. ``{"metrics": {"num-examples"}}``
-  is added only when the server opted in to count weighting (``weighted``), which
-  leaks the count and is off by default (uniform aggregation).
-- ``evaluate`` -> ``{"metrics": MetricRecord}``: the user's per-user metrics
-  (``ndcg@10``...) and ``top10``, the user's top-10 item list. Both are needed for the
-  simulation's coverage/novelty/Gini and would leak in a deployment (the top-10 list
-  reveals the user's tastes); a deployment should report noised aggregates instead.
+  all rows, dense, in upload order. ``{"metrics": {"num-examples"}}`` only when the
+  server opted in to count weighting (``weighted``; leaks the count).
+  Local DP (``privacy`` = ``local``): every reply also holds ``{"privacy": ConfigRecord}``,
+  the device's ledger statement (:data:`PRIVACY_KEYS`); a device that refuses (budget
+  exhausted, no data) replies with that record only, no arrays.
+- ``evaluate`` -> ``{"metrics": MetricRecord}``: per-user metrics and ``top10`` (needed
+  for the simulation's coverage/novelty/Gini; not DP, a deployment should not send them).
 - ``query`` -> ``{"config": {"partition-id"}}``: simulation-only node discovery.
 
 Seeds: a fit in server round ``r`` uses ``derive_seed(seed, user, r - 1)``, an
-evaluation ``derive_seed(seed, user, -1)``: the same as the Flower-free reference loop
-:func:`fedrec.federated.loop.run_federated`, so both give the same result.
+evaluation ``derive_seed(seed, user, EVAL_ROUND)``, as the Flower-free reference loop
+:func:`fedrec.federated.loop.run_federated` does, so both give the same result.
 ``store-dir`` in the node config (deployment) overrides the one in the message.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import threading
+from functools import lru_cache
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.sim_store import SimStore
-from fedrec.data import resolve_data
-from fedrec.data.split import Split, random_split, temporal_split
-from fedrec.federated.client import client_evaluate, client_fit, derive_seed
+from clients.client_config import (
+    fail_users,
+    load_split,
+    model_config,
+    privacy_config,
+    train_config,
+)
+from clients.device import DeviceClient
+from clients.device_round import FitReply, LocalPrivacy, RoundConfig
+from clients.sim_store import open_device
+from fedrec.federated.client import derive_seed
 from fedrec.federated.loop import EVAL_ROUND
+from fedrec.federated.private import local_noise_multiplier
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.privacy.config import PrivacyConfig
 
-_SPLITS: dict[tuple[Any, ...], Split] = {}
-_LOCK = threading.Lock()
-_THREADS_SET = False
+PRIVACY_KEY = "privacy"
+PRIVACY_KEYS = ("status", "history", "rounds", "epsilon", "delta", "accountant", "unit", "message")
+"""Keys of the ``privacy`` record of a local-DP train reply."""
+
+_THREADS = threading.Lock()
+_threads_set = False
 
 app = ClientApp()
 
 
 class InjectedFailure(RuntimeError):
-    """TEST-ONLY fault injection: raised for users listed in ``fail-users``."""
+    """TEST-ONLY fault injection (``fail-users``; ``fail-after-ledger``)."""
 
 
 @app.query()
@@ -63,104 +78,114 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One local update; reply with the item-side arrays only."""
+    """One local update on the user's device; reply with the item-side arrays only."""
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
     if bool(config.get("noop", False)):
         return Message(RecordDict({"arrays": ArrayRecord(arrays)}), reply_to=msg)
-    split, seed = _split(config), int(config["seed"])  # type: ignore[arg-type]
-    store = SimStore(_store_dir(config, context))
-    fit = client_fit(
-        _model_config(config),
-        _train_config(config),
-        arrays,
-        store.load(user, before_round=rnd),
-        split.train_items(user),
-        seed=derive_seed(seed, user, rnd - 1),
-    )
-    store.save(user, rnd, fit.user_state)
-    content = RecordDict({"arrays": ArrayRecord(fit.item_arrays)})
-    if bool(config.get("weighted", False)):
-        content["metrics"] = MetricRecord({"num-examples": fit.num_examples})
-    return Message(content, reply_to=msg)
+    round_config = _round_config(config, user, rnd - 1, rnd)
+    with _device(config, context, user) as device:
+        reply = device.fit_round(arrays, round_config)
+    if reply.ok and user in fail_users(config, "fail-after-ledger"):  # the ledger is durable
+        raise InjectedFailure(f"test-only failure after the ledger write for user {user}")
+    return Message(_pack_fit(reply, config, private=round_config.privacy is not None), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rank all items with the local state and the global items; reply with metrics."""
+    """Rank all items with the device's state and the global items; reply with metrics."""
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
-    split, seed = _split(config), int(config["seed"])  # type: ignore[arg-type]
-    store = SimStore(_store_dir(config, context))
-    metrics, top = client_evaluate(
-        _model_config(config),
-        _train_config(config),
-        arrays,
-        store.load(user, before_round=rnd + 1),
-        split.train_items(user),
-        split.test_items(user),
-        seed=derive_seed(seed, user, EVAL_ROUND),
-    )
-    record = MetricRecord({**metrics, "top10": [int(i) for i in top]})
+    round_config = _round_config(config, user, EVAL_ROUND, rnd)
+    test_items = load_split(config).test_items(user)
+    with _device(config, context, user) as device:
+        result = device.evaluate_round(arrays, round_config, [int(i) for i in test_items])
+    record = MetricRecord({**result.metrics, "top10": [int(i) for i in result.top10]})
     return Message(RecordDict({"metrics": record}), reply_to=msg)
 
 
 def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
-    global _THREADS_SET
-    if not _THREADS_SET:  # many tiny models per process: one thread is fastest
-        torch.set_num_threads(1)
-        _THREADS_SET = True
+    global _threads_set
+    with _THREADS:
+        if not _threads_set:  # many tiny models per process: one thread is fastest
+            torch.set_num_threads(1)
+            _threads_set = True
     user = int(context.node_config["partition-id"])
     config = msg.content["config"]
     assert isinstance(config, ConfigRecord)
-    if user in _fail_users(config):
+    if user in fail_users(config, "fail-users"):
         raise InjectedFailure(f"test-only fault injection for user {user}")
     return user, config, int(config["server-round"])  # type: ignore[arg-type]
 
 
-def _fail_users(config: ConfigRecord) -> set[int]:
-    text = str(config.get("fail-users", "")).strip()
-    return {int(u) for u in text.split(",")} if text else set()
+def _device(config: ConfigRecord, context: Context, user: int) -> DeviceClient:
+    store_dir = str(context.node_config.get("store-dir", config["store-dir"]))
+    seed = int(config["seed"])  # type: ignore[arg-type]
+    return open_device(store_dir, user, load_split(config).train_items(user), seed=seed)
 
 
-def _store_dir(config: ConfigRecord, context: Context) -> str:
-    return str(context.node_config.get("store-dir", config["store-dir"]))
-
-
-def _split(config: ConfigRecord) -> Split:
-    """The split named by ``config``, loaded once per process and cached."""
-    key = tuple(
-        config.get(k) for k in ("data", "min-rating", "k-core", "split", "test-fraction", "seed")
+def _round_config(config: ConfigRecord, user: int, seed_round: int, rnd: int) -> RoundConfig:
+    model, train = model_config(config), train_config(config)
+    return RoundConfig(
+        model=model,
+        train=train,
+        round=rnd,
+        seed=derive_seed(int(config["seed"]), user, seed_round),  # type: ignore[arg-type]
+        privacy=_local_privacy(config, model, train),
     )
-    with _LOCK:
-        if key not in _SPLITS:
-            data, min_rating, k_core, method, fraction, seed = key
-            log = resolve_data(
-                str(data),
-                min_rating=None if min_rating is None else float(min_rating),  # type: ignore[arg-type]
-                k_core=None if k_core is None else int(k_core),  # type: ignore[arg-type]
-            )
-            if method == "temporal":
-                _SPLITS[key] = temporal_split(log, test_fraction=float(fraction))  # type: ignore[arg-type]
-            else:
-                _SPLITS[key] = random_split(log, test_fraction=float(fraction), seed=int(seed))  # type: ignore[arg-type]
-        return _SPLITS[key]
 
 
-def _fields(config: ConfigRecord, prefix: str) -> dict[str, Any]:
+def _local_privacy(
+    config: ConfigRecord, model: ModelConfig, train: LocalTrainConfig
+) -> LocalPrivacy | None:
+    privacy = privacy_config(config)
+    if privacy.mode != "local":
+        return None
+    z = privacy.noise_multiplier
+    if z is None:  # the same calibration the server would do: every client gets the same z
+        rounds = int(config["num-server-rounds"])  # type: ignore[arg-type]
+        rate = float(config["privacy.client-sample-rate"])  # type: ignore[arg-type]
+        z = _calibrated(privacy, model, train, rounds, rate)
+    return LocalPrivacy.from_config(privacy, model, noise_multiplier=z)
+
+
+@lru_cache(maxsize=8)
+def _calibrated(
+    privacy: PrivacyConfig, model: ModelConfig, train: LocalTrainConfig, rounds: int, rate: float
+) -> float:
+    return local_noise_multiplier(privacy, model, train, rounds=rounds, client_sample_rate=rate)
+
+
+def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> RecordDict:
+    if not private and not reply.ok:
+        raise RuntimeError(f"device did not train: {reply.status} ({reply.message})")
+    content = RecordDict()
+    if reply.ok:
+        assert reply.item_arrays is not None
+        content["arrays"] = ArrayRecord(reply.item_arrays)
+        if bool(config.get("weighted", False)):
+            content["metrics"] = MetricRecord({"num-examples": reply.num_examples})
+    if private:
+        content[PRIVACY_KEY] = ConfigRecord(_statement(reply))
+    return content
+
+
+def _statement(reply: FitReply) -> dict[str, Any]:
+    """The ledger statement a private reply carries (cumulative history included)."""
+    spent = reply.spent
+    if spent is None:  # a refusal before any release ("no_data")
+        empty: dict[str, Any] = {"history": "[]", "rounds": 0, "epsilon": 0.0}
+        return {"status": reply.status, "message": reply.message, **empty}
     return {
-        k[len(prefix) :].replace("-", "_"): v for k, v in config.items() if k.startswith(prefix)
+        "status": reply.status,
+        "history": json.dumps(spent.history),
+        "rounds": spent.rounds_participated,
+        "epsilon": float(spent.epsilon),
+        "delta": float(spent.delta),
+        "accountant": spent.accountant,
+        "unit": spent.unit,
+        "message": reply.message,
     }
 
 
-def _model_config(config: ConfigRecord) -> ModelConfig:
-    return ModelConfig(kind=str(config["model"]), **_fields(config, "model."))
-
-
-def _train_config(config: ConfigRecord) -> LocalTrainConfig:
-    fields = _fields(config, "train.")
-    known = {f.name for f in dataclasses.fields(LocalTrainConfig)}
-    return LocalTrainConfig(**{k: v for k, v in fields.items() if k in known})
-
-
-__all__ = ["InjectedFailure", "app", "evaluate", "query", "train"]
+__all__ = ["PRIVACY_KEY", "PRIVACY_KEYS", "InjectedFailure", "app", "evaluate", "query", "train"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,129 +33,29 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from clients.device_round import (
+    NO_DATA,
+    OK,
+    EvalReply,
+    FitReply,
+    LocalPrivacy,
+    RoundConfig,
+    fit_private_round,
+)
+from clients.serving import HeldGlobal, measure_recommend_latency, top_k
 from clients.store import DeviceStore, ItemId
-from fedrec.errors import BudgetExhaustedError, ConfigError, StoreError
-from fedrec.federated.client import client_evaluate, client_fit, derive_seed, load_device_model
-from fedrec.models.base import (
-    Arrays,
-    get_item_arrays,
-    get_user_state,
-    item_side,
-    set_item_arrays,
-    set_user_state,
-)
+from fedrec.errors import ConfigError, StoreError
+from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
+from fedrec.models.base import get_user_state, item_side, set_user_state
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
-from fedrec.models.trainable import TrainableRecommender
-from fedrec.privacy.accounting import Release, check_accountant, check_delta
 from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
-from fedrec.privacy.local_dp import dp_train, interaction_units
-from fedrec.privacy.noise import secure_rng
 from fedrec.recommend.explain import explain as cite_history
-from fedrec.recommend.similar import item_vectors, unit_rows
 from fedrec.recommend.types import Recommendation
-from fedrec.training.local import (
-    Proximal,
-    freeze_except,
-    make_optimizer,
-    refit_user,
-    restore_grad_flags,
-    user_examples,
-)
+from fedrec.training.local import refit_user, user_examples
 
-UserState = dict[str, npt.NDArray[np.float32]]
 GLOBAL, TRAIN, TRAIN_PREV, SERVE = "global", "train", "train.prev", "serve"
 Row = ItemId | tuple[Any, ...]
 """A row of :meth:`DeviceClient.record_many`: an item, or ``(item[, rating[, timestamp]])``."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalPrivacy:
-    """Local DP-SGD settings of a round (Abadi et al., CCS 2016), checked at construction.
-
-    Attributes
-    ----------
-    noise_multiplier, clip_norm
-        Noise std over clip bound ``z``, and the per-unit clip bound ``C``.
-    epsilon_budget, delta
-        The device refuses to train when its epsilon at ``delta`` would exceed the budget.
-    accountant
-        ``"rdp"`` or ``"prv"`` (must match the ledger's).
-    unit
-        The protected unit as stated in the ledger.
-    """
-
-    noise_multiplier: float
-    clip_norm: float
-    epsilon_budget: float
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    unit: str = "one interaction"
-
-    def __post_init__(self) -> None:
-        check_accountant(self.accountant)
-        check_delta(self.delta)
-        for name in ("noise_multiplier", "clip_norm", "epsilon_budget"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"must be finite and > 0, got {value}", where=f"privacy.{name}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundConfig:
-    """What one round asks of the device (the ClientApp builds it from the message).
-
-    Attributes
-    ----------
-    model, train
-        Model and local-training configuration of the run.
-    round
-        Server round (1-based); a re-run of a round starts from the state before it.
-    seed
-        Seed of this call's public randomness, e.g. ``derive_seed(run_seed, user, round - 1)``.
-    item_ids
-        Original item id of each row of the global arrays. ``None``: the catalog the
-        device already holds if the size matches, else the identity ``0..n-1``.
-    privacy
-        Local DP settings, or ``None`` (no privacy).
-    """
-
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train: LocalTrainConfig = dataclasses.field(default_factory=LocalTrainConfig)
-    round: int = 1
-    seed: int = 0
-    item_ids: Sequence[ItemId] | None = None
-    privacy: LocalPrivacy | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FitReply:
-    """The device's answer to a training round.
-
-    ``status`` is ``"ok"`` (``item_arrays`` set: the only thing to upload),
-    ``"budget_exhausted"`` (did not train; the server carries on without it) or
-    ``"no_data"`` (no interaction on a catalog item). ``num_examples`` is private.
-    """
-
-    status: str
-    item_arrays: Arrays | None = None
-    num_examples: int = 0
-    train_loss: float = float("nan")
-    spent: Spent | None = None
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalReply:
-    """Per-user metrics and the top-10 (catalog rows and original ids) of an evaluation."""
-
-    metrics: dict[str, float]
-    top10: npt.NDArray[np.int64]
-    top10_items: list[ItemId]
 
 
 def item_id(value: object) -> ItemId:
@@ -188,72 +87,6 @@ def _catalog_hash(ids: Sequence[ItemId]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
 
 
-def _bias(kind: str, model: TrainableRecommender, n_items: int) -> npt.NDArray[np.float32]:
-    """Popularity signal: the learned item bias (MF ``b``, decoder bias of the AEs)."""
-    names = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
-    param = item_side(model).get(names.get(kind, ""))
-    if param is None:
-        return np.zeros(n_items, dtype=np.float32)
-    values: npt.NDArray[np.float32] = param.detach().numpy().reshape(n_items).astype(np.float32)
-    return values
-
-
-@dataclasses.dataclass
-class _Global:
-    """The held global item parameters, loaded once into a one-user model."""
-
-    model_cfg: ModelConfig
-    train_cfg: LocalTrainConfig
-    ids: list[ItemId]
-    row: dict[ItemId, int]
-    arrays: Arrays
-    model: TrainableRecommender
-    init_state: UserState
-    bias: npt.NDArray[np.float32]
-    unit_vectors: npt.NDArray[np.float64] | None
-
-    @classmethod
-    def build(
-        cls,
-        arrays: Arrays,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        ids: list[ItemId],
-        seed: int,
-    ) -> _Global:
-        n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
-        if n_items != len(ids):
-            raise ConfigError(
-                f"{len(ids)} item ids for global arrays of {n_items} rows",
-                where="item_ids",
-                fix="send one original id per item row",
-            )
-        model = build_model(model_cfg, n_items, 1, seed=seed)
-        try:
-            set_item_arrays(model, arrays)
-        except ValueError as exc:
-            raise ConfigError(
-                str(exc), where="global arrays", fix="send arrays of the model config's shapes"
-            ) from exc
-        model.eval()
-        vectors = (
-            unit_rows(item_vectors(model_cfg.kind, arrays))
-            if model_cfg.kind in ("mf", "cdae", "multvae")
-            else None
-        )
-        return cls(
-            model_cfg,
-            train_cfg,
-            ids,
-            {i: r for r, i in enumerate(ids)},
-            arrays,
-            model,
-            get_user_state(model),
-            _bias(model_cfg.kind, model, n_items),
-            vectors,
-        )
-
-
 class DeviceClient:
     """One device's client: durable local store, local training, local recommendations.
 
@@ -270,12 +103,23 @@ class DeviceClient:
         Below this many distinct catalog items the device recommends by popularity.
     refresh_steps
         Refit epochs of the serving state after each :meth:`record`.
+    keep_global
+        Persist the received global parameters (default). A simulated device, which
+        receives them with every message, passes ``False``: its store then holds only
+        the user's own data, states and ledger (small, for thousands of devices).
     """
 
     def __init__(
-        self, store: DeviceStore, *, seed: int, min_interactions: int, refresh_steps: int
+        self,
+        store: DeviceStore,
+        *,
+        seed: int,
+        min_interactions: int,
+        refresh_steps: int,
+        keep_global: bool = True,
     ) -> None:
         self._store = store
+        self.keep_global = keep_global
         user = store.get_meta("user_id")
         self.client_id = "device" if user is None else str(user)
         self.seed = seed
@@ -299,8 +143,9 @@ class DeviceClient:
         seed: int = 0,
         min_interactions: int = 3,
         refresh_steps: int = 5,
+        keep_global: bool = True,
     ) -> DeviceClient:
-        """Open (or create) the device store at ``path``.
+        """Open (or create) the device store at ``path`` (see the class for the options).
 
         Raises
         ------
@@ -321,7 +166,11 @@ class DeviceClient:
                     fix="open this user's own store file",
                 )
             return cls(
-                store, seed=seed, min_interactions=min_interactions, refresh_steps=refresh_steps
+                store,
+                seed=seed,
+                min_interactions=min_interactions,
+                refresh_steps=refresh_steps,
+                keep_global=keep_global,
             )
         except BaseException:
             store.close()
@@ -424,7 +273,7 @@ class DeviceClient:
             return []
         fallback = self._serve is None or len(self._seen) < self.min_interactions
         scores = g.bias if fallback else self._scores(g)
-        rows = _top_k(scores, self._seen if exclude_seen else None, k)
+        rows = top_k(scores, self._seen if exclude_seen else None, k)
         becauses = self._because(g, rows) if explain else [[] for _ in rows]
         return [
             Recommendation(g.ids[r], float(scores[r]), because, fallback)
@@ -450,45 +299,22 @@ class DeviceClient:
         g = self._receive(global_arrays, config)
         train_items = self._seen.copy()
         if len(train_items) == 0:
-            return FitReply("no_data", message="no interaction on an item of this catalog")
-        state = self._train_state_before(config.round, private=config.privacy is not None)
+            return FitReply(NO_DATA, message="no interaction on an item of this catalog")
+        private = config.privacy is not None
+        state = self._train_state_before(config.round, private=private)
         if config.privacy is None:
             fit = client_fit(
                 config.model, config.train, g.arrays, state, train_items, seed=config.seed
             )
             self._keep_states(fit.user_state, config.round, private=False)
-            return FitReply("ok", fit.item_arrays, fit.num_examples, fit.train_loss)
-        return self._fit_private(g, config, config.privacy, state, train_items)
-
-    def _fit_private(
-        self,
-        g: _Global,
-        config: RoundConfig,
-        privacy: LocalPrivacy,
-        state: UserState | None,
-        train_items: npt.NDArray[np.int64],
-    ) -> FitReply:
-        ledger = self._ledger(privacy)
-        first = state is None
-        account = ledger.account
-        for release in _predict_releases(config, privacy, len(train_items), g.model, first):
-            account = account.after(release)
-        epsilon = account.epsilon(privacy.delta)
-        if epsilon > privacy.epsilon_budget:
-            return FitReply(
-                "budget_exhausted",
-                spent=ledger.spent(),
-                message=f"round {config.round} would spend epsilon {epsilon:.3f} > budget "
-                f"{privacy.epsilon_budget}; did not train",
-            )
-        fit_arrays, user_state, releases = _dp_fit(config, privacy, g.arrays, state, train_items)
-        try:  # write before send: a crash after this keeps the spend
-            for release in releases:
-                ledger.reserve(release, round=config.round, budget_epsilon=privacy.epsilon_budget)
-        except BudgetExhaustedError as exc:
-            return FitReply("budget_exhausted", spent=ledger.spent(), message=str(exc))
-        self._keep_states(user_state, config.round, private=True)
-        return FitReply("ok", fit_arrays, len(train_items), float("nan"), ledger.spent())
+            return FitReply(OK, fit.item_arrays, fit.num_examples, fit.train_loss)
+        ledger = self._ledger(config.privacy)
+        reply, new_state = fit_private_round(
+            ledger, config, config.privacy, g.arrays, state, train_items
+        )
+        if new_state is not None:  # the ledger is already durable
+            self._keep_states(new_state, config.round, private=True)
+        return reply
 
     def evaluate_round(
         self,
@@ -499,8 +325,9 @@ class DeviceClient:
         """Rank the catalog for held-out ``test_items`` (simulation only).
 
         Uses :func:`fedrec.federated.client.client_evaluate` with the newest training
-        state; stored state is not changed. The metrics and top-10 are what a
-        simulation sends back; a deployment should not (they describe the user).
+        state written in a round ``<= config.round``; stored state is not changed. The
+        metrics and top-10 are what a simulation sends back; a deployment should not
+        (they describe the user).
         """
         g = self._receive(global_arrays, config)
         wanted = [item_id(i) for i in test_items]
@@ -515,7 +342,7 @@ class DeviceClient:
             config.model,
             config.train,
             g.arrays,
-            self._load_state(TRAIN),
+            self._train_state_before(config.round + 1, private=False),
             self._seen,
             test,
             seed=config.seed,
@@ -548,12 +375,12 @@ class DeviceClient:
             unit=privacy.unit,
         )
 
-    def _receive(self, arrays: Sequence[npt.NDArray[Any]], config: RoundConfig) -> _Global:
+    def _receive(self, arrays: Sequence[npt.NDArray[Any]], config: RoundConfig) -> HeldGlobal:
         """Validate, persist and cache new global parameters with their catalog."""
         floats = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         n_items = int(floats[0].shape[0]) if floats and floats[0].ndim else 0
         ids = self._resolve_ids(config, n_items)
-        g = _Global.build(floats, config.model, config.train, ids, self.seed)
+        g = HeldGlobal.build(floats, config.model, config.train, ids, self.seed)
         info = {
             "model": dataclasses.asdict(config.model),
             "train": dataclasses.asdict(config.train),
@@ -561,9 +388,9 @@ class DeviceClient:
             "items_hash": _catalog_hash(ids),
         }
         with self._store.transaction():
-            self._store.save_slot(
-                GLOBAL, list(zip(item_side(g.model), floats, strict=True)), info, round=config.round
-            )
+            if self.keep_global:
+                named = list(zip(item_side(g.model), floats, strict=True))
+                self._store.save_slot(GLOBAL, named, info, round=config.round)
             stale = [s for s in (TRAIN, SERVE) if not self._fits(g, self._load_state(s))]
             if stale:  # a new model shape: user states cannot be reused
                 self._store.delete_slots(TRAIN, TRAIN_PREV, SERVE)
@@ -573,7 +400,7 @@ class DeviceClient:
         return g
 
     @staticmethod
-    def _fits(g: _Global, state: UserState | None) -> bool:
+    def _fits(g: HeldGlobal, state: UserState | None) -> bool:
         if state is None:
             return True
         return state.keys() == g.init_state.keys() and all(
@@ -601,13 +428,13 @@ class DeviceClient:
             fix="send the original id of every row with a changed catalog",
         )
 
-    def _load_global(self) -> _Global | None:
+    def _load_global(self) -> HeldGlobal | None:
         slot = self._store.load_slot(GLOBAL)
         if slot is None:
             return None
         info = slot.info
         try:
-            return _Global.build(
+            return HeldGlobal.build(
                 slot.arrays,
                 ModelConfig(**info["model"]),
                 LocalTrainConfig(**info["train"]),
@@ -679,7 +506,7 @@ class DeviceClient:
         g.model.eval()
         self._set_serve(get_user_state(g.model))
 
-    def _scores(self, g: _Global) -> npt.NDArray[np.float32]:
+    def _scores(self, g: HeldGlobal) -> npt.NDArray[np.float32]:
         if self._p is not None and g.model_cfg.kind == "mf":
             # einsum stays on this thread: a BLAS thread pool's wake-ups dominate the tail
             # latency of a 27k x 32 mat-vec on a busy device
@@ -694,7 +521,7 @@ class DeviceClient:
             self._cached_scores = out.numpy().astype(np.float32)
         return self._cached_scores
 
-    def _because(self, g: _Global, rows: list[int]) -> list[list[tuple[ItemId, float]]]:
+    def _because(self, g: HeldGlobal, rows: list[int]) -> list[list[tuple[ItemId, float]]]:
         """Up to three supporting history items per row (:func:`fedrec.recommend.explain`)."""
         if g.unit_vectors is None or len(self._seen) == 0 or not rows:
             return [[] for _ in rows]
@@ -702,144 +529,12 @@ class DeviceClient:
         return [[(g.ids[j], w) for j, w in per_row] for per_row in cited]
 
 
-def _top_k(
-    scores: npt.NDArray[np.float32], excluded: npt.NDArray[np.int64] | None, k: int
-) -> list[int]:
-    """Rows of the ``k`` best scores, ties by lower row, skipping ``excluded`` rows."""
-    masked = scores
-    n_ok = len(scores)
-    if excluded is not None and len(excluded):
-        masked = scores.copy()
-        masked[excluded] = -np.inf
-        n_ok -= len(excluded)
-    k = min(k, n_ok)
-    if k <= 0:
-        return []
-    part = np.argpartition(-masked, k - 1)[:k]
-    cands = np.flatnonzero(masked >= masked[part].min())  # every tie at the cut-off
-    order = cands[np.lexsort((cands, -masked[cands]))][:k]
-    return [int(r) for r in order]
-
-
-def _refits(model: TrainableRecommender, train: LocalTrainConfig, first: bool) -> bool:
-    """Whether a round reconstructs the user state first (as ``client_fit`` does)."""
-    return bool(model.USER_SIDE) and train.refit_steps > 0 and (first or train.refit_every_round)
-
-
-def _predict_releases(
-    config: RoundConfig,
-    privacy: LocalPrivacy,
-    n_train: int,
-    model: TrainableRecommender,
-    first: bool,
-) -> list[Release]:
-    """What :func:`_dp_fit` will spend, known before training (for the budget check).
-
-    Units: one interaction (MF, :func:`fedrec.privacy.local_dp.interaction_units`), or
-    the user's whole vector (autoencoders, one unit).
-    """
-    n_units = n_train if config.model.kind == "mf" else 1
-    q = min(1.0, config.train.batch_size / n_units)
-    per_epoch = math.ceil(1.0 / q)
-    z = privacy.noise_multiplier
-    out = []
-    if _refits(model, config.train, first):
-        out.append(Release(z, q, config.train.refit_steps * per_epoch))
-    out.append(Release(z, q, config.train.epochs * per_epoch))
-    return out
-
-
-def _dp_fit(
-    config: RoundConfig,
-    privacy: LocalPrivacy,
-    global_items: Arrays,
-    state: UserState | None,
-    train_items: npt.NDArray[np.int64],
-) -> tuple[Arrays, UserState, list[Release]]:
-    """``client_fit`` under local DP-SGD: the reconstruction *and* the update are private.
-
-    Everything the upload depends on is trained by :func:`fedrec.privacy.local_dp.dp_train`
-    (docs/PRIVACY.md), so the user-side refit is a release of its own.
-    """
-    model = load_device_model(config.model, global_items, state, seed=config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = secure_rng()
-    examples = user_examples(model, train_items)
-    units = interaction_units(model, len(train_items))
-    common: dict[str, Any] = {
-        "noise_multiplier": privacy.noise_multiplier,
-        "max_grad_norm": privacy.clip_norm,
-        "batch_size": config.train.batch_size,
-        "generator": gen,
-        "rng": rng,
-        "units": units,
-    }
-    releases = []
-    if _refits(model, config.train, state is None):
-        flags = freeze_except(model, model.USER_SIDE)
-        try:
-            params = [p for n, p in model.named_parameters() if n in model.USER_SIDE]
-            opt = make_optimizer(params, config.train, lr=config.train.refit_lr)
-            releases.append(
-                dp_train(model, examples, epochs=config.train.refit_steps, optimizer=opt, **common)
-            )
-        finally:
-            restore_grad_flags(model, flags)
-    mu = config.train.proximal_mu
-    proximal = Proximal.around(list(item_side(model).values()), mu) if mu > 0 else None
-    opt = make_optimizer(list(model.parameters()), config.train)
-    releases.append(
-        dp_train(
-            model, examples, epochs=config.train.epochs, optimizer=opt, proximal=proximal, **common
-        )
-    )
-    return get_item_arrays(model), get_user_state(model), releases
-
-
-def measure_recommend_latency(
-    n_items: int, calls: int = 1000, *, dim: int = 32, history: int = 50, seed: int = 0
-) -> dict[str, float]:
-    """Latency of :meth:`DeviceClient.recommend` (k=10, seen items excluded), in ms.
-
-    An MF device (``dim``) with a ``n_items`` catalog and ``history`` interactions, in a
-    temporary store; one warm-up call, then ``calls`` timed calls. Also times
-    :meth:`DeviceClient.record` (durable write + serving refresh) over 20 calls.
-    ``p50_ms``/``p99_ms`` are wall-clock; ``cpu_*`` are this thread's CPU time, which
-    excludes preemption by other processes (the wall-clock tail on a busy machine).
-    """
-    import tempfile
-
-    from fedrec.models.registry import init_item_arrays
-
-    cfg = RoundConfig(model=ModelConfig(kind="mf", dim=dim))
-    rng = np.random.default_rng(seed)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        DeviceClient.open(Path(tmp) / "device.db", seed=seed) as device,
-    ):
-        device.set_global(init_item_arrays(cfg.model, n_items, seed=seed), cfg)
-        device.record_many(rng.choice(n_items, size=min(history, n_items), replace=False))
-        device.recommend(10)
-        times, cpu = np.empty(calls), np.empty(calls)
-        for i in range(calls):
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            device.recommend(10)
-            times[i] = time.perf_counter() - start
-            cpu[i] = time.thread_time() - start_cpu
-        record_times = []
-        for item in rng.choice(n_items, size=20):
-            start = time.perf_counter()
-            device.record(int(item))
-            record_times.append(time.perf_counter() - start)
-    ms = times * 1e3
-    return {
-        "n_items": float(n_items),
-        "calls": float(calls),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "max_ms": float(ms.max()),
-        "cpu_p50_ms": float(np.percentile(cpu * 1e3, 50)),
-        "cpu_p99_ms": float(np.percentile(cpu * 1e3, 99)),
-        "record_p50_ms": float(np.median(record_times) * 1e3),
-    }
+__all__ = [
+    "DeviceClient",
+    "EvalReply",
+    "FitReply",
+    "LocalPrivacy",
+    "RoundConfig",
+    "item_id",
+    "measure_recommend_latency",
+]

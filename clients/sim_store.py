@@ -1,128 +1,86 @@
-"""Durable per-user state for simulated devices: one small ``.npz`` file per user.
+"""Where simulated devices live: one :class:`~clients.device.DeviceClient` store per user.
 
-Design rule: a simulated device keeps its user-side state on "its own disk", i.e. one
-file per user under ``<run dir>/clients/``, never in the server's memory and never in
-a reply. ``Context.state`` is not enough because it dies with the process, and a
-stopped run must resume with the same user states.
-
-Each file holds two versions of the state, each tagged with the round that wrote it:
-the newest (``cur``) and the one before (``prev``). A round that was interrupted after
-some clients wrote their new state, but before the server checkpointed, is re-run on
-resume; :meth:`SimStore.load` with ``before_round`` then skips the half-round's
-version and returns exactly the state the uninterrupted run used. One user is served
-by one message at a time, so writes never race; each write is a temporary file
-renamed over the old one (``os.replace``), so a crash leaves the old file or the new
-one, never a torn one. Files are sharded by ``user // 1000`` so folders stay small
-for hundreds of thousands of users.
+Design rule: a simulated device is a real device. Each user gets its own SQLite store
+(:mod:`clients.store`: interactions, training and serving states, privacy ledger) under
+``<run dir>/clients/``, opened for one message and closed again, so a run scales to
+thousands of users (no open files between messages, folders sharded by
+``user // 1000``) and a stopped run resumes from the very files a deployment would
+keep. Only the data differ: a real device records its user's interactions itself,
+while a simulated one is fed its user's *train* interactions from the split on first
+use (:func:`open_device`). The global item parameters arrive with every message and
+are not persisted (``keep_global=False``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from fedrec.errors import StoreError
+from clients.device import DeviceClient
+from clients.store import DeviceStore
+from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
 
-UserState = dict[str, npt.NDArray[np.float32]]
-FORMAT_VERSION = 1
 _SHARD = 1000
+SUFFIX = ".sqlite"
 
 
-class SimStore:
-    """The user-side states of every simulated device of one run.
+def device_path(root: str | Path, user: int) -> Path:
+    """The store file of ``user``'s simulated device under ``root``."""
+    return Path(root) / f"{user // _SHARD:05d}" / f"user-{user}{SUFFIX}"
 
-    Parameters
-    ----------
-    root
-        Folder of the store, e.g. ``<run dir>/clients``; created on first write.
+
+def open_device(
+    root: str | Path, user: int, train_items: npt.NDArray[np.int64], *, seed: int
+) -> DeviceClient:
+    """Open ``user``'s device, feeding it ``train_items`` if it holds no data yet.
+
+    The feed is one transaction (all rows or none), so a crash during it is simply
+    repeated at the next open. Item ids are the split's item indices.
     """
+    path = device_path(root, user)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = DeviceClient.open(path, user_id=user, seed=seed, keep_global=False)
+    try:
+        if len(train_items) and not device.interactions():
+            device.record_many((int(i), None, float(t)) for t, i in enumerate(train_items))
+    except BaseException:
+        device.close()
+        raise
+    return device
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
 
-    def path(self, user: int) -> Path:
-        """The file that holds ``user``'s state."""
-        return self.root / f"{user // _SHARD:05d}" / f"user-{user}.npz"
+def users(root: str | Path) -> list[int]:
+    """Every user with a device store under ``root``, ascending."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.stem.split("-", 1)[1]) for p in base.glob(f"*/user-*{SUFFIX}"))
 
-    def load(self, user: int, *, before_round: int) -> UserState | None:
-        """The newest state of ``user`` written in a round ``< before_round``.
 
-        Returns ``None`` when the user has no such state (first participation).
-        """
-        versions = self._read(user)
-        for tag in ("cur", "prev"):
-            entry = versions.get(tag)
-            if entry is not None and entry[0] < before_round:
-                return entry[1]
-        return None
+def read_ledgers(root: str | Path) -> dict[int, Spent]:
+    """Each device's privacy statement from its own ledger (devices with no release left out).
 
-    def save(self, user: int, round: int, state: UserState) -> None:
-        """Store ``state`` as written in ``round``, keeping the newest older version."""
-        versions = self._read(user)
-        cur = versions.get("cur")
-        prev = versions.get("prev")
-        if cur is not None and cur[0] < round:
-            prev = cur  # a re-run of the same round replaces its own version only
-        arrays: dict[str, npt.NDArray[np.generic]] = {
-            "version": np.array(FORMAT_VERSION),
-            "cur.round": np.array(round, dtype=np.int64),
-        }
-        arrays.update({f"cur.state.{k}": v for k, v in state.items()})
-        if prev is not None:
-            arrays["prev.round"] = np.array(prev[0], dtype=np.int64)
-            arrays.update({f"prev.state.{k}": v for k, v in prev[1].items()})
-        self._write(self.path(user), arrays)
-
-    def users(self) -> list[int]:
-        """Every user with a stored state, ascending."""
-        if not self.root.is_dir():
-            return []
-        return sorted(int(p.stem.split("-", 1)[1]) for p in self.root.glob("*/user-*.npz"))
-
-    def _read(self, user: int) -> dict[str, tuple[int, UserState]]:
-        path = self.path(user)
-        if not path.exists():
-            return {}
+    The ledgers include spends that never reached the server (a crash after the
+    ledger write), so they are the ground truth of a simulation's ``privacy.json``.
+    Call it when no client is running (each store is opened exclusively).
+    """
+    out: dict[int, Spent] = {}
+    for user in users(root):
+        store = DeviceStore.open(device_path(root, user))
         try:
-            with np.load(path) as npz:
-                raw = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise StoreError(
-                f"unreadable device state ({err})",
-                where=str(path),
-                fix="delete this file to let the user re-initialize, or restart the run",
-            ) from err
-        if int(raw.get("version", -1)) != FORMAT_VERSION:
-            raise StoreError(
-                f"unknown store format {raw.get('version')}",
-                where=str(path),
-                fix=f"this fedrec reads format {FORMAT_VERSION}; use a new run directory",
-            )
-        out: dict[str, tuple[int, UserState]] = {}
-        for tag in ("cur", "prev"):
-            if f"{tag}.round" in raw:
-                prefix = f"{tag}.state."
-                state = {
-                    k[len(prefix) :]: v.astype(np.float32)
-                    for k, v in raw.items()
-                    if k.startswith(prefix)
-                }
-                out[tag] = (int(raw[f"{tag}.round"]), state)
-        return out
-
-    @staticmethod
-    def _write(path: Path, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            client_id = str(store.get_meta("user_id"))
+            records = ledger_records(store.conn, client_id)
+            if records:
+                last = records[-1]
+                ledger = PrivacyLedger(
+                    SqliteLedgerStore(store.conn, client_id),
+                    accountant=str(last["accountant"]),
+                    delta=float(last["delta"]),
+                    unit=str(last["unit"]),
+                )
+                out[user] = ledger.spent()
+        finally:
+            store.close()
+    return out

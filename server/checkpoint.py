@@ -5,7 +5,9 @@ renamed over the target with ``os.replace``), so a run killed at any instant lea
 either the old or the new file. The checkpoint is written at the end of every round
 and is the single point a run resumes from: ``checkpoint.npz`` holds the global
 item-side arrays (``item.<j>``, upload order) and the server optimizer's flat state
-(``opt.<key>``, :meth:`fedrec.federated.aggregation.ServerOptimizer.state_dict`);
+(``opt.<key>``, :meth:`fedrec.federated.aggregation.ServerOptimizer.state_dict`)
+and, for a private run, the server's privacy state as JSON text (``privacy``: the
+DP-FedAvg accountant history and clip norm, or the local-DP clients' statements);
 ``checkpoint.json`` names the round and the arrays' shapes. ``rounds.jsonl`` gets one
 line per finished round; on resume, lines past the checkpoint are dropped, so the log
 and the checkpoint always agree.
@@ -65,6 +67,7 @@ class Checkpoint:
     round: int
     item_arrays: Arrays
     optimizer_state: dict[str, npt.NDArray[np.generic]]
+    privacy_state: dict[str, Any] | None = None
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -74,6 +77,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     }
     arrays.update({f"opt.{k}": v for k, v in ckpt.optimizer_state.items()})
     arrays["round"] = np.array(ckpt.round, dtype=np.int64)
+    if ckpt.privacy_state is not None:  # JSON text: floats round-trip exactly
+        arrays["privacy"] = np.array(json.dumps(ckpt.privacy_state))
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(run_dir / CHECKPOINT_NPZ, buf.getvalue())
@@ -98,6 +103,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         round=int(raw["round"]),
         item_arrays=[raw[f"item.{j}"].astype(np.float32) for j in range(n_items)],
         optimizer_state={k[4:]: v for k, v in raw.items() if k.startswith("opt.")},
+        privacy_state=json.loads(str(raw["privacy"])) if "privacy" in raw else None,
     )
 
 

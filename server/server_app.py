@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -42,6 +41,7 @@ from server.checkpoint import (
     save_checkpoint,
     truncate_rounds,
 )
+from server.privacy_run import RunPrivacy, eligible_users, resolve_settings
 from server.sampling import discover_users
 from server.settings import RunSettings, load_split
 from server.strategies import EVAL_ALL_KEY, RoundPlan, build_strategy
@@ -57,6 +57,7 @@ def run_server(
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(settings)
+    settings = resolve_settings(settings, split)
     ckpt = load_checkpoint(run_dir)
     optimizer = build_server_optimizer(settings.server)
     if ckpt is None:
@@ -68,7 +69,7 @@ def run_server(
     truncate_rounds(run_dir, start)
     user_nodes = discover_users(grid, split.n_users, timeout=settings.round_timeout)
     plan = RoundPlan(
-        eligible=np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64),
+        eligible=eligible_users(split),
         test_users=split.test_users(),
         user_nodes=user_nodes,
         clients_per_round=settings.clients_per_round,
@@ -77,16 +78,29 @@ def run_server(
         item_shapes=item_array_shapes(settings.model, split.n_items),
         catalog=split,
         weighted=settings.server.weighted,
+        privacy_mode=settings.privacy.mode,
     )
-    strategy = build_strategy(
-        settings.server, plan, optimizer, proximal_mu=settings.train.proximal_mu
+    privacy = RunPrivacy(
+        settings,
+        split,
+        build_strategy(settings.server, plan, optimizer, proximal_mu=settings.train.proximal_mu),
     )
+    privacy.restore(None if ckpt is None else ckpt.privacy_state, start)
+    privacy.write(run_dir)
+    strategy = privacy.strategy
     final: dict[str, Any] | None = None
     evaluated_last = False
     for rnd in range(start + 1, settings.rounds + 1):
+        stop = privacy.stop_reason(rnd)
+        if stop is not None:
+            log.warning(stop)
+            append_round(run_dir, _stop_record(rnd, stop, privacy.epsilon()))
+            break
         t0 = time.perf_counter()
+        config = _client_config(settings)
+        config.update(privacy.client_extras())
         replies = grid.send_and_receive(
-            strategy.configure_train(rnd, ArrayRecord(items), _client_config(settings), grid),
+            strategy.configure_train(rnd, ArrayRecord(items), config, grid),
             timeout=settings.round_timeout,
         )
         new_items, _ = strategy.aggregate_train(rnd, replies)
@@ -101,18 +115,28 @@ def run_server(
             "participants": strategy.last_train.participants,
             "failed": sorted(strategy.last_train.failed),
             "failures": {str(u): why for u, why in strategy.last_train.failed.items()},
+            "budget_exhausted": strategy.last_train.exhausted,
+            "refused": {str(u): why for u, why in strategy.last_train.refused.items()},
             "seconds": round(time.perf_counter() - t0, 4),
             "eval_seconds": round(time.perf_counter() - t_eval, 4) if metrics else None,
-            "epsilon": None,
+            "epsilon": privacy.epsilon(),
         }
         append_round(run_dir, record)
-        save_checkpoint(run_dir, Checkpoint(rnd, items, optimizer.state_dict()))
+        save_checkpoint(run_dir, Checkpoint(rnd, items, optimizer.state_dict(), privacy.state()))
+        privacy.write(run_dir)
         if on_round is not None:
             on_round(record)
         final, evaluated_last = metrics, last
-    if not evaluated_last:  # resumed after the last checkpoint: evaluate again (deterministic)
+    if not evaluated_last:  # resumed after the last checkpoint, or stopped: evaluate now
         final = _evaluate(grid, strategy, settings, items, settings.rounds, every_user=True)
     return _write_metrics(run_dir, split, final)
+
+
+def _stop_record(rnd: int, why: str, epsilon: Any) -> dict[str, Any]:
+    """The ``rounds.jsonl`` line of a round the privacy budget did not allow."""
+    return {"round": rnd, "stopped": why, "metrics": None, "participants": [], "failed": [],
+            "failures": {}, "budget_exhausted": [], "seconds": 0.0, "eval_seconds": None,
+            "epsilon": epsilon}  # fmt: skip
 
 
 def _client_config(settings: RunSettings) -> ConfigRecord:

@@ -24,8 +24,10 @@ The round loop itself lives in :mod:`server.server_app`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +47,9 @@ METRICS_KEY = "metrics"
 TOP_KEY = "top10"
 EVAL_ALL_KEY = "eval-all"
 NUM_EXAMPLES_KEY = "num-examples"
+PRIVACY_KEY = "privacy"
+BUDGET_EXHAUSTED = "budget_exhausted"
+REFUSED = "refused: "
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,18 @@ class RoundPlan:
     item_shapes: list[tuple[int, ...]]
     catalog: Split
     weighted: bool = False
+    privacy_mode: str = "none"
 
 
 @dataclass
 class Outcome:
-    """Who answered in the last train or evaluate step, and who failed (with why)."""
+    """Who answered in the last train or evaluate step, who failed (with why), and
+    who refused to train because its privacy budget is spent (local DP)."""
 
     participants: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    exhausted: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 class _FedrecHooks:
@@ -88,6 +97,14 @@ class _FedrecHooks:
         self._global: Arrays = []
         self._sent: dict[int, int] = {}  # node id -> user of the step in flight
         self._asked: list[int] = []
+        self.sampler: Callable[[int], npt.NDArray[np.int64]] = self._seeded_cohort
+        self.statements: dict[int, dict[str, Any]] = {}  # local DP: user -> latest statement
+
+    def _seeded_cohort(self, server_round: int) -> npt.NDArray[np.int64]:
+        """fedrec's seeded Poisson cohort (reproducible; no amplification claimed)."""
+        return train_cohort(
+            self.plan.eligible, self.plan.clients_per_round, server_round, self.plan.seed
+        )
 
     def _messages(
         self, users: npt.NDArray[np.int64], record: RecordDict, kind: str
@@ -100,13 +117,11 @@ class _FedrecHooks:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global arrays to the seeded Poisson cohort of users."""
+        """Send the global arrays to the cohort of ``self.sampler`` (seeded Poisson)."""
         self._global = arrays.to_numpy_ndarrays()
         self._extra_train_config(config)
         config["server-round"] = server_round
-        cohort = train_cohort(
-            self.plan.eligible, self.plan.clients_per_round, server_round, self.plan.seed
-        )
+        cohort = self.sampler(server_round)
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
         return self._messages(cohort, record, MessageType.TRAIN)
 
@@ -117,7 +132,7 @@ class _FedrecHooks:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Uniform mean of the valid uploads, then one server-optimizer step."""
-        good, outcome = self._sort_replies(replies, self._check_upload)
+        good, outcome = self.collect_train(replies)
         uploads = [m.content.array_records[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]
         weights = None
         if self.plan.weighted and good:
@@ -131,6 +146,42 @@ class _FedrecHooks:
             "failed": len(outcome.failed),
         }
         return ArrayRecord(new), MetricRecord(counts)
+
+    @property
+    def global_arrays(self) -> Arrays:
+        """The global arrays sent in the train step in flight."""
+        return self._global
+
+    def collect_train(
+        self, replies: Iterable[Message]
+    ) -> tuple[list[tuple[int, Message]], Outcome]:
+        """Valid uploads by user, the outcome, and (local DP) the privacy statements."""
+        good, outcome = self._sort_replies(replies, self._check_upload)
+        for user, why in list(outcome.failed.items()):
+            if why.startswith(REFUSED):
+                del outcome.failed[user]
+                outcome.refused[user] = why[len(REFUSED) :]
+                if outcome.refused[user] == BUDGET_EXHAUSTED:
+                    outcome.exhausted.append(user)
+        return good, outcome
+
+    def _statement(self, user: int, content: RecordDict) -> str:
+        """Keep a local-DP client's privacy statement; '' or why it is malformed."""
+        record = content.config_records.get(PRIVACY_KEY)
+        if record is None:
+            return "local DP reply without a privacy statement"
+        try:
+            self.statements[user] = {
+                "history": [list(map(float, e)) for e in json.loads(str(record["history"]))],
+                "rounds": int(record["rounds"]),  # type: ignore[arg-type]
+                "epsilon": float(record["epsilon"]),  # type: ignore[arg-type]
+                "status": str(record["status"]),
+            }
+        except (KeyError, TypeError, ValueError) as err:
+            return f"malformed privacy statement ({err})"
+        if ARRAYS_KEY not in content.array_records:  # a refusal: no update, not a failure
+            return REFUSED + str(record["status"])
+        return ""
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -170,6 +221,8 @@ class _FedrecHooks:
                 outcome.failed[user] = _reason(msg.error.reason or "error")
                 continue
             problem = check(msg.content)
+            if self.plan.privacy_mode == "local" and check == self._check_upload:
+                problem = self._statement(user, msg.content) or problem
             if problem:
                 outcome.failed[user] = problem
             else:
@@ -187,7 +240,10 @@ class _FedrecHooks:
     def _check_upload(self, content: RecordDict) -> str:
         """Why ``content`` is not a valid upload ('' when it is)."""
         allowed_metrics = {NUM_EXAMPLES_KEY} if self.plan.weighted else set()
-        if set(content.array_records) != {ARRAYS_KEY} or content.config_records:
+        allowed_configs = {PRIVACY_KEY} if self.plan.privacy_mode == "local" else set()
+        if set(content.array_records) != {ARRAYS_KEY} or set(content.config_records) - (
+            allowed_configs
+        ):
             return "reply must hold exactly one ArrayRecord 'arrays'"
         if any(set(r) - allowed_metrics for r in content.metric_records.values()):
             return "reply carries metrics that are not allowed"

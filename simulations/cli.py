@@ -21,7 +21,11 @@ COMMANDS = (
     "baseline",
     "download",
     "simulate",
+    "sweep",
+    "deploy_local",
     "report",
+    "recommend",
+    "similar",
 )
 
 

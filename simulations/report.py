@@ -204,9 +204,9 @@ def _privacy_section(
         f"Mode `{privacy.get('mode')}`, accountant `{privacy.get('accountant')}` (Opacus), "
         f"delta = {privacy.get('delta')}, epsilon = {_fmt(eps)}."
     )
-    if (
-        privacy.get("insecure_noise_seed") is not None
-        or config.get("insecure_noise_seed") is not None
+    settings = config.get("privacy") if isinstance(config.get("privacy"), dict) else {}
+    if privacy.get("insecure_noise_seed") is not None or (
+        settings.get("insecure_noise_seed") is not None
     ):
         lines += [
             "",
@@ -224,6 +224,12 @@ def _privacy_section(
                 f"Per-client epsilon over {len(values)} clients: "
                 f"median {median:.3f}, max {values[-1]:.3f}."
             )
+    if privacy.get("target_epsilon") is not None:
+        lines.append(f"Target epsilon {privacy['target_epsilon']}.")
+    lines += [f"**{r['stopped']}**" for r in rounds if r.get("stopped")]
+    exhausted = sum(len(r.get("budget_exhausted") or []) for r in rounds)
+    if exhausted:
+        lines.append(f"{exhausted} client refusals for a spent budget (rounds.jsonl).")
     lines += ["", "See docs/PRIVACY.md for the unit protected and the threat model.", ""]
     for image in (plot_epsilon(run_dir, rounds), plot_client_epsilons(run_dir, privacy)):
         if image:
@@ -231,8 +237,11 @@ def _privacy_section(
     return lines
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and its PNG plots into ``run_dir``; return the report path."""
+def write_report(run_dir: str | Path, *, tradeoff: bool = False) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; return the report path.
+
+    ``tradeoff`` also computes the federated model's MMR curve (slow: needs the model).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(
@@ -270,6 +279,9 @@ def write_report(run_dir: str | Path) -> Path:
         f"{failed} client failures recorded in rounds.jsonl.",
         "",
     ]
+    from simulations.beyond import report_lines
+
+    lines += report_lines(run_dir, [("federated", metrics), *refs.items()], tradeoff=tradeoff)
     lines += _privacy_section(run_dir, config, rounds)
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))

@@ -22,9 +22,18 @@ import torch
 from fedrec.data.split import Split
 from fedrec.federated.aggregation import ServerConfig, build_server_optimizer, sample_clients
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
+from fedrec.federated.private import (
+    LocalPrivacy,
+    PrivateFit,
+    client_fit_private,
+    planned_releases,
+    projected_epsilon,
+)
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
+from fedrec.privacy.accounting import PrivacyAccount
+from fedrec.privacy.central import DPFedAvg
 
 EVAL_ROUND = -1
 """The ``round`` part of the evaluation seed ``derive_seed(seed, user, EVAL_ROUND)``."""
@@ -38,6 +47,8 @@ class FederatedResult:
     user_states: dict[int, UserState]
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
+    accounts: dict[int, PrivacyAccount] = field(default_factory=dict)
+    """Local DP: each device's composed releases (the in-memory stand-in of its ledger)."""
 
 
 def evaluate_federated(
@@ -81,6 +92,9 @@ def run_federated(
     seed: int,
     eval_every: int = 0,
     on_round: Callable[[dict[str, float]], None] | None = None,
+    central: DPFedAvg | None = None,
+    noise_rng: np.random.Generator | None = None,
+    local_dp: LocalPrivacy | None = None,
 ) -> FederatedResult:
     """Run ``rounds`` rounds in process and evaluate the final model.
 
@@ -93,6 +107,15 @@ def run_federated(
         to the round's history entry.
     on_round
         Called with each round's history entry (progress bars, logging).
+    central, noise_rng
+        User-level DP-FedAvg (:class:`fedrec.privacy.central.DPFedAvg`, over the users
+        with train items) with its secret generator: the cohort, the clipping, the
+        noise and the accounting are the mechanism's, exactly as in the Flower wrapper.
+    local_dp
+        Local DP-SGD on every device (:func:`fedrec.federated.private.client_fit_private`)
+        with one privacy account per device in ``result.accounts``; a device whose
+        round would exceed ``local_dp.epsilon_budget`` does not train (counted in the
+        round's ``refused``). No training loss is reported.
     """
     eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
     items = init_item_arrays(model_cfg, split.n_items, seed=seed)
@@ -104,9 +127,26 @@ def run_federated(
     try:
         for rnd in range(rounds):
             start = time.perf_counter()
-            cohort = eligible[sample_clients(len(eligible), clients_per_round, rnd, seed)]
+            if central is not None:
+                assert noise_rng is not None, "central DP needs a secret noise_rng"
+                cohort = eligible[central.sample(noise_rng)]
+            else:
+                cohort = eligible[sample_clients(len(eligible), clients_per_round, rnd, seed)]
             uploads, weights, losses = [], [], []
+            refused = 0
             for u in cohort:
+                if local_dp is not None:
+                    private = _fit_private(
+                        local_dp, result.accounts, split, model_cfg, train_cfg, items, states,
+                        int(u), seed=derive_seed(seed, int(u), rnd),
+                    )  # fmt: skip
+                    if private is None:
+                        refused += 1
+                        continue
+                    states[int(u)] = private.user_state
+                    uploads.append(private.item_arrays)
+                    weights.append(float(len(split.train_items(int(u)))))
+                    continue
                 fit = client_fit(
                     model_cfg,
                     train_cfg,
@@ -119,13 +159,23 @@ def run_federated(
                 uploads.append(fit.item_arrays)
                 weights.append(float(fit.num_examples))
                 losses.append(fit.train_loss)
-            items = server.step(items, uploads, weights if server_cfg.weighted else None)
+            if central is not None:
+                assert noise_rng is not None
+                noisy = central.aggregate(items, uploads, noise_rng)
+                items = server.step(items, [[g + d for g, d in zip(items, noisy, strict=True)]])
+            else:
+                items = server.step(items, uploads, weights if server_cfg.weighted else None)
             entry = {
                 "round": float(rnd),
                 "clients": float(len(cohort)),
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "seconds": time.perf_counter() - start,
             }
+            if local_dp is not None:
+                entry["refused"] = float(refused)
+                entry["epsilon_max"] = max(
+                    (a.epsilon(local_dp.delta) for a in result.accounts.values()), default=0.0
+                )
             if eval_every and (rnd + 1) % eval_every == 0 and rnd + 1 < rounds:
                 m = evaluate_federated(split, model_cfg, train_cfg, items, states, seed=seed)
                 entry["ndcg@10"] = float(m["ndcg@10"] or 0.0)
@@ -137,3 +187,32 @@ def run_federated(
     finally:
         torch.set_num_threads(threads)
     return result
+
+
+def _fit_private(
+    privacy: LocalPrivacy,
+    accounts: dict[int, PrivacyAccount],
+    split: Split,
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    items: Arrays,
+    states: dict[int, UserState],
+    user: int,
+    *,
+    seed: int,
+) -> PrivateFit | None:
+    """A device's private round with its budget check (``None``: refused, nothing spent)."""
+    train_items = split.train_items(user)
+    state = states.get(user)
+    account = accounts.get(user, PrivacyAccount(accountant=privacy.accountant))
+    planned = planned_releases(
+        model_cfg, train_cfg, privacy.noise_multiplier, len(train_items), first=state is None
+    )
+    budget = privacy.epsilon_budget
+    if budget is not None and projected_epsilon(account, planned, privacy.delta) > budget:
+        return None
+    fit = client_fit_private(model_cfg, train_cfg, privacy, items, state, train_items, seed=seed)
+    for release in fit.releases:
+        account.record_release(release)
+    accounts[user] = account
+    return fit

@@ -21,15 +21,16 @@ round records (:func:`adaptive_release`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrec.errors import ConfigError
-from fedrec.privacy.accounting import Release
-from fedrec.privacy.noise import gaussian
+from fedrec.privacy.accounting import PrivacyAccount, Release
+from fedrec.privacy.noise import gaussian, poisson_mask
 
 Arrays = list[npt.NDArray[np.float32]]
 _CLIP_SLACK = 1e-5
@@ -180,3 +181,119 @@ def adaptive_release(z_update: float, bit_noise_std: float, sample_rate: float) 
     """
     z = (z_update**-2 + (2 * bit_noise_std) ** -2) ** -0.5
     return Release(float(z), sample_rate, 1)
+
+
+class DPFedAvg:
+    """The server's DP-FedAvg mechanism with its state (McMahan et al., ICLR 2018).
+
+    One object per run, called once per round by both the Flower wrapper
+    (:mod:`server.central_dp`) and the Flower-free loop (:mod:`fedrec.federated.loop`):
+    :meth:`sample` draws the secret Poisson cohort, :meth:`aggregate` clips each
+    update, noises the sum, divides by ``q N``, records the round's release and (with
+    adaptive clipping, Andrew et al. 2021) moves the clip norm. Its whole state (the
+    accountant history and the clip norm) is :meth:`state_dict`, JSON-ready, so a
+    resumed run continues the accounting exactly, without replaying any noise.
+
+    Parameters
+    ----------
+    noise_multiplier
+        The round's effective ``z`` (what is recorded). With adaptive clipping the
+        update's own multiplier is derived so that update + count compose to ``z``.
+    clip_norm
+        Initial ``S``.
+    sample_rate
+        ``q = K / N``.
+    n_clients
+        ``N``, the clients that can be sampled.
+    array_scales
+        One factor per item-side array (upload order), applied inside the clipped
+        vector and undone after the noise: a factor below 1 gives that array (e.g. the
+        item biases, which dominate a client's update norm) less of the clip budget
+        and proportionally more noise. Post-processing: the release is unchanged.
+    adaptive
+        Adaptive clipping to a quantile, or ``None`` for a fixed ``S``.
+    """
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        clip_norm: float,
+        sample_rate: float,
+        n_clients: int,
+        accountant: str = "rdp",
+        array_scales: Sequence[float] | None = None,
+        adaptive: AdaptiveClipping | None = None,
+    ) -> None:
+        self.release = Release(noise_multiplier, sample_rate, 1)  # validates z and q
+        if not clip_norm > 0 or n_clients < 1:
+            raise ConfigError(
+                f"need clip norm > 0 and clients >= 1, got {clip_norm}, {n_clients}",
+                where="privacy.clip_norm",
+            )
+        self.clip_norm, self.n_clients = float(clip_norm), int(n_clients)
+        self.array_scales = None if array_scales is None else [float(s) for s in array_scales]
+        self.adaptive = adaptive
+        self.z_update = noise_multiplier
+        if adaptive is not None:
+            self.z_update = adaptive.update_noise_multiplier(noise_multiplier)
+        self.account = PrivacyAccount(accountant=accountant)
+
+    @property
+    def expected_clients(self) -> float:
+        """``q N``: what the noisy sum is divided by."""
+        return self.release.sample_rate * self.n_clients
+
+    def sample(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """Indices (into the ``N`` clients) of a Poisson cohort drawn with secret ``rng``."""
+        mask = poisson_mask(self.n_clients, self.release.sample_rate, rng)
+        return np.flatnonzero(mask).astype(np.int64)
+
+    def would_exceed(self, target_epsilon: float | None, delta: float) -> bool:
+        """Whether one more round would take the run's epsilon above ``target_epsilon``."""
+        if target_epsilon is None:
+            return False
+        return self.account.after(self.release).epsilon(delta) > target_epsilon
+
+    def aggregate(
+        self,
+        global_items: Sequence[npt.NDArray[np.floating]],
+        client_items: Sequence[Sequence[npt.NDArray[np.floating]]],
+        rng: np.random.Generator,
+    ) -> Arrays:
+        """The noisy mean update of one round; records the round's release.
+
+        An empty cohort still releases pure noise and still costs one step.
+        Returns the arrays ``mean_delta`` to hand to the server optimizer as the
+        pseudo-gradient (e.g. ``optimizer.step(global, [global + mean_delta])``).
+        """
+        scales = self.array_scales or [1.0] * len(global_items)
+        clipped, unclipped = [], []
+        for client in client_items:
+            delta = [(c - g) * s for c, g, s in zip(client, global_items, scales, strict=True)]
+            update, norm = clip_update(delta, self.clip_norm)
+            clipped.append(update)
+            unclipped.append(norm <= self.clip_norm)
+        noisy = noisy_mean(
+            clipped,
+            noise_multiplier=self.z_update,
+            clip_norm=self.clip_norm,
+            expected_clients=self.expected_clients,
+            rng=rng,
+            shapes=[tuple(g.shape) for g in global_items],
+        )
+        if self.adaptive is not None:
+            self.clip_norm = self.adaptive.next_clip_norm(
+                self.clip_norm, unclipped, expected_clients=self.expected_clients, rng=rng
+            )
+        self.account.record_release(self.release)
+        return [(n / s).astype(np.float32) for n, s in zip(noisy, scales, strict=True)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"account": ..., "clip_norm": ...}``: JSON-ready, restores exactly."""
+        return {"account": self.account.to_json(), "clip_norm": self.clip_norm}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the accounting and the clip norm written by :meth:`state_dict`."""
+        self.account = PrivacyAccount.from_json(dict(state["account"]))
+        self.clip_norm = float(state["clip_norm"])

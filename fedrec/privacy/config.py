@@ -41,6 +41,12 @@ class PrivacyConfig:
         ``"rdp"`` (default) or ``"prv"``: the Opacus accountant.
     adaptive_clipping
         Central mode only: adapt ``clip_norm`` (Andrew et al. 2021).
+    bias_scale
+        Weight of the item-bias parameters inside the clipped vector: the client's
+        update (central) or each example's gradient (local, MF), undone after the
+        noise. The biases dominate an MF update's norm; a factor below 1 leaves more
+        of the clip budget to the embeddings (and puts proportionally more noise on
+        the biases).
     insecure_noise_seed
         TESTS ONLY: seed the DP noise so runs repeat. Recorded in ``config.json`` and
         flagged in the report; the guarantee does not hold with it.
@@ -53,6 +59,7 @@ class PrivacyConfig:
     clip_norm: float = 1.0
     accountant: str = "rdp"
     adaptive_clipping: bool = False
+    bias_scale: float = 1.0
     insecure_noise_seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +82,8 @@ class PrivacyConfig:
             )
         if not self.clip_norm > 0:
             raise ConfigError(f"must be > 0, got {self.clip_norm}", where="--clip-norm")
+        if not self.bias_scale > 0:
+            raise ConfigError(f"must be > 0, got {self.bias_scale}", where="--bias-scale")
         if self.mode != "none" and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError(
                 f"privacy mode {self.mode!r} needs a budget or a noise level",

@@ -21,9 +21,10 @@ rescaling, same clip factor ``min(1, C / (norm + 1e-6))``; tested).
 
 :func:`secret_normal` draws the Gaussian noise from the secret NumPy generator of
 :mod:`fedrec.privacy.noise` (its raw 64-bit words are the only entropy), turned into
-normals by Box-Muller in torch on the parameter's device: about 3x faster than
-NumPy's float64 ziggurat, and the radius uses 63-bit uniforms so the tails reach
-9.4 standard deviations (float32 ``torch.randn`` stops at 5.8, which costs delta).
+normals by Box-Muller in torch on the parameter's device: about 2x faster than
+NumPy's float64 ziggurat on one core (more with threads or a GPU), and the radius
+uses 53-bit uniforms so the tails reach 8.6 standard deviations (float32
+``torch.randn`` stops at 5.8, which would cost delta).
 """
 
 from __future__ import annotations
@@ -38,9 +39,6 @@ from torch import nn
 
 from fedrec.errors import ConfigError
 
-_MASK63 = (1 << 63) - 1
-_MASK24 = (1 << 24) - 1
-
 
 def secret_normal(
     numel: int,
@@ -52,32 +50,39 @@ def secret_normal(
 ) -> torch.Tensor:
     """``numel`` i.i.d. ``N(0, std**2)`` draws, flat, from the secret ``rng``.
 
-    Box-Muller (1958): per pair, a 63-bit uniform ``u`` in ``(0, 1]`` gives the radius
-    ``sqrt(-2 ln u)`` and a 24-bit uniform the angle. ``rng`` supplies every random bit
-    (:func:`fedrec.privacy.noise.secure_rng`), so an insecure test seed reproduces the
-    draws exactly; the transform runs on ``device``.
+    Box-Muller (1958): per pair, a 53-bit uniform ``u`` in ``(0, 1]`` (NumPy's float64
+    ``random``) gives the radius ``sqrt(-2 ln u)`` and a 24-bit uniform the angle.
+    ``rng`` supplies every random bit (:func:`fedrec.privacy.noise.secure_rng`), so an
+    insecure test seed reproduces the draws exactly; the transform runs on ``device``.
     """
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
     pairs = (numel + 1) // 2
-    raw = rng.bit_generator.random_raw(pairs + (pairs + 1) // 2)
-    words = torch.from_numpy(np.asarray(raw).view(np.int64)).to(device)
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    u = (words[:pairs] & _MASK63).to(work).add_(0.5).mul_(2.0**-63)
-    radius = u.log_().mul_(-2.0).sqrt_()
-    angle_bits = words[pairs:].view(torch.int32)[:pairs] & _MASK24
-    angle = angle_bits.to(work).mul_(2.0 * math.pi * 2.0**-24)
-    out = torch.view_as_real(torch.polar(radius, angle)).flatten()[:numel]
-    return out.mul_(std).to(dtype)
+    uniform = rng.random(pairs)
+    np.subtract(1.0, uniform, out=uniform)  # (0, 1]: the radius is finite
+    turns = rng.random(pairs, dtype=np.float32)
+    radius = torch.from_numpy(uniform).to(device, work)
+    radius = radius.log_().mul_(-2.0 * std * std).sqrt_()
+    angle = torch.from_numpy(turns).to(device, work).mul_(2.0 * math.pi)
+    out = torch.empty(2 * pairs, dtype=work, device=device)
+    torch.cos(angle, out=out[:pairs]).mul_(radius)
+    torch.sin(angle, out=out[pairs:]).mul_(radius)
+    return out[:numel].to(dtype)
 
 
 @dataclass(frozen=True)
 class _Trace:
     """One layer's recorded rows: inputs, per-row output gradients, example row ids."""
 
+    layer: nn.Module
     inputs: torch.Tensor  # Linear: activations [r, in]; Embedding: indices [r]
     grads: torch.Tensor  # d(per-row loss) / d(output), [r, out]
-    rows: torch.Tensor  # example row of each recorded row, int64 [r]
+    rows: torch.Tensor | None  # example row of each recorded row; None: row r is row r
+
+    def units(self, units: torch.Tensor) -> torch.Tensor:
+        """The unit of each recorded row, from the unit of each example row."""
+        return units if self.rows is None else units[self.rows]
 
 
 def _check_layer(name: str, module: nn.Module) -> None:
@@ -116,20 +121,20 @@ class GhostClipper:
     def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
         wanted = {id(p) for p in params}
         self._layers: list[nn.Module] = []
-        owned: set[int] = set()
+        self._owner: dict[int, nn.Module] = {}
         for name, module in model.named_modules():
-            if any(id(p) in wanted for p in module.parameters(recurse=False)):
+            mine = [p for p in module.parameters(recurse=False) if id(p) in wanted]
+            if mine:
                 _check_layer(name, module)
                 self._layers.append(module)
-                owned |= {id(p) for p in module.parameters(recurse=False)}
-        if wanted - owned:
+                self._owner |= {id(p): module for p in mine}
+        if wanted - set(self._owner):
             raise ConfigError(
                 "some parameters to clip are not owned by a module of the model",
                 where="dp_train(fast=True)",
                 fix="pass an optimizer over the model's own parameters",
             )
-        self._wanted = wanted
-        self._traces: dict[int, tuple[nn.Module, _Trace]] = {}
+        self._traces: dict[int, _Trace] = {}
 
     def backward(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Evaluate ``loss_of()`` (a mean over rows) and record per-row layer gradients.
@@ -156,20 +161,19 @@ class GhostClipper:
         grads = torch.autograd.grad(loss, [c[2] for c in live], allow_unused=True)
         for (layer, x, _), grad in zip(live, grads, strict=True):
             if grad is not None:
-                self._add_trace(layer, x, grad * x.shape[0])
+                self._add_trace(layer, x.detach(), grad.detach() * x.shape[0])
         return loss.detach()
 
     def _add_trace(self, layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
         per_row = grad[0].numel() // grad.shape[-1] if len(grad) else 1
-        rows = torch.arange(len(grad), device=grad.device).repeat_interleave(per_row)
+        rows = None
+        if per_row > 1:
+            rows = torch.arange(len(grad), device=grad.device).repeat_interleave(per_row)
         flat_x = x.reshape(-1) if isinstance(layer, nn.Embedding) else x.reshape(-1, x.shape[-1])
-        trace = _Trace(flat_x.detach(), grad.reshape(-1, grad.shape[-1]).detach(), rows)
-        if id(layer) in self._traces:  # a layer called twice: its rows add up
-            old = self._traces[id(layer)][1]
-            trace = _Trace(
-                *(torch.cat([a, b]) for a, b in zip(_fields(old), _fields(trace), strict=True))
-            )
-        self._traces[id(layer)] = (layer, trace)
+        trace = _Trace(layer, flat_x, grad.reshape(-1, grad.shape[-1]), rows)
+        if (old := self._traces.get(id(layer))) is not None:  # called twice: rows add up
+            trace = _concat(old, trace)
+        self._traces[id(layer)] = trace
 
     def clear(self) -> None:
         """Drop the recorded rows (activations and output gradients)."""
@@ -184,29 +188,43 @@ class GhostClipper:
         ``p``'s share is multiplied by ``weights.get(p, 1)`` (see ``clip_weights``).
         """
         sq = torch.zeros(n_units, device=units.device)
-        for layer, trace in self._traces.values():
-            unit = units[trace.rows]
-            for p, part in _layer_sq_norms(layer, trace, unit, n_units).items():
-                if id(p) in self._wanted:
-                    sq += part * weights.get(p, 1.0) ** 2
-        return sq.sqrt()
+        shared: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        for trace in self._traces.values():
+            parts = _layer_sq_norms(trace, trace.units(units), n_units, shared)
+            for p, part in parts.items():
+                if id(p) in self._owner:
+                    w = weights.get(p, 1.0)
+                    sq += part if w == 1.0 else part * w**2
+        return sq.sqrt_()
 
     def add_clipped_(
         self, p: nn.Parameter, out: torch.Tensor, unit_scale: torch.Tensor, units: torch.Tensor
     ) -> None:
         """``out += sum_u unit_scale[u] * grad_u(p)`` (the clipped sum), in place."""
-        for layer, trace in self._traces.values():
-            scaled = trace.grads * unit_scale[units[trace.rows]].unsqueeze(1).to(trace.grads)
-            if isinstance(layer, nn.Embedding) and p is layer.weight:
-                out.index_add_(0, trace.inputs, scaled)
-            elif isinstance(layer, nn.Linear) and p is layer.weight:
-                out.addmm_(scaled.T, trace.inputs.to(scaled))
-            elif isinstance(layer, nn.Linear) and p is layer.bias:
-                out.add_(scaled.sum(0))
+        trace = self._traces.get(id(self._owner[id(p)]))
+        if trace is None:
+            return
+        scaled = trace.grads * unit_scale[trace.units(units)].unsqueeze(1).to(trace.grads)
+        if isinstance(trace.layer, nn.Embedding):
+            out.index_add_(0, trace.inputs, scaled)
+        elif p is trace.layer.weight:
+            out.addmm_(scaled.T, trace.inputs.to(scaled))
+        else:
+            out.add_(scaled.sum(0))
 
 
-def _fields(trace: _Trace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return trace.inputs, trace.grads, trace.rows
+def _concat(old: _Trace, new: _Trace) -> _Trace:
+    """The rows of two calls of one layer, as one trace."""
+    rows = [
+        t.rows if t.rows is not None else torch.arange(len(t.grads), device=t.grads.device)
+        for t in (old, new)
+    ]
+    return _Trace(
+        old.layer,
+        torch.cat([old.inputs, new.inputs]),
+        torch.cat([old.grads, new.grads]),
+        torch.cat(rows),
+    )
 
 
 def _per_unit(values: torch.Tensor, unit: torch.Tensor, n_units: int) -> torch.Tensor:
@@ -216,25 +234,33 @@ def _per_unit(values: torch.Tensor, unit: torch.Tensor, n_units: int) -> torch.T
 
 
 def _layer_sq_norms(
-    layer: nn.Module, trace: _Trace, unit: torch.Tensor, n_units: int
+    trace: _Trace,
+    unit: torch.Tensor,
+    n_units: int,
+    shared: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]],
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Squared norm ``[n_units]`` of each unit's gradient, per parameter of ``layer``."""
-    g = trace.grads
-    out: dict[nn.Parameter, torch.Tensor] = {}
+    """Squared norm ``[n_units]`` of each unit's gradient, per parameter of the layer.
+
+    ``shared`` memoizes the (unit, index) grouping of tables looked up with the same
+    indices (MF's item vectors and item biases).
+    """
+    layer, g = trace.layer, trace.grads
     if isinstance(layer, nn.Embedding):
         # a unit's table gradient: one summed row per distinct (unit, index)
-        keys, inverse = torch.unique(
-            unit * layer.num_embeddings + trace.inputs, return_inverse=True
-        )
-        row_sums = _per_unit(g, inverse, len(keys))
-        out[layer.weight] = _per_unit(
-            row_sums.square().sum(1), keys // layer.num_embeddings, n_units
-        )
-        return out
+        n = layer.num_embeddings
+        key = (trace.inputs.data_ptr(), len(trace.inputs), n, trace.rows is None)
+        if key not in shared:
+            keys, inverse = torch.unique(unit * n + trace.inputs, return_inverse=True)
+            shared[key] = (torch.div(keys, n, rounding_mode="floor"), inverse)
+        key_unit, inverse = shared[key]
+        row_sums = _per_unit(g, inverse, len(key_unit))
+        return {layer.weight: _per_unit(row_sums.square().sum(1), key_unit, n_units)}
     a = trace.inputs.to(g)
-    if len(unit) == 0 or int(torch.bincount(unit).max()) <= 1:
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    if trace.rows is None and bool((torch.bincount(unit, minlength=n_units) == 1).all()):
         # one row per unit: ||g a^T|| = ||g|| ||a||
-        out[layer.weight] = _per_unit(g.square().sum(1) * a.square().sum(1), unit, n_units)
+        g_sq = g.square().sum(1)
+        out[layer.weight] = _per_unit(g_sq * a.square().sum(1), unit, n_units)
     else:
         same = unit.unsqueeze(0) == unit.unsqueeze(1)
         gram = (g @ g.T) * (a @ a.T) * same
@@ -289,7 +315,7 @@ class GhostDPStep:
     def __call__(self, loss_of: Callable[[], torch.Tensor] | None, units: torch.Tensor) -> None:
         """Step on the rows whose losses ``loss_of`` averages; ``None``: an empty batch.
 
-        ``units[r]`` is the unit (``0..b-1``) of row ``r``.
+        ``units[r]`` is the unit of row ``r``; every unit ``0..b-1`` has a row.
         """
         self.optimizer.zero_grad(set_to_none=True)
         n_units = 0
@@ -297,17 +323,35 @@ class GhostDPStep:
             n_units = int(units.max()) + 1
             self.clipper.backward(loss_of)
             norms = self.clipper.unit_norms(units, n_units, self.weights)
-            # Opacus's clip factor (DPOptimizer.clip_and_accumulate)
-            scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            c = self.weights.get(p, 1.0)
-            grad = secret_normal(p.numel(), std, self.rng, device=p.device, dtype=p.dtype)
-            grad = grad.view_as(p)
+            # Opacus's clip factor (DPOptimizer.clip_and_accumulate), and its mean
+            scale = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
+            scale /= self.expected_batch_size
+        # (c S + N(0, (z C)^2)) / (E c) = S / E + N(0, (z C / (E c))^2)
+        std = self.noise_multiplier * self.max_grad_norm / self.expected_batch_size
+        for p, grad in zip(self.params, noise_like(self.params, std, self.rng), strict=True):
+            if (c := self.weights.get(p, 1.0)) != 1.0:
+                grad.div_(c)
             if n_units:
-                self.clipper.add_clipped_(p, grad, scale * c, units)
-            p.grad = grad.div_(self.expected_batch_size * c)
+                self.clipper.add_clipped_(p, grad, scale, units)
+            p.grad = grad
         self.clipper.clear()
         if self.proximal is not None:
             self.proximal()
         self.optimizer.step()
+
+
+def noise_like(
+    params: Sequence[torch.Tensor], std: float, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """Independent ``N(0, std**2)`` tensors shaped like ``params``, from one draw.
+
+    One :func:`secret_normal` call for all of them (fewer small operations); the
+    pieces are views of one buffer, in ``params`` order.
+    """
+    if not params:
+        return []
+    first = params[0]
+    flat = secret_normal(sum(p.numel() for p in params), std, rng, device=first.device,
+                         dtype=first.dtype)  # fmt: skip
+    pieces = flat.split([p.numel() for p in params])
+    return [piece.view_as(p).to(p) for piece, p in zip(pieces, params, strict=True)]

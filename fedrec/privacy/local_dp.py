@@ -43,7 +43,7 @@ from torch import nn
 from fedrec.errors import ConfigError
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy.accounting import Release
-from fedrec.privacy.fast_dp import GhostDPStep, secret_normal
+from fedrec.privacy.fast_dp import GhostDPStep, noise_like
 from fedrec.privacy.noise import poisson_mask
 
 
@@ -68,6 +68,7 @@ class _SecretNoiseDPOptimizer(DPOptimizer):
 
     torch's CPU generator keeps only 32 bits of its seed (see
     :mod:`fedrec.privacy.noise`); everything else is Opacus's clip/accumulate/scale.
+    The draws are :func:`fedrec.privacy.fast_dp.noise_like`'s, as on the fast path.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, rng: np.random.Generator, **kw: object):
@@ -76,11 +77,10 @@ class _SecretNoiseDPOptimizer(DPOptimizer):
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
+        summed = [p.summed_grad for p in self.params]
+        for p, noise in zip(self.params, noise_like(summed, std, self.rng), strict=True):
             _check_processed_flag(p.summed_grad)
-            s = p.summed_grad
-            noise = secret_normal(s.numel(), std, self.rng, device=s.device, dtype=s.dtype)
-            p.grad = (s + noise.view_as(s)).view_as(p)
+            p.grad = (p.summed_grad + noise).view_as(p)
             _mark_as_processed(p.summed_grad)
 
 

@@ -11,11 +11,16 @@ HELP = "render RUN_DIR/report.md and its plots from the run's files"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    parser.add_argument(
+        "--tradeoff",
+        action="store_true",
+        help="also compute the federated model's MMR accuracy-diversity curve (slow)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from simulations.report import write_report
 
-    path = write_report(args.run_dir)
+    path = write_report(args.run_dir, tradeoff=args.tradeoff)
     print(path)
     return 0

@@ -10,12 +10,15 @@ non-private resumed run ends with exactly the result of an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.models.config import MODEL_KIND_NAMES
+from fedrec.privacy.accounting import ACCOUNTANTS
+from fedrec.privacy.config import PRIVACY_MODES
 from server.settings import RunSettings
 from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
@@ -40,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="run directory to create")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR")
     parser.add_argument("--seed", type=int, default=0, help="split, init and sampling seed")
-    parser.add_argument("--privacy", choices=("none",), default="none")
+    add_privacy_arguments(parser)
     parser.add_argument(
         "--eval-every", type=int, default=0, metavar="N", help="evaluate every N rounds (0: end)"
     )
@@ -49,6 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--server-lr", type=float, default=None, help="server learning rate")
     parser.add_argument("--proximal-mu", type=float, default=None, help="FedProx mu")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any flat setting, e.g. model.dim=16 or train.epochs=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="ray",
+        help="Flower's Ray simulation engine, or the same apps in one process (small runs)",
+    )
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per actor")
     parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
 
@@ -77,10 +93,101 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         flat["server.server-lr"] = 1.0  # plain averaging for FedAvg / FedProx
     if args.proximal_mu is not None:
         flat["train.proximal-mu"] = float(args.proximal_mu)
+    flat.update(privacy_flat(args))
+    flat.update(parse_sets(args.set))
     return RunSettings.from_run_config(flat)
 
 
+def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--privacy`` and its parameters (docs/PRIVACY.md)."""
+    parser.add_argument("--privacy", choices=PRIVACY_MODES, default="none", help="DP mode")
+    parser.add_argument(
+        "--target-epsilon",
+        type=float,
+        default=None,
+        metavar="E",
+        help="budget: per client (local) or for the run (central)",
+    )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="default: min(1e-5, 1/(10 users)); the value used is recorded",
+    )
+    parser.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="give z directly instead of calibrating it to --target-epsilon",
+    )
+    parser.add_argument(
+        "--clip-norm",
+        type=float,
+        default=None,
+        metavar="S",
+        help="per-example (local) or per-client-update (central) L2 bound",
+    )
+    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
+    parser.add_argument(
+        "--adaptive-clipping",
+        action="store_true",
+        help="central: adapt S to the median update norm (Andrew et al. 2021)",
+    )
+    parser.add_argument(
+        "--bias-scale",
+        type=float,
+        default=None,
+        help="central: weight of the item biases inside the clipped update",
+    )
+    parser.add_argument(
+        "--insecure-noise-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="TESTS ONLY: reproducible noise, no privacy guarantee",
+    )
+
+
+def privacy_flat(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat ``privacy`` / ``privacy.<field>`` settings of the privacy flags."""
+    flat: dict[str, Any] = {"privacy": args.privacy, "privacy.accountant": args.accountant}
+    for name in ("target_epsilon", "delta", "noise_multiplier", "clip_norm", "bias_scale"):
+        if getattr(args, name) is not None:
+            flat[f"privacy.{name.replace('_', '-')}"] = float(getattr(args, name))
+    if args.adaptive_clipping:
+        flat["privacy.adaptive-clipping"] = True
+    if args.insecure_noise_seed is not None:
+        flat["privacy.insecure-noise-seed"] = int(args.insecure_noise_seed)
+    return flat
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as JSON when they parse (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", where="--set")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def prepare_settings(settings: RunSettings) -> RunSettings:
+    """Resolve delta and (central) the noise multiplier, so config.json records them."""
+    if not settings.privacy.enabled:
+        return settings
+    from server.privacy_run import resolve_settings
+    from server.settings import load_split
+
+    return resolve_settings(settings, load_split(settings))
+
+
 def run(args: argparse.Namespace) -> int:
+    from simulations.inprocess import simulate_in_process
     from simulations.run_dir import create_run_dir, finished_round, resume_settings
     from simulations.simulation import simulate
 
@@ -90,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         settings = resume_settings(Path(args.resume).resolve())
         done = finished_round(Path(settings.run_dir))
     else:
-        settings = settings_from_args(args)
+        settings = prepare_settings(settings_from_args(args))
         create_run_dir(Path(settings.run_dir), settings)
         done = 0
     with Progress(settings.rounds - done, "rounds") as bar:
@@ -100,14 +207,21 @@ def run(args: argparse.Namespace) -> int:
             fields = {"round": record["round"], "failed": len(record["failed"])}
             if metrics.get("ndcg@10") is not None:
                 fields["ndcg@10"] = float(metrics["ndcg@10"])
+            if isinstance(record.get("epsilon"), float):
+                fields["eps"] = round(float(record["epsilon"]), 3)
+            if record.get("stopped"):
+                print(record["stopped"])
             bar.update(1, **fields)
 
-        metrics = simulate(
-            settings,
-            on_round=on_round,
-            verbose=args.verbose,
-            cpus_per_client=args.cpus_per_client,
-        )
+        if args.engine == "inprocess":
+            metrics = simulate_in_process(settings, on_round=on_round)
+        else:
+            metrics = simulate(
+                settings,
+                on_round=on_round,
+                verbose=args.verbose,
+                cpus_per_client=args.cpus_per_client,
+            )
     _print_summary(settings, metrics)
     return 0
 
@@ -129,4 +243,14 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4f}"
 
 
-__all__ = ["HELP", "NAME", "add_arguments", "run", "settings_from_args"]
+__all__ = [
+    "HELP",
+    "NAME",
+    "add_arguments",
+    "add_privacy_arguments",
+    "parse_sets",
+    "prepare_settings",
+    "privacy_flat",
+    "run",
+    "settings_from_args",
+]

@@ -1,0 +1,165 @@
+"""Serving on the device: the held global parameters and the top-k of a score vector.
+
+Design rule: recommendations are computed on the device from the held global item
+parameters and the *serving* user state; nothing about them leaves the device. The
+popularity fallback uses the learned item bias (trained under the same mechanism as
+every other item parameter), never raw counts (docs/DEVICE.md, "Recommendations").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from clients.store import ItemId
+from fedrec.errors import ConfigError
+from fedrec.federated.client import UserState
+from fedrec.models.base import Arrays, get_user_state, item_side, set_item_arrays
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.registry import build_model
+from fedrec.models.trainable import TrainableRecommender
+from fedrec.recommend.similar import item_vectors, unit_rows
+
+if TYPE_CHECKING:
+    pass
+
+
+def item_bias(kind: str, model: TrainableRecommender, n_items: int) -> npt.NDArray[np.float32]:
+    """Popularity signal: the learned item bias (MF ``b``, decoder bias of the AEs)."""
+    names = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
+    param = item_side(model).get(names.get(kind, ""))
+    if param is None:
+        return np.zeros(n_items, dtype=np.float32)
+    values: npt.NDArray[np.float32] = param.detach().numpy().reshape(n_items).astype(np.float32)
+    return values
+
+
+@dataclasses.dataclass
+class HeldGlobal:
+    """The held global item parameters, loaded once into a one-user model."""
+
+    model_cfg: ModelConfig
+    train_cfg: LocalTrainConfig
+    ids: list[ItemId]
+    row: dict[ItemId, int]
+    arrays: Arrays
+    model: TrainableRecommender
+    init_state: UserState
+    bias: npt.NDArray[np.float32]
+    unit_vectors: npt.NDArray[np.float64] | None
+
+    @classmethod
+    def build(
+        cls,
+        arrays: Arrays,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        ids: list[ItemId],
+        seed: int,
+    ) -> HeldGlobal:
+        n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
+        if n_items != len(ids):
+            raise ConfigError(
+                f"{len(ids)} item ids for global arrays of {n_items} rows",
+                where="item_ids",
+                fix="send one original id per item row",
+            )
+        model = build_model(model_cfg, n_items, 1, seed=seed)
+        try:
+            set_item_arrays(model, arrays)
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), where="global arrays", fix="send arrays of the model config's shapes"
+            ) from exc
+        model.eval()
+        vectors = (
+            unit_rows(item_vectors(model_cfg.kind, arrays))
+            if model_cfg.kind in ("mf", "cdae", "multvae")
+            else None
+        )
+        return cls(
+            model_cfg,
+            train_cfg,
+            ids,
+            {i: r for r, i in enumerate(ids)},
+            arrays,
+            model,
+            get_user_state(model),
+            item_bias(model_cfg.kind, model, n_items),
+            vectors,
+        )
+
+
+def top_k(
+    scores: npt.NDArray[np.float32], excluded: npt.NDArray[np.int64] | None, k: int
+) -> list[int]:
+    """Rows of the ``k`` best scores, ties by lower row, skipping ``excluded`` rows."""
+    masked = scores
+    n_ok = len(scores)
+    if excluded is not None and len(excluded):
+        masked = scores.copy()
+        masked[excluded] = -np.inf
+        n_ok -= len(excluded)
+    k = min(k, n_ok)
+    if k <= 0:
+        return []
+    part = np.argpartition(-masked, k - 1)[:k]
+    cands = np.flatnonzero(masked >= masked[part].min())  # every tie at the cut-off
+    order = cands[np.lexsort((cands, -masked[cands]))][:k]
+    return [int(r) for r in order]
+
+
+def measure_recommend_latency(
+    n_items: int, calls: int = 1000, *, dim: int = 32, history: int = 50, seed: int = 0
+) -> dict[str, float]:
+    """Latency of :meth:`DeviceClient.recommend` (k=10, seen items excluded), in ms.
+
+    An MF device (``dim``) with a ``n_items`` catalog and ``history`` interactions, in a
+    temporary store; one warm-up call, then ``calls`` timed calls. Also times
+    :meth:`DeviceClient.record` (durable write + serving refresh) over 20 calls.
+    ``p50_ms``/``p99_ms`` are wall-clock; ``cpu_*`` are this thread's CPU time, which
+    excludes preemption by other processes (the wall-clock tail on a busy machine).
+    """
+    import tempfile
+
+    from clients.device import DeviceClient
+    from clients.device_round import RoundConfig
+    from fedrec.models.registry import init_item_arrays
+
+    cfg = RoundConfig(model=ModelConfig(kind="mf", dim=dim))
+    rng = np.random.default_rng(seed)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        DeviceClient.open(Path(tmp) / "device.db", seed=seed) as device,
+    ):
+        device.set_global(init_item_arrays(cfg.model, n_items, seed=seed), cfg)
+        device.record_many(rng.choice(n_items, size=min(history, n_items), replace=False))
+        device.recommend(10)
+        times, cpu = np.empty(calls), np.empty(calls)
+        for i in range(calls):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            device.recommend(10)
+            times[i] = time.perf_counter() - start
+            cpu[i] = time.thread_time() - start_cpu
+        record_times = []
+        for item in rng.choice(n_items, size=20):
+            start = time.perf_counter()
+            device.record(int(item))
+            record_times.append(time.perf_counter() - start)
+    ms = times * 1e3
+    return {
+        "n_items": float(n_items),
+        "calls": float(calls),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+        "cpu_p50_ms": float(np.percentile(cpu * 1e3, 50)),
+        "cpu_p99_ms": float(np.percentile(cpu * 1e3, 99)),
+        "record_p50_ms": float(np.median(record_times) * 1e3),
+    }

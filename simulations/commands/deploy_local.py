@@ -1,0 +1,116 @@
+"""``fedrec deploy-local``: a real Flower deployment (SuperLink + SuperNodes) on 127.0.0.1.
+
+``fedrec deploy-local --data PATH --nodes N --rounds R --out RUN_DIR`` starts one
+``flower-superlink``, ``N`` ``flower-supernode`` processes (node ``i`` is user ``i``,
+with its own store under ``RUN_DIR/clients/node-<i>``) and ``flwr run``, waits for the
+run, and stops every process it started. ``RUN_DIR`` gets the files of
+``fedrec simulate`` plus ``logs/`` (docs/DEPLOYMENT.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fedrec.federated.aggregation import STRATEGIES
+from fedrec.models.config import MODEL_KIND_NAMES
+from server.settings import RunSettings
+from simulations.commands.common import add_data_arguments
+from simulations.progress import Progress
+
+NAME = "deploy-local"
+HELP = "Run a federated round loop on Flower's Deployment Engine over 127.0.0.1."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from simulations.commands.simulate import add_privacy_arguments
+
+    add_data_arguments(parser)
+    parser.add_argument("--nodes", type=int, required=True, metavar="N", help="SuperNodes")
+    parser.add_argument("--rounds", type=int, default=3, help="server rounds")
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--model", choices=MODEL_KIND_NAMES, default="mf")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="fedadam")
+    parser.add_argument(
+        "--clients-per-round",
+        type=int,
+        default=None,
+        metavar="K",
+        help="expected users per round (default: every node)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="split, init and sampling seed")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, metavar="N", help="evaluate every N rounds (0: end)"
+    )
+    parser.add_argument("--eval-clients", type=int, default=100, help="users per periodic eval")
+    parser.add_argument("--server-lr", type=float, default=None, help="server learning rate")
+    parser.add_argument("--proximal-mu", type=float, default=None, help="FedProx mu")
+    add_privacy_arguments(parser)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any flat setting, e.g. model.dim=16 (repeatable)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds before the run is stopped"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.commands.simulate import _print_summary
+    from simulations.deploy import check_nodes, deploy_local
+    from simulations.run_dir import create_run_dir
+
+    settings = _settings(args)
+    check_nodes(settings, args.nodes)
+    create_run_dir(Path(settings.run_dir), settings)
+    with _sigterm_as_interrupt(), Progress(settings.rounds, "rounds") as bar:
+
+        def on_round(record: dict[str, Any]) -> None:
+            ndcg = (record.get("metrics") or {}).get("ndcg@10")
+            fields = {"round": record["round"], "failed": len(record["failed"])}
+            bar.update(1, **fields, **({} if ndcg is None else {"ndcg@10": float(ndcg)}))
+
+        metrics = deploy_local(
+            settings,
+            args.nodes,
+            timeout=args.timeout,
+            on_round=on_round,
+            status=lambda line: print(f"deploy-local: {line}", file=sys.stderr),
+        )
+    _print_summary(settings, metrics)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    """The settings of ``fedrec simulate`` with the same flags (privacy resolved)."""
+    from simulations.commands.simulate import prepare_settings, settings_from_args
+
+    ns = argparse.Namespace(**vars(args))
+    ns.clients_per_round = args.clients_per_round or args.nodes
+    return prepare_settings(settings_from_args(ns))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so that ``kill`` stops the deployment cleanly."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+__all__ = ["HELP", "NAME", "add_arguments", "run"]

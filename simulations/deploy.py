@@ -1,0 +1,433 @@
+"""Run the fedrec apps on Flower's Deployment Engine on this machine, over loopback.
+
+Design rule: :func:`deploy_local` is a script, not a second engine. It starts exactly
+what a real deployment starts (``flower-superlink``, one ``flower-supernode`` per
+device, ``flwr run``), each as its own process bound to ``127.0.0.1`` only, with the
+same ``ServerApp`` and ``ClientApp`` as ``fedrec simulate``, and it stops every process
+it started, and their children, on success, error and Ctrl-C alike. Node ``i`` is user
+``i`` of the split (``--node-config partition-id=i``) and keeps its device state in its
+own folder ``RUN_DIR/clients/node-<i>`` (``store-dir`` in its node config).
+
+Flower 1.42 specifics (docs/DEPLOYMENT.md): the SuperLink serves its Fleet, Control
+and Runtime APIs on one HTTP port; each SuperNode serves its Runtime API (the old
+ClientAppIo address) on a port of its own; both spawn ``flower-superexec`` in a new
+session, which spawns one ``flwr-serverapp`` per run / one ``flwr-clientapp`` per
+message. ``flwr run`` reads its SuperLink address from ``$FLWR_HOME/config.toml`` and
+migrates (rewrites) a ``pyproject.toml`` that has ``[tool.flwr.federations]``, so the
+app is run from a temporary copy whose ``[tool.flwr.app.config]`` holds the run's
+settings (:meth:`server.settings.RunSettings.to_flat`; dotted keys are quoted), and
+every ``FLWR_HOME`` is a temporary folder: nothing under ``~`` or in the repo changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+from fedrec.errors import ConfigError, FedrecError
+from server.checkpoint import CLIENTS_DIR, METRICS_JSON
+from server.settings import RunSettings
+
+LOOPBACK = "127.0.0.1"
+CONNECTION = "fedrec-local"
+APP_PACKAGES = ("fedrec", "clients", "server")
+LOGS_DIR = "logs"
+_REPO = Path(__file__).resolve().parents[1]
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+_NODE_UP = "SuperNode ID:"
+Status = Callable[[str], None]
+
+
+class DeployError(FedrecError):
+    """A process of the local deployment failed, or the run did not complete."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (all held open until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def node_store(run_dir: Path, node: int) -> Path:
+    """The device-state folder of node ``node`` (its ``store-dir``)."""
+    return run_dir / CLIENTS_DIR / f"node-{node}"
+
+
+def node_config(node: int, n_nodes: int, store: Path) -> str:
+    """The ``--node-config`` of a SuperNode: its user, the node count, its store folder."""
+    text = str(store)
+    if any(c in text for c in "\"'\\"):
+        raise ConfigError(
+            "quotes and backslashes cannot be passed in a Flower node config",
+            where=text,
+            fix="choose a run directory whose path has none",
+        )
+    return f'partition-id={node} num-partitions={n_nodes} store-dir="{text}"'
+
+
+def superlink_command(port: int) -> list[str]:
+    """``flower-superlink`` on ``127.0.0.1:port``; dependencies are never installed."""
+    return [
+        "flower-superlink",
+        "--insecure",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def supernode_command(superlink_port: int, port: int, config: str) -> list[str]:
+    """``flower-supernode`` connecting to the SuperLink, its Runtime API on ``port``."""
+    return [
+        "flower-supernode",
+        "--insecure",
+        "--superlink",
+        f"{LOOPBACK}:{superlink_port}",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--node-config",
+        config,
+    ]
+
+
+def write_app(app_dir: Path, settings: RunSettings) -> Path:
+    """A copy of the fedrec app whose ``[tool.flwr.app.config]`` is ``settings``."""
+    import tomli_w  # a dependency of flwr (its config files)
+
+    with open(_REPO / "pyproject.toml", "rb") as fh:
+        project = tomllib.load(fh)
+    flwr_app = dict(project["tool"]["flwr"]["app"])
+    flwr_app["config"] = settings.to_flat()
+    keep = ("name", "version", "description", "license", "dependencies")
+    pyproject = {
+        "build-system": project["build-system"],
+        "project": {k: v for k, v in project["project"].items() if k in keep},
+        "tool": {"flwr": {"app": flwr_app}},  # no federations: flwr run would rewrite them
+    }
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject), encoding="utf-8")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in APP_PACKAGES:
+        shutil.copytree(_REPO / package, app_dir / package, ignore=ignore)
+    return app_dir
+
+
+def write_flower_config(flwr_home: Path, superlink_port: int) -> Path:
+    """``$FLWR_HOME/config.toml`` naming the local SuperLink as connection ``fedrec-local``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{LOOPBACK}:{superlink_port}"\ninsecure = true\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _proc_info(pid: int) -> tuple[int, int, str] | None:
+    """``(parent pid, start time, state)`` of ``pid`` from ``/proc``, None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def _command_name(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    names = [Path(a.decode(errors="replace")).name for a in argv[:2]]
+    return names[1] if names[0].startswith("python") and len(names) > 1 else names[0]
+
+
+class Processes:
+    """Processes started here, and every descendant they spawn, stopped together.
+
+    Each process starts in a new session (its own process group). Descendants are
+    tracked by ``(pid, start time)`` from ``/proc`` (:meth:`track`), because Flower's
+    SuperExec starts its children in new sessions too; :meth:`stop` signals only
+    tracked processes whose start time still matches, so a reused pid is never hit.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+        self.tracked: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+        """Start ``cmd`` as ``name``, stdout and stderr to ``log``."""
+        out = open(log, "ab")  # noqa: SIM115 (closed in stop())
+        self._logs.append(out)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self.env, **env},
+            start_new_session=True,
+        )
+        self.started[name] = proc
+        self.track()
+
+    def track(self) -> None:
+        """Record every live descendant of the started processes."""
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (info := _proc_info(int(entry.name))) is not None:
+                children.setdefault(info[0], []).append(int(entry.name))
+        todo = [p.pid for p in self.started.values()]
+        while todo:
+            pid = todo.pop()
+            info = _proc_info(pid)
+            if info is not None and pid not in self.tracked:
+                self.tracked[pid] = info[1]
+                self.names[pid] = _command_name(pid)
+            todo.extend(children.get(pid, []))
+
+    def alive(self) -> list[int]:
+        """Tracked pids still running (zombies count as stopped)."""
+        live = []
+        for pid, start in self.tracked.items():
+            info = _proc_info(pid)
+            if info is not None and info[1] == start and info[2] != "Z":
+                live.append(pid)
+        return live
+
+    def exited(self) -> dict[str, int]:
+        """Started processes that have exited, with their exit codes."""
+        return {n: rc for n, p in self.started.items() if (rc := p.poll()) is not None}
+
+    def stop(self, grace: float = 10.0, record: Path | None = None) -> None:
+        """SIGTERM everything tracked, wait up to ``grace`` s, then SIGKILL the rest.
+
+        ``record``: a JSON file that receives every tracked process (pid, start time
+        in clock ticks since boot, command, whether it is still running afterwards).
+        """
+        self.track()
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            for pid in self.alive():
+                with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while self.alive() and time.monotonic() < deadline:
+                self.exited()  # reaps our direct children
+                time.sleep(0.1)
+        for proc in self.started.values():
+            with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+        for out in self._logs:
+            out.close()
+        if record is not None:
+            live = set(self.alive())
+            rows = [
+                {"pid": pid, "start": start, "command": self.names[pid], "running": pid in live}
+                for pid, start in self.tracked.items()
+            ]
+            record.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+def _wait_for_nodes(procs: Processes, logs: Path, n_nodes: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check_alive(procs, logs, allow=())
+        up = sum(_NODE_UP in _read(logs / f"supernode-{i}.log") for i in range(n_nodes))
+        if up == n_nodes:
+            return
+        time.sleep(0.2)
+    raise DeployError(f"not all {n_nodes} SuperNodes connected in {timeout:.0f} s", where=str(logs))
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _check_alive(procs: Processes, logs: Path, allow: tuple[str, ...]) -> None:
+    dead = {n: rc for n, rc in procs.exited().items() if n not in allow}
+    if dead:
+        name, rc = next(iter(dead.items()))
+        raise DeployError(
+            f"{name} exited early (exit code {rc})",
+            where=str(logs / f"{name}.log"),
+            fix="read that log",
+        )
+
+
+def _run_status(env: dict[str, str], run_id: str) -> str:
+    out = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        return str(json.loads(out.stdout)["runs"][0]["status"])
+    except (json.JSONDecodeError, KeyError, IndexError):
+        return f"unknown ({out.stdout.strip() or out.stderr.strip()})"
+
+
+def flower_env() -> dict[str, str]:
+    """This environment with Flower's commands first on ``PATH`` and telemetry off.
+
+    The SuperLink and SuperNodes start ``flower-superexec`` (and it ``flwr-serverapp`` /
+    ``flwr-clientapp``) by name, so the interpreter's ``bin`` folder must be on ``PATH``.
+    """
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists() and shutil.which("flower-superlink") is None:
+        raise ConfigError(
+            "Flower's commands (flower-superlink, flower-supernode, flwr) are not installed",
+            where=str(bin_dir),
+            fix="install fedrec's dependencies (flwr>=1.42) into this environment",
+        )
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def deploy_local(
+    settings: RunSettings,
+    n_nodes: int,
+    *,
+    timeout: float = 3600.0,
+    connect_timeout: float = 120.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    status: Status | None = None,
+) -> dict[str, Any]:
+    """Run ``settings`` on a SuperLink and ``n_nodes`` SuperNodes on 127.0.0.1.
+
+    The run directory must exist with its ``config.json``
+    (:func:`simulations.run_dir.create_run_dir`); it receives the same files as
+    ``fedrec simulate`` plus ``logs/`` (one log per process). Node ``i`` is user ``i``.
+    Every process started is stopped before this returns or raises.
+
+    Raises
+    ------
+    DeployError
+        A process exited early, the nodes did not connect within ``connect_timeout``
+        seconds, the run did not complete within ``timeout`` seconds, or failed.
+    """
+    from simulations.run_dir import read_metrics
+    from simulations.simulation import _write_report, absolute
+
+    settings = absolute(settings)
+    run_dir = Path(settings.run_dir)
+    check_nodes(settings, n_nodes)
+    logs = run_dir / LOGS_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    say = status or (lambda _: None)
+    with tempfile.TemporaryDirectory(prefix="fedrec-deploy-") as tmp:
+        procs = Processes(flower_env())
+        try:
+            _start(procs, Path(tmp), settings, n_nodes, logs, say)
+            _wait_for_nodes(procs, logs, n_nodes, connect_timeout)
+            say(f"{n_nodes} SuperNodes connected; flwr run (logs in {logs})")
+            app = write_app(Path(tmp) / "app", settings)
+            cli_env = {"FLWR_HOME": str(Path(tmp) / "cli")}
+            run_cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]
+            procs.start("flwr-run", run_cmd, logs / "flwr-run.log", cli_env)
+            _wait_for_run(procs, run_dir, timeout, on_round)
+            _check_completed(procs, logs, cli_env)
+        finally:
+            procs.stop(record=logs / "processes.json")
+            say(f"stopped every process started ({logs / 'processes.json'})")
+    _write_report(run_dir)
+    return read_metrics(run_dir)
+
+
+def check_nodes(settings: RunSettings, n_nodes: int) -> None:
+    """Refuse a node count outside ``1..users of the split`` (node ``i`` is user ``i``)."""
+    from server.settings import load_split
+
+    n_users = load_split(settings).n_users
+    if not 1 <= n_nodes <= n_users:
+        raise ConfigError(
+            f"need 1 to {n_users} nodes (one per user of the split), got {n_nodes}",
+            where="--nodes",
+        )
+
+
+def _start(
+    procs: Processes, tmp: Path, settings: RunSettings, n_nodes: int, logs: Path, say: Status
+) -> None:
+    link_port, *node_ports = free_ports(n_nodes + 1)
+    write_flower_config(tmp / "cli", link_port)
+    link_env = {"FLWR_HOME": str(tmp / "superlink")}
+    procs.start("superlink", superlink_command(link_port), logs / "superlink.log", link_env)
+    say(f"SuperLink on {LOOPBACK}:{link_port}")
+    for i, port in enumerate(node_ports):
+        config = node_config(i, n_nodes, node_store(Path(settings.run_dir), i))
+        cmd = supernode_command(link_port, port, config)
+        procs.start(
+            f"supernode-{i}",
+            cmd,
+            logs / f"supernode-{i}.log",
+            {"FLWR_HOME": str(tmp / f"node-{i}")},
+        )
+    say(f"{n_nodes} SuperNodes, Runtime APIs on {LOOPBACK}:{node_ports[0]}..")
+
+
+def _wait_for_run(
+    procs: Processes,
+    run_dir: Path,
+    timeout: float,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    from simulations.run_dir import read_rounds
+
+    deadline, seen = time.monotonic() + timeout, len(read_rounds(run_dir))
+    while procs.started["flwr-run"].poll() is None:
+        _check_alive(procs, run_dir / LOGS_DIR, allow=("flwr-run",))
+        procs.track()
+        rounds = read_rounds(run_dir)
+        for record in rounds[seen:]:
+            if on_round is not None:
+                on_round(record)
+        seen = max(seen, len(rounds))
+        if time.monotonic() > deadline:
+            raise DeployError(f"the run did not finish in {timeout:.0f} s", where=str(run_dir))
+        time.sleep(0.5)
+
+
+def _check_completed(procs: Processes, logs: Path, cli_env: dict[str, str]) -> None:
+    rc = procs.started["flwr-run"].returncode
+    found = _RUN_ID.search(_read(logs / "flwr-run.log"))
+    if rc != 0 or found is None:
+        raise DeployError(f"flwr run failed (exit code {rc})", where=str(logs / "flwr-run.log"))
+    state = _run_status({**procs.env, **cli_env}, found.group(1))
+    if state != "finished:completed":
+        raise DeployError(
+            f"run {found.group(1)} ended as {state}",
+            where=str(logs / "flwr-run.log"),
+            fix="the ServerApp's log is in that file; client errors are in supernode-*.log",
+        )
+    if not (logs.parent / METRICS_JSON).is_file():
+        raise DeployError("the run completed without metrics.json", where=str(logs.parent))

@@ -1,0 +1,158 @@
+"""Serve a finished (or checkpointed) simulation run: its global model and its split.
+
+Design rule: a run directory is served exactly as its devices would serve it. The
+global item arrays come from the server's checkpoint, the split is rebuilt from
+``config.json``'s settings (the call the clients make), and a user's scores are those
+of :func:`fedrec.federated.client.client_scores` with the user's train items: the
+user-side state is reconstructed on the final global items (Federated Reconstruction,
+Singhal et al. 2021) with the evaluation seed, as the final evaluation does for a user
+the run never sampled. The simulated devices' own stores under ``RUN_DIR/clients/``
+are not read (their format belongs to :mod:`clients`). The "most popular" fallback
+reads the signal :mod:`fedrec.recommend.cold_start` allows for the run's privacy mode
+(raw counts only without privacy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fedrec.data.split import Split
+from fedrec.errors import DataError, FedrecError
+from fedrec.federated.client import client_scores, derive_seed, load_device_model
+from fedrec.federated.loop import EVAL_ROUND
+from fedrec.models.base import Arrays, item_side
+from fedrec.recommend.cold_start import popularity_source
+from fedrec.recommend.similar import item_vectors
+from server.checkpoint import load_checkpoint
+from server.settings import RunSettings, load_split
+from simulations.run_dir import resume_settings
+
+FloatArray = npt.NDArray[np.float64]
+ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+BIAS_PARAMETER = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
+"""Model kind -> the item-side parameter that acts as learned popularity."""
+
+
+def _ids(values: npt.NDArray[np.generic]) -> dict[str, int]:
+    return {str(v): i for i, v in enumerate(values.tolist())}
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A run's final global model, split and privacy mode, ready to serve."""
+
+    run_dir: Path
+    settings: RunSettings
+    split: Split
+    item_arrays: Arrays
+    round: int
+
+    @property
+    def privacy_mode(self) -> str:
+        return self.settings.privacy.mode
+
+    @cached_property
+    def item_vectors(self) -> FloatArray:
+        """``[n_items, d]`` learned item vectors (:func:`fedrec.recommend.item_vectors`)."""
+        return item_vectors(self.settings.model.kind, self.item_arrays)
+
+    @cached_property
+    def _user_index(self) -> dict[str, int]:
+        return _ids(self.split.data.user_ids)
+
+    @cached_property
+    def _item_index(self) -> dict[str, int]:
+        return _ids(self.split.data.item_ids)
+
+    def user_index(self, user_id: str) -> int:
+        """The index of the original user id ``user_id`` (DataError when unknown)."""
+        return self._lookup(self._user_index, user_id, "user", "--user")
+
+    def item_index(self, item_id: str) -> int:
+        """The index of the original item id ``item_id`` (DataError when unknown)."""
+        return self._lookup(self._item_index, item_id, "item", "--item")
+
+    def _lookup(self, table: dict[str, int], key: str, what: str, flag: str) -> int:
+        if str(key) not in table:
+            sample = ", ".join(list(table)[:3])
+            raise DataError(
+                f"unknown {what} id {key!r} (the run's data has {len(table)} {what}s)",
+                where=f"{flag} (data {self.settings.data})",
+                fix=f"pass an original {what} id from the data, e.g. {sample}",
+            )
+        return table[str(key)]
+
+    def user_scores(self, user: int) -> FloatArray:
+        """``[n_items]`` scores of ``user``: user state reconstructed on the final items."""
+        scores = client_scores(
+            self.settings.model,
+            self.settings.train,
+            self.item_arrays,
+            None,
+            self.split.train_items(user),
+            seed=derive_seed(self.settings.seed, user, EVAL_ROUND),
+        )
+        out: FloatArray = scores.double().numpy()
+        return out
+
+    def score_fn(self) -> ScoreFn:
+        """``score_fn(users) -> [b, n_items]`` from :meth:`user_scores` (for evaluation)."""
+
+        def score(users: npt.NDArray[np.int64]) -> torch.Tensor:
+            rows = [torch.from_numpy(self.user_scores(int(u))) for u in users]
+            return torch.stack(rows) if rows else torch.zeros(0, self.split.n_items)
+
+        return score
+
+    def item_bias(self) -> FloatArray | None:
+        """The learned item biases of the global model (``None`` if the model has none)."""
+        model = load_device_model(
+            self.settings.model, self.item_arrays, None, seed=self.settings.seed
+        )
+        param = item_side(model).get(BIAS_PARAMETER.get(self.settings.model.kind, ""))
+        return None if param is None else param.detach().double().numpy().reshape(-1)
+
+    def popularity(self) -> FloatArray:
+        """Fallback scores allowed by the run's privacy mode (raw counts only in "none")."""
+        if self.privacy_mode == "none":
+            return popularity_source("none", train=self.split.train)
+        return popularity_source(self.privacy_mode, item_bias=self.item_bias())
+
+
+def load_run_model(run_dir: str | Path) -> RunModel:
+    """Load ``run_dir``'s final checkpoint and split (raises :class:`DataError`)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise DataError(
+            "run directory not found", where=str(path), fix="pass the --out of a fedrec simulate"
+        )
+    settings = resume_settings(path)
+    ckpt = load_checkpoint(path)
+    if ckpt is None or ckpt.round < 1:
+        raise DataError(
+            "run has no checkpoint (no round finished)",
+            where=str(path / "checkpoint.npz"),
+            fix="let the run finish at least one round (fedrec simulate --resume RUN_DIR)",
+        )
+    try:
+        split = load_split(settings)
+    except FedrecError as err:
+        raise DataError(
+            f"cannot rebuild the run's split ({err})",
+            where=f"{path / 'config.json'}: data",
+            fix="make the run's data available at the recorded path",
+        ) from err
+    if int(ckpt.item_arrays[0].shape[0]) != split.n_items:
+        raise DataError(
+            f"checkpoint has {ckpt.item_arrays[0].shape[0]} items, the data {split.n_items}",
+            where=str(path / "checkpoint.npz"),
+            fix="the run's data changed since the run; restore it or start a new run",
+        )
+    return RunModel(path, settings, split, ckpt.item_arrays, ckpt.round)

@@ -1,0 +1,150 @@
+"""A privacy-utility sweep: one run per target epsilon plus the non-private run.
+
+Design rule: a sweep is nothing but ``fedrec simulate`` runs with different
+``--target-epsilon`` (one run directory each, under the sweep directory), read back
+from their own files: ``DIR/sweep.json`` lists, per run, the target and the epsilon
+actually spent (from its ``privacy.json``) next to its final metrics, and
+``DIR/report.md`` shows the frontier (NDCG@10 against epsilon) with the popularity
+baseline and the non-private run as horizontal lines. Every run of a sweep spends
+privacy on the same data: the sweep as a whole is *not* covered by any one run's
+guarantee (docs/PRIVACY.md, "hyperparameter tuning").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fedrec.errors import ConfigError
+from server.checkpoint import atomic_write_json
+from server.settings import RunSettings
+
+SWEEP_JSON = "sweep.json"
+FRONTIER_PNG = "frontier.png"
+NON_PRIVATE = "none"
+Runner = Callable[[RunSettings], dict[str, Any]]
+
+
+def parse_epsilons(text: str) -> list[float]:
+    """``"1,4,8"`` -> ``[1.0, 4.0, 8.0]`` (each > 0, distinct)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ConfigError(f"not a list of numbers: {text!r}", where="--epsilons") from err
+    if not values or any(not v > 0 for v in values) or len(set(values)) != len(values):
+        raise ConfigError(
+            f"need distinct epsilons > 0, got {text!r}", where="--epsilons", fix="e.g. 1,4,8"
+        )
+    return values
+
+
+def run_name(epsilon: float | None) -> str:
+    """The run directory name of one point of the sweep."""
+    return NON_PRIVATE if epsilon is None else f"eps-{epsilon:g}"
+
+
+def sweep_settings(
+    base: RunSettings, epsilons: Sequence[float], out_dir: Path
+) -> list[tuple[float | None, RunSettings]]:
+    """The non-private run, then one run per target epsilon (``base`` is private)."""
+    if not base.privacy.enabled:
+        raise ConfigError("a sweep needs a privacy mode", where="--privacy", fix="local|central")
+    none = dataclasses.replace(
+        base,
+        privacy=dataclasses.replace(base.privacy, mode="none", adaptive_clipping=False),
+        run_dir=str(out_dir / run_name(None)),
+    )
+    runs: list[tuple[float | None, RunSettings]] = [(None, none)]
+    for eps in epsilons:
+        privacy = dataclasses.replace(base.privacy, target_epsilon=eps, noise_multiplier=None)
+        runs.append(
+            (eps, dataclasses.replace(base, privacy=privacy, run_dir=str(out_dir / run_name(eps))))
+        )
+    return runs
+
+
+def summarize(epsilon: float | None, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One ``sweep.json`` row from a finished run's files."""
+    privacy_path = run_dir / "privacy.json"
+    privacy = json.loads(privacy_path.read_text()) if privacy_path.exists() else {}
+    return {
+        "run": run_dir.name,
+        "target_epsilon": epsilon,
+        "epsilon": privacy.get("epsilon"),
+        "delta": privacy.get("delta"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "metrics": {k: v for k, v in metrics.items() if k != "reference"},
+    }
+
+
+def write_sweep(out_dir: Path, mode: str, rows: list[dict[str, Any]], refs: dict[str, Any]) -> Path:
+    """Write ``sweep.json``, the frontier plot and ``report.md``; return the report path."""
+    atomic_write_json(out_dir / SWEEP_JSON, {"mode": mode, "runs": rows, "reference": refs})
+    image = plot_frontier(out_dir, rows, refs)
+    lines = [
+        f"# fedrec sweep: {out_dir.name}",
+        "",
+        f"Privacy mode `{mode}`; one run per target epsilon (see each run's report.md).",
+        "Every run spends privacy on the same data: the sweep is not covered by one guarantee.",
+        "",
+        "| run | target epsilon | epsilon spent | delta | NDCG@10 | Recall@20 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['run']} | {_fmt(r['target_epsilon'])} | {_fmt(r['epsilon'])} | "
+            f"{_fmt(r['delta'])} | {_fmt(m.get('ndcg@10'))} | {_fmt(m.get('recall@20'))} |"
+        )
+    for name, ref in refs.items():
+        lines.append(
+            f"| {name} (central) | – | – | – | {_fmt(ref.get('ndcg@10'))} | "
+            f"{_fmt(ref.get('recall@20'))} |"
+        )
+    lines += ["", f"![{image}]({image})" if image else "", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot_frontier(out_dir: Path, rows: list[dict[str, Any]], refs: dict[str, Any]) -> str | None:
+    """NDCG@10 against epsilon spent, popularity and the non-private run as lines."""
+    pts = sorted(
+        (float(r["epsilon"]), float(r["metrics"]["ndcg@10"]))
+        for r in rows
+        if r["epsilon"] is not None and r["metrics"].get("ndcg@10") is not None
+    )
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="private runs")
+    lines = [
+        (r["metrics"].get("ndcg@10"), "non-private", "--") for r in rows if r["epsilon"] is None
+    ]
+    if "popularity" in refs:
+        lines.append((refs["popularity"].get("ndcg@10"), "popularity", ":"))
+    for value, label, style in lines:
+        if value is not None:
+            ax.axhline(float(value), linestyle=style, color="gray", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon spent (log scale)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("Privacy-utility frontier")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / FRONTIER_PNG, dpi=110)
+    plt.close(fig)
+    return FRONTIER_PNG
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))

@@ -1,0 +1,156 @@
+"""``fedrec deploy-local``: a SuperLink and SuperNodes on 127.0.0.1, and their clean-up.
+
+The fast tests check the pieces (commands bind loopback only, the node config, the app
+copy's run config round-trips through Flower's parser, the process tree is stopped).
+The deployment test starts real Flower processes; each ``flwr-clientapp`` is a fresh
+Python process per message, so it takes about a minute on an idle 2-core machine
+(marked slow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.settings import RunSettings
+from simulations.deploy import (
+    LOOPBACK,
+    Processes,
+    _proc_info,
+    free_ports,
+    node_config,
+    superlink_command,
+    supernode_command,
+    write_app,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "synthetic:users=3,items=30,seed=0"
+
+
+def _running(pid: int, start: int) -> bool:
+    info = _proc_info(pid)
+    return info is not None and info[1] == start and info[2] != "Z"
+
+
+def test_commands_bind_loopback_only() -> None:
+    # Prepare
+    link_port, node_port = free_ports(2)
+    # Execute
+    link = superlink_command(link_port)
+    node = supernode_command(link_port, node_port, node_config(0, 3, Path("/tmp/s")))
+    # Assert
+    assert link[link.index("--host") + 1] == LOOPBACK
+    assert node[node.index("--host") + 1] == LOOPBACK
+    assert node[node.index("--superlink") + 1] == f"{LOOPBACK}:{link_port}"
+    assert "--disable-runtime-dependency-installation" in link
+    assert link_port != node_port
+
+
+def test_node_config_names_user_and_store() -> None:
+    # Execute
+    text = node_config(2, 3, Path("/runs/a/clients/node-2"))
+    # Assert: Flower's own parser reads it back
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([text])
+    assert parsed == {
+        "partition-id": 2,
+        "num-partitions": 3,
+        "store-dir": "/runs/a/clients/node-2",
+    }
+    with pytest.raises(ValueError, match="quotes"):
+        node_config(0, 1, Path('/runs/"x"'))
+
+
+def test_app_copy_carries_the_settings_and_leaves_the_repo_alone(tmp_path: Path) -> None:
+    # Prepare
+    settings = RunSettings.from_run_config(
+        {"data": TINY, "num-server-rounds": 2, "model.dim": 8, "train.lr": 0.05, "run-dir": "/r"}
+    )
+    before = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    # Execute
+    app = write_app(tmp_path / "app", settings)
+    # Assert: Flower validates the app and flattens its config back to the settings
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.common.config import flatten_dict
+
+    config, _ = load_and_validate(app / "pyproject.toml", check_module=False)
+    flat = flatten_dict(config["tool"]["flwr"]["app"]["config"])
+    assert RunSettings.from_run_config(flat) == settings
+    assert "federations" not in config["tool"]["flwr"]
+    assert (app / "clients" / "client_app.py").is_file()
+    assert (app / "server" / "server_app.py").is_file()
+    after = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    assert before == after
+
+
+def test_stop_ends_children_started_in_new_sessions(tmp_path: Path) -> None:
+    # Prepare: a parent whose child starts its own session, as Flower's SuperExec does
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+        "start_new_session=True); time.sleep(300)"
+    )
+    procs = Processes({})
+    procs.start("parent", [sys.executable, "-c", code], tmp_path / "p.log", {})
+    deadline = time.monotonic() + 20
+    while len(procs.tracked) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        procs.track()
+    tracked = dict(procs.tracked)
+    # Execute
+    procs.stop(grace=2.0, record=tmp_path / "processes.json")
+    # Assert
+    assert len(tracked) == 2
+    assert not any(_running(pid, start) for pid, start in tracked.items())
+    rows = json.loads((tmp_path / "processes.json").read_text())
+    assert {r["pid"] for r in rows} == set(tracked) and not any(r["running"] for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+@pytest.mark.deploy
+def test_deploy_local_three_nodes_two_rounds(tmp_path: Path) -> None:
+    # Prepare
+    from simulations.cli import main
+
+    out = tmp_path / "run"
+    argv = ["deploy-local", "--data", TINY, "--nodes", "3", "--rounds", "2"]
+    argv += ["--out", str(out), "--timeout", "600"]
+    # Execute
+    t0 = time.perf_counter()
+    rc = main(argv)
+    wall = time.perf_counter() - t0
+    # Assert: the run directory of `fedrec simulate`
+    assert rc == 0
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(sorted(r["participants"]) == [0, 1, 2] and not r["failed"] for r in rounds)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["users_evaluated"] == 3 and 0.0 <= metrics["ndcg@10"] <= 1.0
+    for name in ("config.json", "checkpoint.npz", "report.md", "logs/superlink.log"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "clients").iterdir()) == ["node-0", "node-1", "node-2"]
+    # Assert: no process left running, checked by pid and start time
+    rows = json.loads((out / "logs" / "processes.json").read_text())
+    commands = {r["command"] for r in rows}
+    assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= commands
+    assert not any(_running(r["pid"], r["start"]) for r in rows)
+    print(f"deploy-local 3 nodes x 2 rounds: {wall:.1f} s wall")
+
+
+def test_deploy_local_refuses_more_nodes_than_users(tmp_path: Path) -> None:
+    # Prepare
+    from simulations.cli import main
+
+    # Execute
+    rc = main(["deploy-local", "--data", TINY, "--nodes", "4", "--out", str(tmp_path / "r")])
+    # Assert: refused before any process starts
+    assert rc == 2
+    assert not (tmp_path / "r" / "logs").exists()
