@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -45,6 +46,7 @@ LOOPBACK = "127.0.0.1"
 CONNECTION = "fedrec-local"
 APP_PACKAGES = ("fedrec", "clients", "server")
 LOGS_DIR = "logs"
+TOKEN_VAR = "FEDREC_DEPLOYMENT"
 _REPO = Path(__file__).resolve().parents[1]
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _NODE_UP = "SuperNode ID:"
@@ -159,6 +161,13 @@ def _proc_info(pid: int) -> tuple[int, int, str] | None:
     return int(fields[1]), int(fields[19]), fields[0]
 
 
+def _has_env(pid: int, marker: bytes) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def _command_name(pid: int) -> str:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -173,21 +182,24 @@ class Processes:
 
     Each process starts in a new session (its own process group). Descendants are
     tracked by ``(pid, start time)`` from ``/proc`` (:meth:`track`), because Flower's
-    SuperExec starts its children in new sessions too; :meth:`stop` signals only
+    SuperExec starts its children in new sessions too: a process is ours when its
+    parent is, or when it inherited this deployment's ``FEDREC_DEPLOYMENT`` token in
+    its environment (an orphan whose parent already exited). :meth:`stop` signals only
     tracked processes whose start time still matches, so a reused pid is never hit.
     """
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
+        self.token = secrets.token_hex(8)
+        self.env = {**env, TOKEN_VAR: self.token}
         self.started: dict[str, subprocess.Popen[bytes]] = {}
         self.tracked: dict[int, int] = {}
         self.names: dict[int, str] = {}
-        self._logs: list[IO[bytes]] = []
+        self._logs: dict[str, tuple[IO[bytes], int]] = {}
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         """Start ``cmd`` as ``name``, stdout and stderr to ``log``."""
         out = open(log, "ab")  # noqa: SIM115 (closed in stop())
-        self._logs.append(out)
+        self._logs[name] = (out, out.tell())
         proc = subprocess.Popen(
             cmd,
             stdout=out,
@@ -199,13 +211,23 @@ class Processes:
         self.started[name] = proc
         self.track()
 
+    def log_text(self, name: str) -> str:
+        """What process ``name`` has written to its log so far (not earlier runs' lines)."""
+        out, offset = self._logs[name]
+        with open(out.name, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+
     def track(self) -> None:
         """Record every live descendant of the started processes."""
         children: dict[int, list[int]] = {}
+        todo = [p.pid for p in self.started.values()]
+        marker = f"{TOKEN_VAR}={self.token}".encode()
         for entry in os.scandir("/proc"):
             if entry.name.isdigit() and (info := _proc_info(int(entry.name))) is not None:
                 children.setdefault(info[0], []).append(int(entry.name))
-        todo = [p.pid for p in self.started.values()]
+                if int(entry.name) not in self.tracked and _has_env(int(entry.name), marker):
+                    todo.append(int(entry.name))
         while todo:
             pid = todo.pop()
             info = _proc_info(pid)
@@ -233,19 +255,23 @@ class Processes:
         ``record``: a JSON file that receives every tracked process (pid, start time
         in clock ticks since boot, command, whether it is still running afterwards).
         """
-        self.track()
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            for pid in self.alive():
-                with suppress(ProcessLookupError, subprocess.TimeoutExpired):
-                    os.kill(pid, sig)
+            signalled: set[int] = set()
             deadline = time.monotonic() + wait
-            while self.alive() and time.monotonic() < deadline:
+            while True:
+                self.track()  # also what was spawned meanwhile
+                for pid in set(self.alive()) - signalled:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                    signalled.add(pid)
                 self.exited()  # reaps our direct children
+                if not self.alive() or time.monotonic() > deadline:
+                    break
                 time.sleep(0.1)
         for proc in self.started.values():
             with suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 proc.wait(timeout=1.0)
-        for out in self._logs:
+        for out, _ in self._logs.values():
             out.close()
         if record is not None:
             live = set(self.alive())
@@ -260,15 +286,11 @@ def _wait_for_nodes(procs: Processes, logs: Path, n_nodes: int, timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _check_alive(procs, logs, allow=())
-        up = sum(_NODE_UP in _read(logs / f"supernode-{i}.log") for i in range(n_nodes))
+        up = sum(_NODE_UP in procs.log_text(f"supernode-{i}") for i in range(n_nodes))
         if up == n_nodes:
             return
         time.sleep(0.2)
     raise DeployError(f"not all {n_nodes} SuperNodes connected in {timeout:.0f} s", where=str(logs))
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _check_alive(procs: Processes, logs: Path, allow: tuple[str, ...]) -> None:
@@ -419,7 +441,7 @@ def _wait_for_run(
 
 def _check_completed(procs: Processes, logs: Path, cli_env: dict[str, str]) -> None:
     rc = procs.started["flwr-run"].returncode
-    found = _RUN_ID.search(_read(logs / "flwr-run.log"))
+    found = _RUN_ID.search(procs.log_text("flwr-run"))
     if rc != 0 or found is None:
         raise DeployError(f"flwr run failed (exit code {rc})", where=str(logs / "flwr-run.log"))
     state = _run_status({**procs.env, **cli_env}, found.group(1))

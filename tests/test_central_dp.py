@@ -95,7 +95,9 @@ def _run(settings: RunSettings) -> None:
     run_server(InProcessGrid(load_split(settings).n_users), settings)
 
 
-@pytest.mark.parametrize("strategy", ["fedadam", "fedprox"])  # fedprox: FedAvg server
+@pytest.mark.parametrize(
+    "strategy", ["fedadam", pytest.param("fedprox", marks=pytest.mark.slow)]
+)  # fedprox: FedAvg server
 def test_central_run_writes_a_verifiable_privacy_json(tmp_path: Path, strategy: str) -> None:
     # Prepare
     lr = {} if strategy == "fedadam" else {"server.server-lr": 1.0}
@@ -140,6 +142,7 @@ def test_server_stops_before_exceeding_the_target(tmp_path: Path) -> None:
     assert (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_adaptive_clipping_records_the_target_multiplier(tmp_path: Path) -> None:
     settings = _settings(tmp_path, **{"privacy.adaptive-clipping": True, "num-server-rounds": 2})
     _run(settings)
@@ -149,6 +152,7 @@ def test_adaptive_clipping_records_the_target_multiplier(tmp_path: Path) -> None
     assert verify_privacy_json(tmp_path / "privacy.json") == []
 
 
+@pytest.mark.slow
 def test_none_mode_writes_privacy_json_without_epsilon(tmp_path: Path) -> None:
     _run(
         _settings(

@@ -3,8 +3,8 @@
 The fast tests check the pieces (commands bind loopback only, the node config, the app
 copy's run config round-trips through Flower's parser, the process tree is stopped).
 The deployment test starts real Flower processes; each ``flwr-clientapp`` is a fresh
-Python process per message, so it takes about a minute on an idle 2-core machine
-(marked slow).
+Python process per message: the 2-round run takes 2.5 min on the shared 2-core box
+(load ~10), the timeout test ~11 s; both are marked slow (``pytest -m deploy``).
 """
 
 from __future__ import annotations
@@ -113,6 +113,28 @@ def test_stop_ends_children_started_in_new_sessions(tmp_path: Path) -> None:
     assert {r["pid"] for r in rows} == set(tracked) and not any(r["running"] for r in rows)
 
 
+def test_stop_ends_orphans_by_their_inherited_token(tmp_path: Path) -> None:
+    # Prepare: the parent exits at once, so its child is an orphan no parent links to us
+    code = (
+        "import subprocess, sys; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+        "start_new_session=True)"
+    )
+    procs = Processes({})
+    procs.start("parent", [sys.executable, "-c", code], tmp_path / "p.log", {})
+    procs.started["parent"].wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while not procs.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        procs.track()
+    orphans = {pid: procs.tracked[pid] for pid in procs.alive()}
+    # Execute
+    procs.stop(grace=2.0)
+    # Assert
+    assert len(orphans) == 1
+    assert not any(_running(pid, start) for pid, start in orphans.items())
+
+
 @pytest.mark.slow
 @pytest.mark.flower
 @pytest.mark.deploy
@@ -154,3 +176,23 @@ def test_deploy_local_refuses_more_nodes_than_users(tmp_path: Path) -> None:
     # Assert: refused before any process starts
     assert rc == 2
     assert not (tmp_path / "r" / "logs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+@pytest.mark.deploy
+def test_a_run_past_its_timeout_stops_every_flower_process(tmp_path: Path) -> None:
+    # Prepare: real SuperLink, SuperNodes and flwr run, and 1 s for the run
+    from simulations.deploy import DeployError, deploy_local
+
+    settings = RunSettings.from_run_config(
+        {"data": TINY, "num-server-rounds": 1, "run-dir": str(tmp_path / "run")}
+    )
+    # Execute
+    with pytest.raises(DeployError, match="did not finish"):
+        deploy_local(settings, 3, timeout=1.0)
+    # Assert: the whole tree was recorded, and none of it is running
+    rows = json.loads((tmp_path / "run" / "logs" / "processes.json").read_text())
+    commands = {r["command"] for r in rows}
+    assert {"flower-superlink", "flower-supernode", "flower-superexec", "flwr"} <= commands
+    assert not any(_running(r["pid"], r["start"]) for r in rows)

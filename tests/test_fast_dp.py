@@ -155,6 +155,56 @@ def test_unit_norms_and_weighted_sums_equal_opacus_per_sample_gradients(
         torch.testing.assert_close(out, torch.einsum("u,u...->...", scale, g))
 
 
+class _TwoCalls(TrainableRecommender):
+    """Calls one Linear and one Embedding twice per row (shared weights)."""
+
+    kind = "two-calls"
+    ITEM_SIDE = ("lin.weight", "lin.bias", "emb.weight")
+    USER_SIDE = ()
+
+    def __init__(self) -> None:
+        super().__init__(N_ITEMS, 1)
+        self.lin = torch.nn.Linear(3, 3)
+        self.emb = torch.nn.Embedding(N_ITEMS, 3)
+
+    def forward(self, x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        h = self.lin(torch.tanh(self.lin(x)))
+        return (h * self.emb(items[:, 0]) * self.emb(items[:, 1:]).sum(1)).sum(1)
+
+    def make_examples(self, users: Any, items: Any, *, generator: torch.Generator) -> Examples:
+        x = torch.randn(len(items), 3, generator=generator)
+        pairs = torch.randint(0, N_ITEMS, (len(items), 3), generator=generator)
+        return Examples((x, pairs), torch.randn(len(items), generator=generator))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((output - target) ** 2).mean()
+
+    def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return history
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_layers_called_twice_sum_their_rows_like_opacus() -> None:
+    # Prepare: 8 rows in 3 units
+    model = _TwoCalls()
+    ex = model.make_examples(None, ITEMS, generator=torch.Generator().manual_seed(5))
+    units = torch.tensor([0, 1, 2, 0, 1, 2, 2, 0])
+    expected = _opacus_unit_grads(model, ex, units)
+    params = list(model.parameters())
+    # Execute
+    clipper = GhostClipper(model, params)
+    clipper.backward(lambda: model.loss(model(*ex.inputs), ex.target))
+    norms = clipper.unit_norms(units, 3, {})
+    sums = [torch.zeros_like(p) for p in params]
+    for p, out in zip(params, sums, strict=True):
+        clipper.add_clipped_(p, out, torch.ones(3), units)
+    # Assert
+    ref = torch.stack([g.flatten(1).norm(dim=1) for g in expected], 1).norm(dim=1)
+    torch.testing.assert_close(norms, ref)
+    for out, g in zip(sums, expected, strict=True):
+        torch.testing.assert_close(out, g.sum(0))
+
+
 def _unit_contributions(model: TrainableRecommender, ex: Examples, units: torch.Tensor,
                         clip: float) -> list[torch.Tensor]:  # fmt: skip
     """Each unit's clipped gradient (flattened over all parameters), alone in a batch."""

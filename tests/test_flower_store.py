@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.sim_store import SimStore
+from clients.sim_store import device_path, open_device, read_ledgers, users
 from server.checkpoint import (
     Checkpoint,
     append_round,
@@ -16,35 +16,19 @@ from server.checkpoint import (
 )
 
 
-def _state(value: float) -> dict[str, np.ndarray]:
-    return {"user_emb.weight": np.full((1, 4), value, dtype=np.float32)}
-
-
-def test_store_returns_the_state_before_a_half_finished_round(tmp_path: Path) -> None:
-    # Prepare: rounds 1 and 3 written; round 3 was cut before the server checkpointed
-    store = SimStore(tmp_path)
-    store.save(7, 1, _state(1.0))
-    store.save(7, 3, _state(3.0))
+def test_a_simulated_device_is_fed_its_train_items_once(tmp_path: Path) -> None:
+    # Prepare
+    train_items = np.array([3, 1, 4], dtype=np.int64)
     # Execute
-    redo = store.load(7, before_round=3)
-    after = store.load(7, before_round=4)
+    with open_device(tmp_path, 1234, train_items, seed=0) as device:
+        first = [r.item for r in device.interactions()]
+    with open_device(tmp_path, 1234, train_items, seed=0) as device:
+        again = [r.item for r in device.interactions()]
     # Assert
-    assert redo is not None and after is not None
-    assert redo["user_emb.weight"][0, 0] == 1.0
-    assert after["user_emb.weight"][0, 0] == 3.0
-    assert store.load(7, before_round=1) is None
-    assert store.load(8, before_round=9) is None
-
-
-def test_rewriting_the_same_round_keeps_the_older_version(tmp_path: Path) -> None:
-    store = SimStore(tmp_path)
-    store.save(2, 1, _state(1.0))
-    store.save(2, 2, _state(2.0))
-    store.save(2, 2, _state(2.5))  # the re-run of round 2 after a resume
-    again = store.load(2, before_round=2)
-    assert again is not None and again["user_emb.weight"][0, 0] == 1.0
-    assert store.users() == [2]
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert first == again == [3, 1, 4]
+    assert device_path(tmp_path, 1234) == tmp_path / "00001" / "user-1234.sqlite"
+    assert users(tmp_path) == [1234]
+    assert read_ledgers(tmp_path) == {}  # no private release yet
 
 
 def test_checkpoint_round_trip_and_log_truncation(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def test_fedprox_term_survives_the_mechanism() -> None:
 
 
 def test_calibrated_z_fits_the_planned_participation_exactly() -> None:
-    train = LocalTrainConfig(epochs=1, refit_steps=1, batch_size=1000)
+    train = LocalTrainConfig(epochs=1, refit_steps=1, batch_size=1000, refit_every_round=False)
     privacy = PrivacyConfig(mode="local", target_epsilon=TARGET, delta=1e-5)
     z = local_noise_multiplier(privacy, MODEL, train, rounds=4, client_sample_rate=0.5)
     steps = 2 * 1 + 1  # two planned rounds of one step, one reconstruction

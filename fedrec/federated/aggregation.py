@@ -25,6 +25,7 @@ from fedrec.errors import ConfigError
 from fedrec.models.base import Arrays
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+FEDADAM_LR = 0.01
 State = dict[str, npt.NDArray[np.generic]]
 
 
@@ -37,7 +38,8 @@ class ServerConfig:
     strategy
         ``"fedavg"``, ``"fedprox"`` (= FedAvg on the server) or ``"fedadam"``.
     server_lr
-        Server learning rate ``eta`` (FedAvg: 1.0 reproduces plain averaging).
+        Server learning rate ``eta``; ``None`` = the strategy's default (FedAvg/FedProx
+        1.0, i.e. plain averaging; FedAdam :data:`FEDADAM_LR`).
     beta1, beta2, tau
         FedAdam moments and adaptivity (Reddi et al. 2021).
     weighted
@@ -45,7 +47,7 @@ class ServerConfig:
     """
 
     strategy: str = "fedadam"
-    server_lr: float = 0.05
+    server_lr: float | None = None
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
@@ -59,7 +61,7 @@ class ServerConfig:
                 fix=f"use one of {', '.join(STRATEGIES)}",
             )
         for name in ("server_lr", "tau"):
-            if getattr(self, name) <= 0:
+            if (getattr(self, name) or 1.0) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"server.{name}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -165,8 +167,9 @@ class FedAdam:
 def build_server_optimizer(cfg: ServerConfig) -> ServerOptimizer:
     """The server optimizer named by ``cfg.strategy``."""
     if cfg.strategy == "fedadam":
-        return FedAdam(cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)
-    return FedAvg(cfg.server_lr)
+        lr = FEDADAM_LR if cfg.server_lr is None else cfg.server_lr
+        return FedAdam(lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)
+    return FedAvg(1.0 if cfg.server_lr is None else cfg.server_lr)
 
 
 def sample_clients(

@@ -206,7 +206,7 @@ def client_fit_private(
         mu = train_cfg.proximal_mu
         proximal = Proximal.around(list(item_side(model).values()), mu) if mu > 0 else None
         weights = {BIAS_PARAM: privacy.bias_scale} if _weights_bias(model, privacy) else None
-        opt = make_optimizer(list(model.parameters()), train_cfg)
+        opt = _update_optimizer(model, train_cfg, run.item_lr_scale)
         releases.append(run.train(opt, train_cfg.epochs, proximal=proximal, clip_weights=weights))
     return PrivateFit(get_item_arrays(model), get_user_state(model), releases)
 
@@ -227,6 +227,9 @@ class _DPRun:
         self.units = interaction_units(model, len(train_items))
         n = privacy_units(model.cfg, len(train_items))
         self.batch_size = dp_batch_size(n, batch_size)
+        q = min(1.0, self.batch_size / n)
+        # MF: the item step is the noisy SUM over the sampled units / B (public), not / q n
+        self.item_lr_scale = q * n / batch_size if model.kind == "mf" else 1.0
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = privacy.rng(seed)
 
@@ -252,6 +255,17 @@ class _DPRun:
             proximal=proximal,
             clip_weights=clip_weights,
         )
+
+
+def _update_optimizer(
+    model: TrainableRecommender, train: LocalTrainConfig, item_scale: float
+) -> torch.optim.Optimizer:
+    """The update's optimizer: item-side rate ``lr * item_scale``, user-side ``lr``."""
+    opt = make_optimizer(list(item_side(model).values()), train, lr=train.lr * item_scale)
+    user = [p for n, p in model.named_parameters() if n in model.USER_SIDE and p.requires_grad]
+    if user:
+        opt.add_param_group({"params": user, "lr": train.lr})
+    return opt
 
 
 def _weights_bias(model: torch.nn.Module, privacy: LocalPrivacy) -> bool:

@@ -125,7 +125,7 @@ class LocalTrainConfig:
     """
 
     epochs: int = 5
-    lr: float = 0.05
+    lr: float = 0.01
     batch_size: int = 1024
     optimizer: str = "adam"
     weight_decay: float = 0.0

@@ -64,11 +64,14 @@ def secret_normal(
     turns = rng.random(pairs, dtype=np.float32)
     radius = torch.from_numpy(uniform).to(device, work)
     radius = radius.log_().mul_(-2.0 * std * std).sqrt_()
-    angle = torch.from_numpy(turns).to(device, work).mul_(2.0 * math.pi)
+    angle = torch.from_numpy(turns)
+    if (angle.device, angle.dtype) != (torch.device(device), work):
+        angle = angle.to(device, work)
+    angle.mul_(2.0 * math.pi)
     out = torch.empty(2 * pairs, dtype=work, device=device)
     torch.cos(angle, out=out[:pairs]).mul_(radius)
     torch.sin(angle, out=out[pairs:]).mul_(radius)
-    return out[:numel].to(dtype)
+    return out[:numel] if work == dtype else out[:numel].to(dtype)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class GhostClipper:
                 fix="pass an optimizer over the model's own parameters",
             )
         self._traces: dict[int, _Trace] = {}
+        self._rows: dict[tuple[int, int], torch.Tensor] = {}
 
     def backward(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Evaluate ``loss_of()`` (a mean over rows) and record per-row layer gradients.
@@ -155,7 +159,7 @@ class GhostClipper:
             for handle in handles:
                 handle.remove()
         live = [c for c in calls if c[2].requires_grad]
-        self._traces = {}
+        self._traces, self._rows = {}, {}
         if not live:
             return loss.detach()
         grads = torch.autograd.grad(loss, [c[2] for c in live], allow_unused=True)
@@ -167,8 +171,12 @@ class GhostClipper:
     def _add_trace(self, layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
         per_row = grad[0].numel() // grad.shape[-1] if len(grad) else 1
         rows = None
-        if per_row > 1:
-            rows = torch.arange(len(grad), device=grad.device).repeat_interleave(per_row)
+        if per_row > 1:  # one tensor per layout, so layers can share groupings
+            key = (len(grad), per_row)
+            if key not in self._rows:
+                rows = torch.arange(len(grad), device=grad.device).repeat_interleave(per_row)
+                self._rows[key] = rows
+            rows = self._rows[key]
         flat_x = x.reshape(-1) if isinstance(layer, nn.Embedding) else x.reshape(-1, x.shape[-1])
         trace = _Trace(layer, flat_x, grad.reshape(-1, grad.shape[-1]), rows)
         if (old := self._traces.get(id(layer))) is not None:  # called twice: rows add up
@@ -188,7 +196,7 @@ class GhostClipper:
         ``p``'s share is multiplied by ``weights.get(p, 1)`` (see ``clip_weights``).
         """
         sq = torch.zeros(n_units, device=units.device)
-        shared: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        shared: dict[tuple[int | None, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         for trace in self._traces.values():
             parts = _layer_sq_norms(trace, trace.units(units), n_units, shared)
             for p, part in parts.items():
@@ -204,11 +212,11 @@ class GhostClipper:
         trace = self._traces.get(id(self._owner[id(p)]))
         if trace is None:
             return
-        scaled = trace.grads * unit_scale[trace.units(units)].unsqueeze(1).to(trace.grads)
+        scaled = trace.grads * unit_scale[trace.units(units)].unsqueeze(1)
         if isinstance(trace.layer, nn.Embedding):
             out.index_add_(0, trace.inputs, scaled)
         elif p is trace.layer.weight:
-            out.addmm_(scaled.T, trace.inputs.to(scaled))
+            out.addmm_(scaled.T, trace.inputs)
         else:
             out.add_(scaled.sum(0))
 
@@ -237,7 +245,7 @@ def _layer_sq_norms(
     trace: _Trace,
     unit: torch.Tensor,
     n_units: int,
-    shared: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]],
+    shared: dict[tuple[int | None, ...], tuple[torch.Tensor, torch.Tensor]],
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Squared norm ``[n_units]`` of each unit's gradient, per parameter of the layer.
 
@@ -248,14 +256,15 @@ def _layer_sq_norms(
     if isinstance(layer, nn.Embedding):
         # a unit's table gradient: one summed row per distinct (unit, index)
         n = layer.num_embeddings
-        key = (trace.inputs.data_ptr(), len(trace.inputs), n, trace.rows is None)
+        rows = None if trace.rows is None else trace.rows.data_ptr()
+        key = (trace.inputs.data_ptr(), len(trace.inputs), n, rows)
         if key not in shared:
             keys, inverse = torch.unique(unit * n + trace.inputs, return_inverse=True)
             shared[key] = (torch.div(keys, n, rounding_mode="floor"), inverse)
         key_unit, inverse = shared[key]
         row_sums = _per_unit(g, inverse, len(key_unit))
         return {layer.weight: _per_unit(row_sums.square().sum(1), key_unit, n_units)}
-    a = trace.inputs.to(g)
+    a = trace.inputs
     out: dict[nn.Parameter, torch.Tensor] = {}
     if trace.rows is None and bool((torch.bincount(unit, minlength=n_units) == 1).all()):
         # one row per unit: ||g a^T|| = ||g|| ||a||
@@ -354,4 +363,8 @@ def noise_like(
     flat = secret_normal(sum(p.numel() for p in params), std, rng, device=first.device,
                          dtype=first.dtype)  # fmt: skip
     pieces = flat.split([p.numel() for p in params])
-    return [piece.view_as(p).to(p) for piece, p in zip(pieces, params, strict=True)]
+    return [_like(piece.view_as(p), p) for piece, p in zip(pieces, params, strict=True)]
+
+
+def _like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return t if (t.device, t.dtype) == (p.device, p.dtype) else t.to(p)

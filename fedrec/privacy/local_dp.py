@@ -112,6 +112,8 @@ def _check_args(
 
 
 def _to(batch: Examples, device: torch.device) -> Examples:
+    if batch.target.device == device:
+        return batch
     return Examples(tuple(t.to(device) for t in batch.inputs), batch.target.to(device))
 
 
@@ -130,7 +132,8 @@ class _GhostStep:
             self.step(None, units)
             return
         b = _to(batch, self.device)
-        self.step(lambda: self.model.loss(self.model(*b.inputs), b.target), units.to(self.device))
+        units = units if units.device == self.device else units.to(self.device)
+        self.step(lambda: self.model.loss(self.model(*b.inputs), b.target), units)
 
     def close(self) -> None:
         for p in self.model.parameters():

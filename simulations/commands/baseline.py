@@ -111,13 +111,10 @@ def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:
 def fit_scores(config: BaselineConfig, split: Split, seed: int) -> ScoreFn:
     """Fit ``config.model`` on ``split.train`` and return its score function."""
     if config.model in TRAINED:
-        from fedrec.models.config import LocalTrainConfig, ModelConfig
-        from fedrec.training.centralized import train_centralized
+        from fedrec.training.centralized import central_preset, train_centralized
 
-        model_cfg = ModelConfig(kind=config.model)
-        return train_centralized(
-            model_cfg, LocalTrainConfig(), split, seed=seed, epochs=config.epochs
-        )
+        model_cfg, train_cfg = central_preset(config.model)
+        return train_centralized(model_cfg, train_cfg, split, seed=seed, epochs=config.epochs)
     options: dict[str, object] = {}
     if config.model == "ease":
         options["lam"] = config.ease_lambda

@@ -4,7 +4,8 @@
 ``flower-superlink``, ``N`` ``flower-supernode`` processes (node ``i`` is user ``i``,
 with its own store under ``RUN_DIR/clients/node-<i>``) and ``flwr run``, waits for the
 run, and stops every process it started. ``RUN_DIR`` gets the files of
-``fedrec simulate`` plus ``logs/`` (docs/DEPLOYMENT.md).
+``fedrec simulate`` plus ``logs/`` (docs/DEPLOYMENT.md). ``--resume RUN_DIR --nodes N``
+continues a stopped run from its checkpoint, with the node stores it left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.models.config import MODEL_KIND_NAMES
 from server.settings import RunSettings
@@ -34,7 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--nodes", type=int, required=True, metavar="N", help="SuperNodes")
     parser.add_argument("--rounds", type=int, default=3, help="server rounds")
-    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--out", type=Path, default=None, help="run directory to create")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its checkpoint and node stores (other flags ignored)",
+    )
     parser.add_argument("--model", choices=MODEL_KIND_NAMES, default="mf")
     parser.add_argument("--strategy", choices=STRATEGIES, default="fedadam")
     parser.add_argument(
@@ -65,14 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulations.commands.simulate import _print_summary
     from simulations.deploy import check_nodes, deploy_local
-    from simulations.run_dir import create_run_dir
+    from simulations.run_dir import create_run_dir, finished_round, resume_settings
 
-    settings = _settings(args)
-    check_nodes(settings, args.nodes)
-    create_run_dir(Path(settings.run_dir), settings)
-    with _sigterm_as_interrupt(), Progress(settings.rounds, "rounds") as bar:
+    if (args.out is None) == (args.resume is None):
+        raise ConfigError("give exactly one of --out and --resume", where="fedrec deploy-local")
+    if args.resume is not None:
+        settings = resume_settings(Path(args.resume).resolve())
+        check_nodes(settings, args.nodes)
+        done = finished_round(Path(settings.run_dir))
+    else:
+        settings = _settings(args)
+        check_nodes(settings, args.nodes)
+        create_run_dir(Path(settings.run_dir), settings)
+        done = 0
+    with _sigterm_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
             ndcg = (record.get("metrics") or {}).get("ndcg@10")
@@ -86,8 +102,18 @@ def run(args: argparse.Namespace) -> int:
             on_round=on_round,
             status=lambda line: print(f"deploy-local: {line}", file=sys.stderr),
         )
-    _print_summary(settings, metrics)
+    ndcg = metrics.get("ndcg@10")
+    ease = (metrics.get("reference") or {}).get("ease", {}).get("ndcg@10")
+    print(
+        f"{settings.model.kind}/{settings.server.strategy} on {args.nodes} nodes: "
+        f"NDCG@10 {_fmt(ndcg)} after {settings.rounds} rounds; ease {_fmt(ease)}"
+    )
+    print(f"wrote {settings.run_dir}")
     return 0
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4f}"
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
