@@ -5,7 +5,12 @@ Layout (file names from :mod:`server.checkpoint`, which the server writes throug
     RUN_DIR/
       config.json       everything needed to reproduce the run (written once, here)
       rounds.jsonl      one line per round: round, metrics|null, participants, failed,
-                        failures (user -> reason), seconds, epsilon (null: no privacy)
+                        failures (user -> reason), budget_exhausted, refused (local DP
+                        refusals: user -> status), seconds, epsilon so far (null: no
+                        privacy; central: the run's; local: {"median", "max"} over
+                        clients); a central run stopped by its budget ends with a line
+                        ``{"round": r, "stopped": why, ...}`` for the round not run
+      privacy.json      the privacy statement (fedrec.privacy.report), every round
       metrics.json      final metrics (fedrec.metrics.METRIC_KEYS) of the federated model
                         on ALL test users, plus ``reference: {popularity, ease}``
       checkpoint.npz    global item arrays + server optimizer state after the last round

@@ -123,6 +123,7 @@ def test_stop_ends_orphans_by_their_inherited_token(tmp_path: Path) -> None:
     procs = Processes({})
     procs.start("parent", [sys.executable, "-c", code], tmp_path / "p.log", {})
     procs.started["parent"].wait(timeout=20)
+    procs.tracked.clear()  # forget what was seen while the parent lived
     deadline = time.monotonic() + 20
     while not procs.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -164,6 +165,12 @@ def test_deploy_local_three_nodes_two_rounds(tmp_path: Path) -> None:
     commands = {r["command"] for r in rows}
     assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= commands
     assert not any(_running(r["pid"], r["start"]) for r in rows)
+    # Assert: the same result as the same apps in one process (no Flower processes)
+    ref = tmp_path / "ref"
+    argv = ["simulate", "--engine", "inprocess", "--data", TINY, "--rounds", "2"]
+    assert main([*argv, "--clients-per-round", "3", "--out", str(ref)]) == 0
+    expected = json.loads((ref / "metrics.json").read_text())
+    assert metrics == expected
     print(f"deploy-local 3 nodes x 2 rounds: {wall:.1f} s wall")
 
 
