@@ -42,7 +42,7 @@ from server.checkpoint import (
     truncate_rounds,
 )
 from server.privacy_run import RunPrivacy, eligible_users, resolve_settings
-from server.sampling import discover_users
+from server.sampling import discover_users, eval_sample
 from server.settings import RunSettings, load_split
 from server.strategies import EVAL_ALL_KEY, RoundPlan, build_strategy
 
@@ -108,7 +108,9 @@ def run_server(
         metrics, t_eval = None, time.perf_counter()
         last = rnd == settings.rounds
         if last or (settings.eval_every and rnd % settings.eval_every == 0):
-            metrics = _evaluate(grid, strategy, settings, items, rnd, every_user=last)
+            metrics = _evaluate(
+                grid, strategy, settings, items, rnd, every_user=last and settings.final_eval_all
+            )
         record = {
             "round": rnd,
             "metrics": metrics,
@@ -128,8 +130,15 @@ def run_server(
             on_round(record)
         final, evaluated_last = metrics, last
     if not evaluated_last:  # resumed after the last checkpoint, or stopped: evaluate now
-        final = _evaluate(grid, strategy, settings, items, settings.rounds, every_user=True)
-    return _write_metrics(run_dir, split, final)
+        final = _evaluate(
+            grid, strategy, settings, items, settings.rounds, every_user=settings.final_eval_all
+        )
+    sample = None  # the final evaluation's users, when it was a sample (scale runs)
+    if not settings.final_eval_all:
+        sample = eval_sample(
+            split.test_users(), settings.eval_clients, settings.rounds, settings.seed
+        )
+    return _write_metrics(run_dir, split, final, sample)
 
 
 def _stop_record(rnd: int, why: str, epsilon: Any) -> dict[str, Any]:
@@ -163,9 +172,11 @@ def _evaluate(
     return None if summary is None else dict(summary)
 
 
-def _write_metrics(run_dir: Path, split: Split, final: dict[str, Any] | None) -> dict[str, Any]:
+def _write_metrics(
+    run_dir: Path, split: Split, final: dict[str, Any] | None, users: Any = None
+) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(final or {})
-    metrics["reference"] = reference_metrics(split)
+    metrics["reference"] = reference_metrics(split, users=users)
     atomic_write_json(run_dir / METRICS_JSON, metrics)
     return metrics
 

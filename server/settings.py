@@ -38,6 +38,7 @@ _TOP = {
     "seed": "seed",
     "eval-every": "eval_every",
     "eval-clients": "eval_clients",
+    "final-eval-all": "final_eval_all",
     "run-dir": "run_dir",
     "round-timeout": "round_timeout",
     "noop": "noop",
@@ -59,6 +60,8 @@ _CLIENT_TOP = (
 class RunSettings:
     """Everything that decides a federated run's result.
 
+    ``final_eval_all=False`` ends the run with the seeded ``eval_clients`` sample instead
+    of every test user (scale runs: 100k evaluations cost more than the training).
     ``noop`` (clients echo the global arrays; for timing the Flower overhead) and
     ``fail_users`` (these users' clients raise) are TEST-ONLY switches.
     """
@@ -76,6 +79,7 @@ class RunSettings:
     seed: int = 0
     eval_every: int = 0
     eval_clients: int = 100
+    final_eval_all: bool = True
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run_dir: str = "runs/flwr"
     round_timeout: float = 600.0

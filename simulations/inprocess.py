@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -28,17 +28,27 @@ class InProcessGrid(Grid):
     def __init__(self, n_nodes: int, seed: int = 0) -> None:
         for name in ("task_id", "run_id", "node_id"):
             setattr(TaskIdentity, name, 1)
+        # ids only: a Context is made on a node's first message, so memory grows with
+        # the users who get messages, not with every user (100k users: ~1 GB of Contexts)
         ids = np.random.default_rng(seed).choice(2**40, n_nodes, replace=False) + 2
-        self.contexts = {
-            int(node): Context(
-                run_id=1,
-                node_id=int(node),
-                node_config={"partition-id": i, "num-partitions": n_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(ids)
-        }
+        self.n_nodes = n_nodes
+        self.partition = {int(node): i for i, node in enumerate(ids)}
+        self.contexts: dict[int, Context] = {}
+
+    def context(self, node: int, *, keep: bool = True) -> Context:
+        """The node's Context (kept from its first train/evaluate message on)."""
+        if node in self.contexts:
+            return self.contexts[node]
+        context = Context(
+            run_id=1,
+            node_id=node,
+            node_config={"partition-id": self.partition[node], "num-partitions": self.n_nodes},
+            state=RecordDict(),
+            run_config={},
+        )
+        if keep:
+            self.contexts[node] = context
+        return context
 
     def set_run(self, run: Any) -> None:
         del run
@@ -51,7 +61,7 @@ class InProcessGrid(Grid):
         raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return list(self.partition)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError
@@ -65,7 +75,9 @@ class InProcessGrid(Grid):
         out = []
         for msg in messages:
             try:
-                reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
+                node = msg.metadata.dst_node_id
+                keep = msg.metadata.message_type != MessageType.QUERY  # discovery: all nodes
+                reply = client_app(msg, self.context(node, keep=keep))
             except Exception as ex:  # as the engine does: a raising ClientApp -> error reply
                 reply = Message(Error(code=0, reason=f"Message: {ex}"), reply_to=msg)
             out.append(reply)

@@ -60,6 +60,19 @@ def test_client_fit_changes_the_users_items_and_keeps_the_state() -> None:
     assert changed[ITEMS].all()
 
 
+def test_default_client_update_leaves_rows_it_never_used_unchanged() -> None:
+    # Prepare: default training (SGD + per-example L2); few negatives so some rows stay unused
+    cfg = ModelConfig(dim=8, negatives=1)
+    train = LocalTrainConfig(epochs=2, refit_steps=3)
+    items = init_item_arrays(cfg, N_ITEMS, seed=0)
+    # Execute
+    fit = client_fit(cfg, train, items, None, ITEMS, seed=1)
+    # Assert: only positives and sampled negatives moved; every positive moved
+    changed = np.abs(fit.item_arrays[0] - items[0]).sum(axis=1) > 0
+    assert changed[ITEMS].all() and 0 < changed.sum() < N_ITEMS
+    assert len(ITEMS) + 2 * len(ITEMS) * cfg.negatives >= changed.sum()
+
+
 def test_proximal_term_pulls_towards_the_global_items() -> None:
     # Prepare
     cfg = _cfg()

@@ -48,11 +48,11 @@ def test_negatives_do_not_depend_on_the_users_data() -> None:
 
 def test_bpr_examples_are_pairs_and_loss_is_mean() -> None:
     # Prepare
-    model = _mf(loss="bpr", negatives=2)
+    model = _mf(loss="bpr", negatives=2, l2=0.0)
     ex = model.make_examples(np.array([0, 2]), np.array([1, 5]), generator=_gen())
     # Execute
-    out = model(*ex.inputs)
-    loss = model.loss(out, ex.target)
+    out = model(*ex.inputs)[..., 0]
+    loss = model.loss(model(*ex.inputs), ex.target)
     # Assert
     assert ex.inputs[1].shape == (4, 2) and ex.inputs[1][:, 0].tolist() == [1, 1, 5, 5]
     expected = -torch.nn.functional.logsigmoid(out[:, 0] - out[:, 1]).mean()
@@ -66,11 +66,40 @@ def test_forward_and_score_are_dot_products_plus_bias() -> None:
         model.item_bias.weight.normal_()
     p, q, b = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight[:, 0]
     # Execute
-    logits = model(torch.tensor([2]), torch.tensor([7]))
+    logits = model(torch.tensor([2]), torch.tensor([7]))[..., 0]
     scores = model.score(torch.tensor([0, 2]), torch.zeros(2, 10))
     # Assert
     assert torch.allclose(logits, p[2] @ q[7] + b[7])
     assert torch.allclose(scores, p[[0, 2]] @ q.T + b)
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_l2_penalty_is_per_example_squared_norms_of_the_rows_used(loss: str) -> None:
+    # Prepare
+    model, plain = _mf(loss=loss, l2=0.1), _mf(loss=loss, l2=0.0)
+    ex = model.make_examples(np.array([0, 2]), np.array([1, 5]), generator=_gen())
+    u, i = ex.inputs
+    p, q = model.user_emb.weight, model.item_emb.weight
+    per_ex = (p[u] ** 2).sum(-1) + (q[i] ** 2).sum(-1).reshape(len(ex), -1).sum(-1)
+    # Execute
+    penalized = model.loss(model(*ex.inputs), ex.target)
+    unpenalized = plain.loss(plain(*ex.inputs), ex.target)
+    # Assert
+    assert torch.allclose(penalized - unpenalized, 0.1 * per_ex.mean())
+
+
+def test_l2_penalty_leaves_untouched_rows_without_gradient() -> None:
+    # Prepare
+    model = _mf(l2=0.5)
+    ex = model.make_examples(np.array([0]), np.array([3]), generator=_gen())
+    # Execute
+    model.loss(model(*ex.inputs), ex.target).backward()
+    # Assert
+    grad = model.item_emb.weight.grad
+    assert grad is not None
+    touched = torch.zeros(10, dtype=torch.bool)
+    touched[ex.inputs[1]] = True
+    assert float(grad[~touched].abs().sum()) == 0.0 and float(grad[touched].abs().sum()) > 0
 
 
 def test_item_bias_off_stays_frozen_at_zero() -> None:
@@ -86,6 +115,7 @@ def test_item_bias_off_stays_frozen_at_zero() -> None:
         (lambda: ModelConfig(dim=0), "model.dim"),
         (lambda: ModelConfig(loss="mse"), "model.loss"),
         (lambda: ModelConfig(negatives=0), "model.negatives"),
+        (lambda: ModelConfig(l2=-1.0), "model.l2"),
         (lambda: LocalTrainConfig(lr=0.0), "train.lr"),
         (lambda: LocalTrainConfig(optimizer="rmsprop"), "train.optimizer"),
         (lambda: LocalTrainConfig(proximal_mu=-1.0), "train.proximal_mu"),

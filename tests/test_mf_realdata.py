@@ -2,7 +2,9 @@
 
 Reference points on this split: popularity 0.2167, EASE 0.4505 NDCG@10. The
 hyperparameters are the documented defaults of :mod:`fedrec.models.config` and
-:mod:`fedrec.federated.aggregation`; the numbers measured are in ``docs``/notes.
+:mod:`fedrec.federated.aggregation` (local SGD lr 3 x 5 epochs, per-example L2 0.01,
+Adam refit of p_u every round, FedAdam lr 0.1); the measured curves are in
+``/work/notes/models_api.md`` ("Results (tuned)").
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from fedrec.training.centralized import CENTRAL_EPOCHS, CENTRAL_TRAIN, train_cen
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-ROUNDS_100 = 150  # Poisson cohorts of expected size 100
-ROUNDS_ALL = 80  # every user every round
+ROUNDS_100 = 150  # Poisson cohorts of expected size 100 (~2 s CPU per round)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,17 @@ def split(ml100k_dir: Path) -> Split:
     return random_split(load_interactions(ml100k_dir), seed=0)
 
 
-def test_centralized_mf_reaches_040(split: Split) -> None:
+@pytest.fixture(scope="module")
+def central_ndcg(split: Split) -> float:
     score = train_centralized(ModelConfig(), CENTRAL_TRAIN, split, seed=0, epochs=CENTRAL_EPOCHS)
-    assert evaluate_scores(score, split)["ndcg@10"] >= 0.40  # type: ignore[operator]
+    return float(evaluate_scores(score, split)["ndcg@10"])  # type: ignore[arg-type]
 
 
-def test_federated_mf_100_clients_per_round_reaches_042(split: Split) -> None:
+def test_centralized_mf_reaches_040(central_ndcg: float) -> None:
+    assert central_ndcg >= 0.42  # measured 0.436 at 40 epochs
+
+
+def test_federated_mf_100_clients_per_round_reaches_042(split: Split, central_ndcg: float) -> None:
     result = run_federated(
         split,
         ModelConfig(),
@@ -45,17 +51,6 @@ def test_federated_mf_100_clients_per_round_reaches_042(split: Split) -> None:
         clients_per_round=100,
         seed=0,
     )
-    assert result.metrics["ndcg@10"] >= 0.42  # type: ignore[operator]
-
-
-def test_federated_mf_all_clients_reaches_045(split: Split) -> None:
-    result = run_federated(
-        split,
-        ModelConfig(),
-        LocalTrainConfig(),
-        ServerConfig(),
-        rounds=ROUNDS_ALL,
-        clients_per_round=split.n_users,
-        seed=0,
-    )
-    assert result.metrics["ndcg@10"] >= 0.45  # type: ignore[operator]
+    ndcg = float(result.metrics["ndcg@10"])  # type: ignore[arg-type]
+    assert ndcg >= 0.42
+    assert ndcg >= 0.97 * central_ndcg - 0.01  # placeholder, set from measurement

@@ -7,8 +7,12 @@ popularity and EASE numbers that every federated report shows beside its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from fedrec.baselines.base import Baseline
 from fedrec.baselines.ease import EASE
@@ -18,6 +22,10 @@ from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.metrics import evaluate_scores
 from fedrec.metrics.evaluate import Metrics
+
+EASE_MAX_ITEMS = 10_000
+"""Largest catalog :func:`reference_metrics` fits EASE on (~0.8 GB per Gram matrix)."""
+log = logging.getLogger("fedrec.baselines")
 
 BASELINES: dict[str, Callable[..., Baseline]] = {
     "popularity": Popularity,
@@ -35,34 +43,53 @@ def make_baseline(name: str, **options: Any) -> Baseline:
     return BASELINES[name](**options)
 
 
-def evaluate_baseline(model: Baseline, split: Split) -> Metrics:
-    """Fit ``model`` on ``split.train`` and return the protocol's metrics on ``split.test``."""
+def evaluate_baseline(
+    model: Baseline, split: Split, *, users: npt.NDArray[np.int64] | None = None
+) -> Metrics:
+    """Fit ``model`` on ``split.train`` and return the protocol's metrics on ``split.test``
+    (on ``users`` only when given)."""
     model.fit(split.train)
-    return evaluate_scores(model.score, split)
+    return evaluate_scores(model.score, split, users=users)
 
 
-def reference_metrics(split: Split, *, ease_lambda: float = 500.0) -> dict[str, Metrics]:
+def reference_metrics(
+    split: Split,
+    *,
+    ease_lambda: float = 500.0,
+    max_ease_items: int = EASE_MAX_ITEMS,
+    users: npt.NDArray[np.int64] | None = None,
+) -> dict[str, Metrics]:
     """Popularity and EASE metrics on ``split``: the reference points beside every run.
 
     Cheap for MovieLens-sized catalogues (ml-100k: well under a second for both);
     EASE's cost grows as ``n_items^3`` time and ``n_items^2`` memory (see
-    :mod:`fedrec.baselines.ease`).
+    :mod:`fedrec.baselines.ease`): above ``max_ease_items`` items (27,000 items would
+    need several 5.8 GB matrices) it is skipped with a logged note, popularity only.
+    ``users`` restricts the evaluation to a sample (a run that evaluated a sample).
 
     Returns
     -------
     dict
         ``{"popularity": metrics, "ease": metrics}``, each with every key of
-        :data:`fedrec.metrics.METRIC_KEYS`.
+        :data:`fedrec.metrics.METRIC_KEYS`; no ``"ease"`` above ``max_ease_items``.
     """
-    return {
-        "popularity": evaluate_baseline(Popularity(), split),
-        "ease": evaluate_baseline(EASE(ease_lambda), split),
-    }
+    out = {"popularity": evaluate_baseline(Popularity(), split, users=users)}
+    if split.n_items > max_ease_items:
+        log.warning(
+            "EASE reference skipped: %d items > %d (its n_items^2 Gram matrices would not "
+            "fit in memory); popularity only",
+            split.n_items,
+            max_ease_items,
+        )
+    else:
+        out["ease"] = evaluate_baseline(EASE(ease_lambda), split, users=users)
+    return out
 
 
 __all__ = [
     "BASELINES",
     "EASE",
+    "EASE_MAX_ITEMS",
     "Baseline",
     "ItemKNN",
     "Popularity",

@@ -21,6 +21,7 @@ _MIN_PER_USER = 5
 # defaults item-kNN scores about 0.5 NDCG@10 and popularity about 0.3.
 _SIGNAL = 5.0
 _ZIPF = 0.8
+_BLOCK_FLOATS = 4_000_000  # scores per block of users (32 MB of float64)
 _START = 1_600_000_000  # Unix seconds of the first synthetic interaction
 
 
@@ -48,14 +49,10 @@ def synthetic(
     item_f = scale * (centres[item_cluster] + rng.normal(0.0, 0.5, (n_items, dim)))
     ranks = rng.permutation(n_items) + 1
     popularity = -_ZIPF * np.log(ranks)  # Zipf-like: weight of rank r is r^-_ZIPF
-    logits = user_f @ item_f.T + popularity
     sizes = np.clip(rng.poisson(mean_interactions, n_users), _MIN_PER_USER, max(n_items // 2, 5))
     sizes = np.minimum(sizes, n_items)
-    gumbel = rng.gumbel(size=(n_users, n_items))
-    chosen = np.argsort(-(logits + gumbel), axis=1)
+    item, affinity = _sample_items(user_f, item_f, popularity, sizes, rng)
     user = np.repeat(np.arange(n_users), sizes)
-    item = np.concatenate([chosen[u, : sizes[u]] for u in range(n_users)])
-    affinity = logits[user, item]
     rating = np.clip(np.round(3.0 + (affinity - affinity.mean()) / affinity.std()), 1, 5)
     stamp = _START + np.sort(rng.integers(0, 365 * 86_400, len(user)))
     order = rng.permutation(len(user))  # a log in time order, users interleaved
@@ -79,6 +76,39 @@ def synthetic(
             "item_cluster": item_cluster,
         },
     )
+
+
+def _sample_items(
+    user_f: npt.NDArray[np.float64],
+    item_f: npt.NDArray[np.float64],
+    popularity: npt.NDArray[np.float64],
+    sizes: npt.NDArray[np.int64],
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Each user's ``sizes[u]`` items (Gumbel-top-k) and their log-weights, user by user.
+
+    Users are processed in blocks of about ``_BLOCK_FLOATS`` scores, so memory does not
+    grow with ``n_users * n_items`` (100k users x 27k items would need ~22 GB at once);
+    the Gumbel draws come from ``rng`` in the same order as one ``[n_users, n_items]``
+    draw, so the log is the same whatever the block size.
+    """
+    n_users, n_items = len(user_f), len(item_f)
+    rows = max(1, _BLOCK_FLOATS // max(n_items, 1))
+    items: list[npt.NDArray[np.int64]] = []
+    weights: list[npt.NDArray[np.float64]] = []
+    for start in range(0, n_users, rows):
+        logits = user_f[start : start + rows] @ item_f.T + popularity
+        noisy = -(logits + rng.gumbel(size=logits.shape))
+        size = sizes[start : start + rows]
+        k = int(size.max()) if len(size) else 0
+        top = np.argpartition(noisy, k - 1, axis=1)[:, :k] if k < n_items else None
+        if top is None:
+            top = np.broadcast_to(np.arange(n_items), noisy.shape)
+        order = np.take_along_axis(top, np.argsort(np.take_along_axis(noisy, top, 1), 1), 1)
+        for r, n in enumerate(size):
+            items.append(order[r, :n])
+            weights.append(logits[r, order[r, :n]])
+    return np.concatenate(items).astype(np.int64), np.concatenate(weights)
 
 
 def _genres(item_cluster: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.bool_]:

@@ -25,7 +25,7 @@ from fedrec.errors import ConfigError
 from fedrec.models.base import Arrays
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-FEDADAM_LR = 0.01
+FEDADAM_LR = 0.1
 State = dict[str, npt.NDArray[np.generic]]
 
 

@@ -52,6 +52,9 @@ class ModelConfig:
         independently of the user's data.
     item_bias
         MF only: learn an item bias ``b_i`` (item-side); when off it stays frozen at 0.
+    l2
+        MF only: per-example L2 penalty ``l2 * (||p_u||^2 + ||q_i||^2)`` added to each
+        example's loss (touches only the rows the example uses; see :mod:`fedrec.models.mf`).
     hidden, dropout, beta
         Autoencoders only: hidden width, input dropout (denoising corruption) and the
         KL weight of Mult-VAE (Liang et al. 2018).
@@ -63,6 +66,7 @@ class ModelConfig:
     loss: str = "bce"
     negatives: int = 4
     item_bias: bool = True
+    l2: float = 0.01
     hidden: int = 600
     dropout: float = 0.5
     beta: float = 0.2
@@ -85,6 +89,7 @@ class ModelConfig:
         _require(
             self.negatives >= 1, f"must be >= 1, got {self.negatives}", "model.negatives", "use 4"
         )
+        _non_negative(self.l2, "model.l2")
         _require(self.hidden >= 1, f"must be >= 1, got {self.hidden}", "model.hidden", "use 600")
         _require(
             0.0 <= self.dropout < 1.0,
@@ -110,7 +115,8 @@ class LocalTrainConfig:
     optimizer
         ``"sgd"`` or ``"adam"``; a fresh optimizer each round (no state kept).
     weight_decay
-        L2 weight decay of the local optimizer (all trainable parameters).
+        L2 weight decay of the local optimizer. It decays *all* rows, untouched ones
+        included, so keep it 0 on devices (MF regularizes with ``ModelConfig.l2``).
     proximal_mu
         FedProx (Li et al. 2020) proximal weight on item-side parameters; 0 = off.
     refit_steps
@@ -118,21 +124,26 @@ class LocalTrainConfig:
         parameters alone on the current global item parameters, before a user's first
         update, before every update when ``refit_every_round``, and before evaluation.
     refit_lr
-        Learning rate of the user-side refit (same optimizer kind).
+        Learning rate of the user-side refit.
+    refit_optimizer
+        Optimizer of the user-side refit (a fresh one each refit). Adam by default: it
+        fits ``p_u`` in few steps at any loss scale, while the item-side update uses
+        plain SGD so that the upload is a clean multi-step gradient.
     refit_every_round
         Refit the user-side state on the new global items before each local update,
         not only at first participation.
     """
 
     epochs: int = 5
-    lr: float = 0.01
+    lr: float = 3.0
     batch_size: int = 1024
-    optimizer: str = "adam"
+    optimizer: str = "sgd"
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
     refit_steps: int = 20
     refit_lr: float = 0.1
     refit_every_round: bool = True
+    refit_optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"must be >= 1, got {self.epochs}", "train.epochs", "use 1+")
@@ -158,3 +169,9 @@ class LocalTrainConfig:
             "use 0 (off) or e.g. 20",
         )
         _positive(self.refit_lr, "train.refit_lr")
+        _require(
+            self.refit_optimizer in LOCAL_OPTIMIZERS,
+            f"unknown optimizer {self.refit_optimizer!r}",
+            "train.refit_optimizer",
+            f"use one of {', '.join(LOCAL_OPTIMIZERS)}",
+        )

@@ -6,7 +6,11 @@ are item-side and aggregated, as in FCF (Ammad-ud-din et al. 2019) and Federated
 Reconstruction (Singhal et al. 2021). All three are ``nn.Embedding`` so Opacus computes
 per-example gradients for them.
 
-Losses (``reduction="mean"``):
+Losses (``reduction="mean"``), each plus the per-example L2 penalty
+``l2 * (||p_u||^2 + sum_i ||q_i||^2)`` over the rows the example uses (BPR-Opt style,
+Rendle et al. 2009). Being part of each example's loss, the penalty only touches rows a
+client actually used (untouched rows upload unchanged, unlike optimizer weight decay),
+scales with the data like the loss, and is clipped with the example under DP-SGD.
 
 - ``"bce"``: each positive plus ``negatives`` items drawn uniformly from *all* items,
   independently of the user's data. A negative that happens to be a positive of the
@@ -47,11 +51,20 @@ class MatrixFactorization(TrainableRecommender):
         self.item_bias.weight.requires_grad_(cfg.item_bias)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits for ``users`` ``[b]`` and ``items`` ``[b]`` or ``[b, k]``."""
-        p = self.user_emb(users)
+        """``[..., 2]``: logits and penalties for ``users`` ``[b]``, ``items`` ``[b]`` / ``[b, k]``.
+
+        Channel 0 is the logit ``p_u . q_i + b_i``; channel 1 is the example's squared
+        norms ``||q_i||^2 + ||p_u||^2 / k`` (so a row of ``k`` items sums to the L2 term
+        of the example). Computed from the embedding outputs, so per-example gradients
+        (Opacus, :mod:`fedrec.privacy.fast_dp`) include the penalty.
+        """
+        p, q = self.user_emb(users), self.item_emb(items)
+        share = 1.0
         if items.dim() == 2:
-            p = p.unsqueeze(1)
-        return (p * self.item_emb(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+            p, share = p.unsqueeze(1), float(items.shape[1])
+        logits = (p * q).sum(-1) + self.item_bias(items).squeeze(-1)
+        penalty = (q * q).sum(-1) + (p * p).sum(-1) / share
+        return torch.stack([logits, penalty], dim=-1)
 
     def make_examples(
         self,
@@ -73,9 +86,16 @@ class MatrixFactorization(TrainableRecommender):
         return Examples((users_all, torch.cat([i, neg])), labels)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over examples of the BCE / BPR loss plus ``cfg.l2`` times the penalty."""
+        logits, penalty = output[..., 0], output[..., 1]
         if self.cfg.loss == "bpr":
-            return -F.logsigmoid(output[:, 0] - output[:, 1]).mean()
-        return F.binary_cross_entropy_with_logits(output, target, reduction="mean")
+            data = -F.logsigmoid(logits[:, 0] - logits[:, 1]).mean()
+            penalty = penalty.sum(-1)
+        else:
+            data = F.binary_cross_entropy_with_logits(logits, target, reduction="mean")
+        if self.cfg.l2 == 0:
+            return data
+        return data + self.cfg.l2 * penalty.mean()
 
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """``P[users] Q^T + b^T``; ``history`` is unused (MF scores from ``p_u``)."""

@@ -27,14 +27,16 @@ CentralTrainer = Callable[[ModelConfig, LocalTrainConfig, Split, int, int | None
 CENTRAL_TRAINERS: dict[str, CentralTrainer] = {}
 """Per-kind override ``(model_cfg, train_cfg, split, seed, epochs) -> ScoreFn``."""
 
-CENTRAL_EPOCHS = 30
+CENTRAL_EPOCHS = 40
 """Default centralized epochs (``train_cfg.epochs`` counts *local* epochs per round).
 
-On ml-100k with :data:`CENTRAL_TRAIN` NDCG@10 plateaus at 0.403 from epoch 25; without
-weight decay it peaks at 0.356 near epoch 5 and then overfits (see ``models_api.md``)."""
+On ml-100k with :data:`CENTRAL_TRAIN` and the default per-example L2
+(``ModelConfig.l2 = 0.01``) NDCG@10 is 0.431 at 30 epochs and plateaus at 0.436-0.443
+over 40-75 epochs (see ``models_api.md``)."""
 
-CENTRAL_TRAIN = LocalTrainConfig(lr=0.005, batch_size=4096, weight_decay=1e-5)
-"""Centralized MF settings measured best so far (Adam, coupled L2 weight decay 1e-5)."""
+CENTRAL_TRAIN = LocalTrainConfig(optimizer="adam", lr=0.005, batch_size=4096)
+"""Centralized MF settings (Adam, no optimizer weight decay: the model's per-example L2
+``ModelConfig.l2`` regularizes, the same loss as on the devices)."""
 
 
 def central_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig]:

@@ -33,12 +33,16 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Ite
 
 
 def make_optimizer(
-    params: Sequence[nn.Parameter], cfg: LocalTrainConfig, *, lr: float | None = None
+    params: Sequence[nn.Parameter],
+    cfg: LocalTrainConfig,
+    *,
+    lr: float | None = None,
+    kind: str | None = None,
 ) -> torch.optim.Optimizer:
-    """A fresh local optimizer (``cfg.optimizer``) over ``params``."""
+    """A fresh local optimizer (``kind``, default ``cfg.optimizer``) over ``params``."""
     rate = cfg.lr if lr is None else lr
     trainable = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "adam":
+    if (cfg.optimizer if kind is None else kind) == "adam":
         return torch.optim.Adam(trainable, lr=rate, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(trainable, lr=rate, weight_decay=cfg.weight_decay)
 
@@ -138,7 +142,7 @@ def refit_user(
     """Fit only the user-side parameters on fixed item-side ones (Singhal et al. 2021).
 
     The reconstruction step of Federated Reconstruction: ``cfg.refit_steps`` epochs
-    with a fresh ``cfg.optimizer`` at ``cfg.refit_lr``. Returns the mean loss (NaN when
+    with a fresh ``cfg.refit_optimizer`` at ``cfg.refit_lr``. Returns the mean loss (NaN when
     there is nothing to refit).
     """
     if cfg.refit_steps == 0 or not model.USER_SIDE:
@@ -146,7 +150,7 @@ def refit_user(
     flags = freeze_except(model, model.USER_SIDE)
     try:
         params = [p for n, p in model.named_parameters() if n in model.USER_SIDE]
-        optimizer = make_optimizer(params, cfg, lr=cfg.refit_lr)
+        optimizer = make_optimizer(params, cfg, lr=cfg.refit_lr, kind=cfg.refit_optimizer)
         return train_epochs(
             model,
             optimizer,
