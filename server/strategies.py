@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedrec.data.split import Split
-from fedrec.federated.aggregation import ServerConfig, ServerOptimizer
+from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer
 from fedrec.metrics import aggregate
 from fedrec.models.base import Arrays
 from server.sampling import eval_sample, nodes_of, train_cohort
@@ -297,7 +297,7 @@ class FedAdamStrategy(_FedrecHooks, FedAdam):
             min_train_nodes=0,
             min_evaluate_nodes=0,
             min_available_nodes=0,
-            eta=cfg.server_lr,
+            eta=FEDADAM_LR if cfg.server_lr is None else cfg.server_lr,
             beta_1=cfg.beta1,
             beta_2=cfg.beta2,
             tau=cfg.tau,

@@ -27,6 +27,7 @@ COMMANDS = (
     "recommend",
     "similar",
     "audit",
+    "bench",
 )
 
 

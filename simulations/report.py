@@ -204,7 +204,7 @@ def _privacy_section(
         f"Mode `{privacy.get('mode')}`, accountant `{privacy.get('accountant')}` (Opacus), "
         f"delta = {privacy.get('delta')}, epsilon = {_fmt(eps)}."
     )
-    settings = config.get("privacy") if isinstance(config.get("privacy"), dict) else {}
+    settings: dict[str, Any] = config["privacy"] if isinstance(config.get("privacy"), dict) else {}
     if privacy.get("insecure_noise_seed") is not None or (
         settings.get("insecure_noise_seed") is not None
     ):
@@ -234,6 +234,37 @@ def _privacy_section(
     for image in (plot_epsilon(run_dir, rounds), plot_client_epsilons(run_dir, privacy)):
         if image:
             lines += [f"![{image}]({image})", ""]
+    return lines
+
+
+def _audit_section(run_dir: Path) -> list[str]:
+    """The privacy audit's table and ROC plot, when ``fedrec audit`` wrote RUN_DIR/audit.json."""
+    path = run_dir / "audit.json"
+    if not path.exists():
+        return []
+    audit = _read_json(path)
+    lines = [
+        "## Privacy audit (empirical)",
+        "",
+        f"{audit.get('clients_audited')} clients audited, mode `{audit.get('mode')}`. "
+        f"{audit.get('regenerated', '')}",
+        "",
+        "| attack | sees | AUC | precision@k | epsilon lower bound | epsilon accounted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in audit.get("attacks", []):
+        lines.append(
+            f"| {a['attack']} | {a.get('sees', '')} | {_fmt(a.get('auc'))} | "
+            f"{_fmt(a.get('precision_at_k'))} | {_fmt(a.get('epsilon_lower_bound'))} | "
+            f"{_fmt(a.get('epsilon_accounted'))} |"
+        )
+    lines += [
+        "",
+        "Lower bounds hold with probability 1 - alpha (Clopper-Pearson); see docs/PRIVACY.md.",
+        "",
+    ]
+    if (run_dir / "audit_roc.png").exists():
+        lines += ["![audit_roc.png](audit_roc.png)", ""]
     return lines
 
 
@@ -283,6 +314,7 @@ def write_report(run_dir: str | Path, *, tradeoff: bool = False) -> Path:
 
     lines += report_lines(run_dir, [("federated", metrics), *refs.items()], tradeoff=tradeoff)
     lines += _privacy_section(run_dir, config, rounds)
+    lines += _audit_section(run_dir)
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out

@@ -64,7 +64,8 @@ def scale_log(users: int, items: int, mean: int, seed: int) -> pd.DataFrame:
     Each user belongs to one of ``_CLUSTERS`` clusters and draws about ``mean``
     distinct items, four in five from its cluster's items and the rest from the
     whole catalog, each by Zipf-like popularity (inverse CDF, then duplicates
-    dropped). Columns ``user, item, rating, timestamp`` (1-based ids).
+    dropped); every item is also given to one user (item ``i`` to user ``i mod users``) so
+    the catalog has all ``items``. Columns ``user, item, rating, timestamp`` (1-based ids).
     """
     rng = np.random.default_rng(seed)
     pop = np.arange(1, items + 1, dtype=np.float64) ** -_ZIPF
@@ -87,7 +88,10 @@ def scale_log(users: int, items: int, mean: int, seed: int) -> pd.DataFrame:
     starts = np.searchsorted(user, np.arange(users))
     rank = np.arange(len(pair)) - starts[user]  # position within the user
     keep = rank < sizes[user]
-    user, item = user[keep], item[keep]
+    # every item once more, item i to user i mod users, so the catalog is all ``items``
+    cover = np.arange(items, dtype=np.int64)
+    pair = np.unique(np.concatenate([pair[keep], (cover % users) * items + cover]))
+    user, item = pair // items, pair % items
     order = rng.permutation(len(user))
     return pd.DataFrame(
         {

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedrec.errors import ConfigError
+from fedrec.privacy.config import PrivacyConfig
 from server.checkpoint import atomic_write_json
 from server.settings import RunSettings
 
@@ -59,7 +60,7 @@ def sweep_settings(
         raise ConfigError("a sweep needs a privacy mode", where="--privacy", fix="local|central")
     none = dataclasses.replace(
         base,
-        privacy=dataclasses.replace(base.privacy, mode="none", adaptive_clipping=False),
+        privacy=PrivacyConfig(),
         run_dir=str(out_dir / run_name(None)),
     )
     runs: list[tuple[float | None, RunSettings]] = [(None, none)]

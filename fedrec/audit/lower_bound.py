@@ -95,18 +95,28 @@ def _counts(members: FloatArray, nonmembers: FloatArray, threshold: float) -> tu
     return int(np.sum(members >= threshold)), int(np.sum(nonmembers >= threshold))
 
 
+def _bounds(
+    tp: FloatArray, m: int, fp: FloatArray, n: int, delta: float, alpha: float
+) -> FloatArray:
+    """Vectorized :func:`epsilon_from_counts` over arrays of counts."""
+    a = alpha / 4  # two intervals, each two-sided at level 1 - alpha / 2
+    tpr_lo = np.where(tp > 0, beta.ppf(a, np.maximum(tp, 1), m - tp + 1), 0.0)
+    fpr_hi = np.where(fp < n, beta.ppf(1 - a, fp + 1, np.maximum(n - fp, 1)), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.log(np.maximum(tpr_lo - delta, 0.0) / fpr_hi)
+        second = np.log(np.maximum(1.0 - fpr_hi - delta, 0.0) / (1.0 - tpr_lo))
+    return np.asarray(np.maximum(np.maximum(first, second), 0.0), dtype=np.float64)
+
+
 def best_threshold(
     members: FloatArray, nonmembers: FloatArray, *, delta: float, alpha: float = 0.05
 ) -> float:
     """The threshold with the largest bound on these trials (used on the calibration half)."""
     candidates = np.unique(np.concatenate([members, nonmembers]))
-    best, best_eps = math.inf, -1.0
-    for t in candidates:
-        tp, fp = _counts(members, nonmembers, float(t))
-        eps = epsilon_from_counts(tp, len(members), fp, len(nonmembers), delta=delta, alpha=alpha)
-        if eps > best_eps:
-            best, best_eps = float(t), eps
-    return best
+    tp = len(members) - np.searchsorted(np.sort(members), candidates, side="left")
+    fp = len(nonmembers) - np.searchsorted(np.sort(nonmembers), candidates, side="left")
+    eps = _bounds(tp.astype(float), len(members), fp.astype(float), len(nonmembers), delta, alpha)
+    return float(candidates[int(np.argmax(eps))])
 
 
 def _halves(

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             f"{entry['attack']:<40} auc={_f(entry['auc'])} p@k={_f(entry['precision_at_k'])} "
             f"eps_lb={_f(entry['epsilon_lower_bound'])} eps={_f(entry['epsilon_accounted'])}"
         )
+    if out.resolve().parent == args.run_dir.resolve() and (args.run_dir / "metrics.json").exists():
+        from simulations.report import write_report
+
+        write_report(args.run_dir)  # report.md gains the audit section
     print(out)
     return 0
 

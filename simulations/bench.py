@@ -1,0 +1,231 @@
+"""``fedrec bench``: every performance figure of docs/BENCHMARKS.md, measured in one run.
+
+Design rule: each figure is a ratio against a baseline measured in the same run, on
+the same machine and load, wherever a baseline exists (DP step vs plain step, training
+round vs Flower no-op round); the absolute figures (evaluation throughput, peak RSS,
+recommendation latency) sit beside the machine record and its load average. Peak RSS
+of a simulation is read in a child process per client count
+(:func:`simulations.scale.measure_rss`), so one run's memory cannot hide another's.
+
+``quick`` keeps every key with fewer repetitions (2 rounds of 10 clients for the RSS
+runs, the 100k entry kept). ``tiny`` is for tests only: toy sizes under the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrec.bench.dp_overhead import dp_overhead
+from fedrec.bench.eval_speed import eval_users_per_s
+from fedrec.bench.machine import load_average, machine_info
+from fedrec.models.config import ModelConfig
+from server.settings import RunSettings
+from simulations.scale import SCALE_ITEMS, ScaleSpec, measure_rss
+
+DP_KINDS = {"mf": "mf", "ae": "cdae", "multvae": "multvae"}
+DP_SIZES = (1682, 27000)
+RSS_USERS = (1000, 10_000, 100_000)
+ML100K = "synthetic:users=943,items=1682,mean=106"  # ml-100k's shape (~106 per user)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Sizes and repetitions of one bench run (see :func:`plan`)."""
+
+    dp_repeats: int
+    dp_quick: bool
+    dp_sizes: tuple[int, ...]
+    round_data: str
+    round_clients: int
+    round_repeats: int
+    round_engine: str
+    eval_shape: tuple[int, int]
+    eval_repeats: int
+    rss_users: tuple[int, ...]
+    rss_items: int
+    rss_clients: int
+    rss_rounds: int
+    rss_eval_users: int
+    rec_items: int
+    rec_calls: int
+
+
+def plan(*, quick: bool = False, tiny: bool = False) -> BenchPlan:
+    """The full plan, the ``--quick`` one, or the test-only ``tiny`` one."""
+    full = BenchPlan(15, False, DP_SIZES, ML100K, 100, 3, "ray", (6040, 3706), 3,
+                     RSS_USERS, SCALE_ITEMS, 100, 2, 100, SCALE_ITEMS, 2000)  # fmt: skip
+    if tiny:
+        return replace(full, dp_repeats=1, dp_quick=True, dp_sizes=(40, 60),
+                       round_data="synthetic:users=40,items=30", round_clients=8,
+                       round_repeats=1, round_engine="inprocess", eval_shape=(60, 40),
+                       eval_repeats=1, rss_users=(20,), rss_items=30, rss_clients=4,
+                       rss_eval_users=5, rec_items=50, rec_calls=20)  # fmt: skip
+    if quick:
+        return replace(full, dp_repeats=5, round_repeats=1, eval_repeats=1, rss_clients=10,
+                       rss_eval_users=20, rec_calls=500)  # fmt: skip
+    return full
+
+
+def bench_dp(p: BenchPlan, device: str) -> dict[str, Any]:
+    """``dp_overhead_<mf|ae|multvae>_<items>``: DP step / plain step (wall-clock medians)."""
+    out: dict[str, Any] = {}
+    for key, kind in DP_KINDS.items():
+        for name, n in zip(DP_SIZES, p.dp_sizes, strict=True):
+            r = dp_overhead(kind, n, device=device, repeats=p.dp_repeats, quick=p.dp_quick)
+            out[f"dp_overhead_{key}_{name}"] = r["dp_overhead"]
+            out.setdefault("dp_overhead_detail", {})[f"{key}_{name}"] = r
+    return out
+
+
+def bench_round(p: BenchPlan, device: str, workdir: Path) -> dict[str, Any]:
+    """``round_vs_noop``: a training round / a Flower no-op round, same cohort and payload."""
+    del device  # clients train on the CPU in simulation
+    settings = RunSettings(
+        data=p.round_data,
+        model=ModelConfig(kind="mf"),
+        clients_per_round=p.round_clients,
+        run_dir=str(workdir / "round"),
+    )
+    if p.round_engine == "ray":
+        from simulations.simulation import time_noop_vs_train
+
+        r = time_noop_vs_train(settings, repeats=p.round_repeats)
+    else:
+        r = noop_vs_train_inprocess(settings, repeats=p.round_repeats)
+    return {
+        "round_vs_noop": r["train_seconds"] / r["noop_seconds"],
+        "round_vs_noop_detail": {**r, "engine": p.round_engine, "data": p.round_data},
+    }
+
+
+def noop_vs_train_inprocess(settings: RunSettings, *, repeats: int = 1) -> dict[str, float]:
+    """:func:`simulations.simulation.time_noop_vs_train` on the in-process grid (no Ray)."""
+    from flwr.app import ArrayRecord
+
+    from fedrec.models.registry import init_item_arrays
+    from server.sampling import discover_users, train_cohort
+    from server.settings import load_split
+    from simulations.inprocess import InProcessGrid
+    from simulations.simulation import _timed_round, absolute
+
+    settings = absolute(settings)
+    split = load_split(settings)
+    grid = InProcessGrid(split.n_users, seed=settings.seed)
+    user_nodes = discover_users(grid, split.n_users, timeout=settings.round_timeout)
+    eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
+    cohort = train_cohort(eligible, settings.clients_per_round, 1, settings.seed)
+    nodes = [user_nodes[int(u)] for u in cohort]
+    arrays = ArrayRecord(init_item_arrays(settings.model, split.n_items, seed=settings.seed))
+    times: dict[str, list[float]] = {"noop": [], "train": []}
+    for i, kind in enumerate(["train"] + ["noop", "train"] * repeats):
+        t = _timed_round(grid, nodes, arrays, settings, noop=kind == "noop", rnd=i + 1)
+        if i:
+            times[kind].append(t)
+    noop, train = statistics.median(times["noop"]), statistics.median(times["train"])
+    return {"noop_seconds": noop, "train_seconds": train, "ratio": noop / train,
+            "clients": float(len(nodes))}  # fmt: skip
+
+
+def bench_eval(p: BenchPlan, device: str) -> dict[str, Any]:
+    """``eval_users_per_s``: full-ranking evaluation throughput on MF scores."""
+    users, items = p.eval_shape
+    r = eval_users_per_s(users, items, repeats=p.eval_repeats, device=device)
+    return {"eval_users_per_s": r["users_per_s"], "eval_detail": r}
+
+
+def bench_rss(p: BenchPlan, workdir: Path) -> dict[str, Any]:
+    """``rss_mb_by_clients``: peak RSS of a child-process simulation per user count."""
+    by, detail = {}, {}
+    for users in p.rss_users:
+        spec = ScaleSpec(users=users, items=p.rss_items, clients_per_round=p.rss_clients,
+                         rounds=p.rss_rounds, eval_users=p.rss_eval_users)  # fmt: skip
+        r = measure_rss(spec, workdir / f"rss-{users}")
+        by[str(users)] = round(float(r["peak_rss_mb_rusage"]), 1)
+        detail[str(users)] = r
+    return {"rss_mb_by_clients": by, "rss_detail": detail}
+
+
+def bench_recommend(p: BenchPlan) -> dict[str, Any]:
+    """``recommend_p99_ms_27000``: on-device ``DeviceClient.recommend`` p99 latency."""
+    from clients.serving import measure_recommend_latency
+
+    r = measure_recommend_latency(p.rec_items, calls=p.rec_calls)
+    return {"recommend_p99_ms_27000": r["p99_ms"], "recommend_detail": r}
+
+
+def run_bench(
+    out: Path,
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    tiny: bool = False,
+    workdir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure every figure, write ``out`` (JSON, atomically) and return it."""
+    p = plan(quick=quick, tiny=tiny)
+    result: dict[str, Any] = {"quick": quick, "tiny": tiny, "machine": machine_info(device)}
+    with tempfile.TemporaryDirectory(prefix="fedrec-bench-", dir=workdir) as tmp:
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("dp overhead", lambda: bench_dp(p, device)),
+            ("round vs no-op", lambda: bench_round(p, device, Path(tmp))),
+            ("evaluation", lambda: bench_eval(p, device)),
+            ("peak RSS", lambda: bench_rss(p, Path(tmp))),
+            ("recommend", lambda: bench_recommend(p)),
+        ]
+        seconds: dict[str, float] = {}
+        for name, step in steps:
+            log(f"bench: {name} ...")
+            start = time.perf_counter()
+            result.update(step())
+            seconds[name] = round(time.perf_counter() - start, 1)
+    result["seconds"] = seconds
+    result["load_average_end"] = load_average()
+    _atomic_json(out, result)
+    return result
+
+
+def _atomic_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+HEADLINE = (
+    ("dp_overhead_mf_1682", "<= 2.0"),
+    ("dp_overhead_mf_27000", "<= 2.0"),
+    ("dp_overhead_ae_1682", "<= 3.0"),
+    ("dp_overhead_ae_27000", "<= 3.0"),
+    ("dp_overhead_multvae_1682", ""),
+    ("dp_overhead_multvae_27000", ""),
+    ("round_vs_noop", "<= 1.5"),
+    ("eval_users_per_s", ""),
+    ("recommend_p99_ms_27000", "< 5"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The short text table ``fedrec bench`` prints."""
+    lines = [f"{'figure':28s} {'value':>12s}  target"]
+    for key, target in HEADLINE:
+        lines.append(f"{key:28s} {float(result[key]):12.3f}  {target}")
+    for users, mb in result["rss_mb_by_clients"].items():
+        lines.append(f"{'rss_mb_by_clients[' + users + ']':28s} {mb:12.1f}  < 8192 (100000)")
+    m = result["machine"]
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+                 f"device {m['device']}, load {m['load_average']} -> "
+                 f"{result['load_average_end']}")  # fmt: skip
+    return "\n".join(lines)
