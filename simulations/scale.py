@@ -180,8 +180,9 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
 def measure_rss(spec: ScaleSpec, out: Path, *, timeout: float = 1800.0) -> dict[str, Any]:
     """Run ``spec`` in a child process; its report plus the child's own peak RSS.
 
-    ``peak_rss_mb_rusage`` is ``ru_maxrss`` from ``os.wait4`` on that child alone (not
-    the cumulative ``RUSAGE_CHILDREN``); ``peak_rss_mb`` is the child's ``VmHWM``.
+    ``peak_rss_mb`` is the child's own ``VmHWM`` (the figure to use);
+    ``peak_rss_mb_rusage`` is ``ru_maxrss`` from ``os.wait4`` on that child, which Linux
+    carries across fork+exec, so it is never below the parent's RSS at fork time.
     """
     out.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "simulations.scale", "--out", str(out)]
