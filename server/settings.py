@@ -22,6 +22,7 @@ from fedrec.data import resolve_data
 from fedrec.data.split import Split, random_split, temporal_split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import ServerConfig
+from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.privacy.config import PrivacyConfig
 
@@ -156,9 +157,14 @@ class RunSettings:
             text = top["fail_users"].strip()
             top["fail_users"] = tuple(int(u) for u in text.split(",")) if text else ()
         try:
-            model = ModelConfig(**parts["model"])
-            train = LocalTrainConfig(**parts["train"])
-            server = ServerConfig(**parts["server"])
+            preset_model, preset_train, preset_server = federated_preset(
+                str(parts["model"].get("kind", ModelConfig().kind))
+            )
+            model = dataclasses.replace(preset_model, **parts["model"])
+            train = dataclasses.replace(preset_train, **parts["train"])
+            strategy = parts["server"].get("strategy", preset_server.strategy)
+            base_server = preset_server if strategy == preset_server.strategy else ServerConfig()
+            server = dataclasses.replace(base_server, **parts["server"])
             privacy = PrivacyConfig(**parts["privacy"])
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err

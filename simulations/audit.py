@@ -127,7 +127,9 @@ def plot_rocs(results: list[AttackResult], path: Path) -> None:
     ax.plot([0, 1], [0, 1], linestyle=":", color="gray")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("Privacy audit: attack ROC curves")
+    ax.set_title(
+        "Privacy audit: ROC (pooled over clients; legend: mean per-client AUC)", fontsize=9
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
