@@ -20,7 +20,7 @@ venv: $(BIN)/fedrec
 
 demo: venv
 	rm -rf $(DEMO_OUT)
-	$(BIN)/fedrec simulate --data synthetic --out $(DEMO_OUT)
+	$(BIN)/fedrec simulate --data synthetic --rounds 20 --eval-every 2 --out $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md"
 
 lint: venv

@@ -31,6 +31,7 @@ evaluation ``derive_seed(seed, user, EVAL_ROUND)``, as the Flower-free reference
 from __future__ import annotations
 
 import json
+import math
 import threading
 from functools import lru_cache
 from typing import Any
@@ -163,8 +164,14 @@ def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> Record
     if reply.ok:
         assert reply.item_arrays is not None
         content["arrays"] = ArrayRecord(reply.item_arrays)
+        metrics: dict[str, float | int] = {}
         if bool(config.get("weighted", False)):
-            content["metrics"] = MetricRecord({"num-examples": reply.num_examples})
+            metrics["num-examples"] = reply.num_examples
+        if not private and math.isfinite(reply.train_loss):
+            # Non-private runs only: a loss describes the user's data.
+            metrics["train-loss"] = float(reply.train_loss)
+        if metrics:
+            content["metrics"] = MetricRecord(metrics)
     if private:
         content[PRIVACY_KEY] = ConfigRecord(_statement(reply))
     return content

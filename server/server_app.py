@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.baselines import reference_metrics
@@ -103,7 +103,7 @@ def run_server(
             strategy.configure_train(rnd, ArrayRecord(items), config, grid),
             timeout=settings.round_timeout,
         )
-        new_items, _ = strategy.aggregate_train(rnd, replies)
+        new_items, train_metrics = strategy.aggregate_train(rnd, replies)
         items = new_items.to_numpy_ndarrays() if new_items is not None else items
         metrics, t_eval = None, time.perf_counter()
         last = rnd == settings.rounds
@@ -122,6 +122,7 @@ def run_server(
             "seconds": round(time.perf_counter() - t0, 4),
             "eval_seconds": round(time.perf_counter() - t_eval, 4) if metrics else None,
             "epsilon": privacy.epsilon(),
+            "train_loss": _train_loss(train_metrics),
         }
         append_round(run_dir, record)
         save_checkpoint(run_dir, Checkpoint(rnd, items, optimizer.state_dict(), privacy.state()))
@@ -202,3 +203,10 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(dict(context.run_config))
     run_dir = str(Path(settings.run_dir).resolve())  # clients get the store path from it
     run_server(grid, dataclasses.replace(settings, run_dir=run_dir))
+
+
+def _train_loss(metrics: MetricRecord | None) -> float | None:
+    """Mean client training loss of the round (sent only by non-private clients)."""
+    if metrics is None or "train-loss" not in metrics:
+        return None
+    return float(metrics["train-loss"])  # type: ignore[arg-type]

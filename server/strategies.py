@@ -47,6 +47,7 @@ METRICS_KEY = "metrics"
 TOP_KEY = "top10"
 EVAL_ALL_KEY = "eval-all"
 NUM_EXAMPLES_KEY = "num-examples"
+TRAIN_LOSS_KEY = "train-loss"
 PRIVACY_KEY = "privacy"
 BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED = "refused: "
@@ -145,6 +146,14 @@ class _FedrecHooks:
             "clients": len(good),
             "failed": len(outcome.failed),
         }
+        losses = [
+            _scalar(m.content.metric_records[METRICS_KEY][TRAIN_LOSS_KEY])
+            for _, m in good
+            if METRICS_KEY in m.content.metric_records
+            and TRAIN_LOSS_KEY in m.content.metric_records[METRICS_KEY]
+        ]
+        if losses:
+            counts["train-loss"] = float(np.mean(losses))
         return ArrayRecord(new), MetricRecord(counts)
 
     @property
@@ -240,6 +249,9 @@ class _FedrecHooks:
     def _check_upload(self, content: RecordDict) -> str:
         """Why ``content`` is not a valid upload ('' when it is)."""
         allowed_metrics = {NUM_EXAMPLES_KEY} if self.plan.weighted else set()
+        if self.plan.privacy_mode != "local":
+            # A locally private device never reports its loss (it describes its data).
+            allowed_metrics.add(TRAIN_LOSS_KEY)
         allowed_configs = {PRIVACY_KEY} if self.plan.privacy_mode == "local" else set()
         if set(content.array_records) != {ARRAYS_KEY} or set(content.config_records) - (
             allowed_configs

@@ -195,9 +195,16 @@ def _privacy_section(
     mode = config.get("privacy", "none")
     if isinstance(mode, dict):
         mode = mode.get("mode", "none")
-    if not path.exists():
-        return ["## Privacy", "", f"Privacy mode: `{mode}`. No privacy guarantee is claimed.", ""]
-    privacy = _read_json(path)
+    privacy = _read_json(path) if path.exists() else {"mode": mode}
+    if privacy.get("mode", "none") == "none":
+        return [
+            "## Privacy",
+            "",
+            "Privacy mode `none`: no privacy guarantee is claimed. Uploads are dense but "
+            "un-noised item-side updates, from which the server can tell which items a "
+            "user touched (docs/PRIVACY.md).",
+            "",
+        ]
     lines = ["## Privacy", ""]
     eps = privacy.get("epsilon")
     lines.append(

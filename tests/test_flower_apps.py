@@ -163,7 +163,10 @@ def test_replies_hold_only_declared_item_side_arrays(tmp_path: Path) -> None:
     evals = [r for r in grid.replies if r.metadata.message_type == "evaluate"]
     assert train and evals
     for reply in train:
-        assert list(reply.content.keys()) == ["arrays"]
+        # A non-private reply may add its mean training loss: one scalar, nothing else.
+        assert list(reply.content.keys()) == ["arrays", "metrics"]
+        assert set(reply.content.metric_records["metrics"]) == {"train-loss"}
+        assert isinstance(reply.content.metric_records["metrics"]["train-loss"], float)
         arrays = reply.content.array_records["arrays"].to_numpy_ndarrays()
         assert [a.shape for a in arrays] == shapes
         assert not user_shapes & {a.shape for a in arrays}

@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="split, init and sampling seed")
     add_privacy_arguments(parser)
     parser.add_argument(
-        "--eval-every", type=int, default=0, metavar="N", help="evaluate every N rounds (0: end)"
+        "--eval-every",
+        type=int,
+        default=5,
+        metavar="N",
+        help="evaluate a sample of --eval-clients users every N rounds (0: only at the end)",
     )
     parser.add_argument(
         "--eval-clients", type=int, default=100, help="users sampled for periodic evaluation"
