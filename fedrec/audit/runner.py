@@ -184,6 +184,28 @@ def audit_releases(
     return out
 
 
+def popularity_prior(
+    target: AuditTarget, train: Items, eps_accounted: float | None
+) -> AttackResult:
+    """The attacker's prior: items ranked by the public popularity proxy, no upload used.
+
+    An attack on uploads or releases leaks only what it adds above this AUC.
+    """
+    scores = popularity_proxy(target.global_items)
+    auc, prec, pooled, labels = item_inference([(scores, items) for items in train.values()])
+    return AttackResult(
+        attack="item_inference/popularity_prior",
+        sees="the global model only (reference: no upload)",
+        auc=auc,
+        precision_at_k=prec,
+        clients_audited=len(train),
+        epsilon_accounted=eps_accounted,
+        note="reference: what public popularity alone predicts",
+        scores=pooled,
+        labels=labels,
+    )
+
+
 def audit_run(
     target: AuditTarget,
     train: Items,
@@ -197,5 +219,6 @@ def audit_run(
         results = audit_releases(target, train, eps_accounted, opts)
     else:
         results = audit_uploads(target, train, eps_accounted, opts)
+    results.append(popularity_prior(target, train, eps_accounted))
     results.append(global_membership(target, train, test, eps_accounted=eps_accounted, opts=opts))
     return results
