@@ -86,7 +86,9 @@ def check_split(model: Recommender) -> None:
 
 def get_item_arrays(model: Recommender) -> Arrays:
     """Copy the item-side parameters out as float32 numpy arrays (upload order)."""
-    return [p.detach().cpu().numpy().astype(np.float32, copy=True) for p in item_side(model).values()]
+    return [
+        p.detach().cpu().numpy().astype(np.float32, copy=True) for p in item_side(model).values()
+    ]
 
 
 def set_item_arrays(model: Recommender, arrays: Arrays) -> None:
@@ -103,7 +105,10 @@ def set_item_arrays(model: Recommender, arrays: Arrays) -> None:
 
 def get_user_state(model: Recommender) -> dict[str, npt.NDArray[np.float32]]:
     """Copy the user-side parameters out (for the device's local store)."""
-    return {n: p.detach().cpu().numpy().astype(np.float32, copy=True) for n, p in user_side(model).items()}
+    return {
+        n: p.detach().cpu().numpy().astype(np.float32, copy=True)
+        for n, p in user_side(model).items()
+    }
 
 
 def set_user_state(model: Recommender, state: dict[str, npt.NDArray[np.float32]]) -> None:
