@@ -3,8 +3,8 @@
 The fast tests check the pieces (commands bind loopback only, the node config, the app
 copy's run config round-trips through Flower's parser, the process tree is stopped).
 The deployment test starts real Flower processes; each ``flwr-clientapp`` is a fresh
-Python process per message: the 2-round run takes 2.5 min on the shared 2-core box
-(load ~10), the timeout test ~11 s; both are marked slow (``pytest -m deploy``).
+Python process per message: both deployment tests together take about 75 s on an idle
+2-core box, so they run in the default suite (select them alone with ``pytest -m deploy``).
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ def test_stop_ends_orphans_by_their_inherited_token(tmp_path: Path) -> None:
     assert not any(_running(pid, start) for pid, start in orphans.items())
 
 
-@pytest.mark.slow
 @pytest.mark.flower
 @pytest.mark.deploy
 def test_deploy_local_three_nodes_two_rounds(tmp_path: Path) -> None:
@@ -185,7 +184,6 @@ def test_deploy_local_refuses_more_nodes_than_users(tmp_path: Path) -> None:
     assert not (tmp_path / "r" / "logs").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.flower
 @pytest.mark.deploy
 def test_a_run_past_its_timeout_stops_every_flower_process(tmp_path: Path) -> None:
