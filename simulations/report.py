@@ -115,7 +115,7 @@ def plot_utility(
     if not xs:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(xs, ys, marker="o", markersize=3, label="federated")
+    ax.plot(xs, ys, marker="o", markersize=3, label="federated (sampled users; last: all)")
     for (name, ref), style in zip(refs.items(), ("--", ":"), strict=False):
         if ref.get("ndcg@10") is not None:
             ax.axhline(float(ref["ndcg@10"]), linestyle=style, color="gray", label=name)
