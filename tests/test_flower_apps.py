@@ -16,11 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Message
 
-from clients.client_app import app as client_app
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.federated.loop import evaluate_federated, run_federated
 from fedrec.metrics import USER_METRIC_KEYS
@@ -28,59 +25,23 @@ from fedrec.models.registry import MODEL_KINDS, build_model, init_item_arrays, i
 from server.checkpoint import load_checkpoint
 from server.server_app import run_server
 from server.settings import RunSettings, load_split
+from simulations.inprocess import InProcessGrid as LibraryGrid
 from simulations.run_dir import create_run_dir, read_metrics, read_rounds
 
 DATA = "synthetic:users=30,items=50,dim=4,mean=15,seed=3"
 
 
-class InProcessGrid(Grid):
-    """A Grid that runs the ClientApp synchronously and keeps every message."""
+class InProcessGrid(LibraryGrid):
+    """The library's in-process Grid (no Ray), keeping every reply for inspection."""
 
     def __init__(self, n_nodes: int, seed: int = 0) -> None:
-        for name in ("task_id", "run_id", "node_id"):
-            setattr(TaskIdentity, name, 1)
-        ids = np.random.default_rng(seed).choice(2**40, n_nodes, replace=False) + 2
-        self.contexts = {
-            int(node): Context(
-                run_id=1,
-                node_id=int(node),
-                node_config={"partition-id": i, "num-partitions": n_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(ids)
-        }
+        super().__init__(n_nodes, seed)
         self.replies: list[Message] = []
-
-    def set_run(self, run: Any) -> None:
-        del run
-
-    @property
-    def run(self) -> Any:
-        raise NotImplementedError
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        out = []
-        for msg in messages:
-            try:
-                reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
-            except Exception as ex:  # the engine turns a raising ClientApp into an Error reply
-                reply = Message(Error(code=0, reason=f"Message: {ex}"), reply_to=msg)
-            out.append(reply)
+        out = list(super().send_and_receive(messages, timeout=timeout))
         self.replies.extend(out)
         return out
 
