@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.atomic import check_output_dir
 from fedrec.errors import DataError, OutputError
 from server.checkpoint import (
     CHECKPOINT_JSON,
@@ -105,16 +106,7 @@ def config_payload(settings: RunSettings) -> dict[str, Any]:
 
 def create_run_dir(path: Path, settings: RunSettings) -> None:
     """Create ``path`` (absent or empty) and write its ``config.json``."""
-    if path.exists() and not path.is_dir():
-        raise OutputError(
-            "exists and is not a directory", where=str(path), fix="choose another --out"
-        )
-    if path.is_dir() and any(path.iterdir()):
-        raise OutputError(
-            "run directory is not empty",
-            where=str(path),
-            fix="choose a new --out, or continue that run with --resume",
-        )
+    check_output_dir(path, fix_not_empty="choose a new --out, or continue that run with --resume")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -16,18 +16,16 @@ from pathlib import Path
 from fedrec.errors import OutputError
 
 
-def check_output_dir(path: Path) -> None:
+def check_output_dir(
+    path: Path, *, fix_not_empty: str = "choose a new directory or remove this one first"
+) -> None:
     """Raise :class:`OutputError` unless ``path`` is absent or an empty directory."""
     if path.exists() and not path.is_dir():
         raise OutputError(
             "output path exists and is not a directory", where=str(path), fix="choose another --out"
         )
     if path.is_dir() and any(path.iterdir()):
-        raise OutputError(
-            "output directory is not empty",
-            where=str(path),
-            fix="choose a new directory or remove this one first",
-        )
+        raise OutputError("output directory is not empty", where=str(path), fix=fix_not_empty)
 
 
 @contextmanager
