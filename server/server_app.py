@@ -59,7 +59,7 @@ def run_server(
     split = load_split(settings)
     settings = resolve_settings(settings, split)
     ckpt = load_checkpoint(run_dir)
-    optimizer = build_server_optimizer(settings.server)
+    optimizer = build_server_optimizer(settings.server, settings.rounds)
     if ckpt is None:
         items = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
         start = 0

@@ -7,7 +7,8 @@ read from ``metrics.json`` (computing nothing). With ``tradeoff=True`` it also c
 the MMR accuracy-diversity curve of the federated model
 (:func:`fedrec.recommend.tradeoff_curve`): that needs the model and every test user's
 scores, so it is opt-in (``fedrec report RUN_DIR --tradeoff``) and its result is kept in
-``tradeoff.json``, which later renders show without recomputing.
+``tradeoff.json``, which later renders show without recomputing. MMR's similarity
+features (:func:`mmr_features`) are shared with ``fedrec recommend --diversify``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from simulations.run_model import RunModel
 
 BEYOND_KEYS = ("coverage@10", "novelty@10", "gini@10", "diversity@10")
 LABELS = {
@@ -55,6 +59,9 @@ def plot_beyond(rows: Rows, path: Path) -> Path | None:
     keys = [k for k in BEYOND_KEYS if any(m.get(k) is not None for _, m in rows)]
     if not keys or not rows:
         return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.2 * len(keys), 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     names = [name for name, _ in rows]
@@ -68,6 +75,18 @@ def plot_beyond(rows: Rows, path: Path) -> Path | None:
     return path
 
 
+def mmr_features(model: RunModel) -> tuple[npt.NDArray[np.generic], str]:
+    """MMR's similarity features for a run's items, and their name for captions.
+
+    Genre flags where the run's data have them (ml-100k ``u.item``; the geometry of
+    ``diversity@10``), otherwise the model's learned item vectors.
+    """
+    genres = model.split.data.item_genres
+    if genres is None:
+        return model.item_vectors, "item vectors"
+    return genres, "genres"
+
+
 def compute_tradeoff(run_dir: Path) -> list[dict[str, Any]]:
     """The MMR curve of the run's federated model; written to ``tradeoff.json``."""
     from fedrec.recommend import tradeoff_curve
@@ -75,8 +94,7 @@ def compute_tradeoff(run_dir: Path) -> list[dict[str, Any]]:
     from simulations.run_model import load_run_model
 
     model = load_run_model(run_dir)
-    genres = model.split.data.item_genres
-    features = model.item_vectors if genres is None else None
+    features, _ = mmr_features(model)
     curve = tradeoff_curve(model.score_fn(), model.split, features, TRADEOFF_LAMBDAS)
     atomic_write_json(run_dir / TRADEOFF_JSON, curve)
     return [dict(p) for p in curve]
@@ -89,8 +107,11 @@ def _tradeoff_lines(run_dir: Path, curve: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## MMR re-ranking: accuracy against diversity (federated model)",
         "",
-        "Maximal Marginal Relevance (Carbonell & Goldstein 1998) over each user's top-100, "
-        "lambda = 1 is the plain top list.",
+        "Maximal Marginal Relevance (MMR, Carbonell & Goldstein 1998) over each user's "
+        "top-100 in its mean-redundancy form: greedy lambda * relevance + (1 - lambda) * "
+        "intra-list diversity (Ziegler et al. 2005), relevance min-max normalized per user, "
+        "similarity the cosine of genre flags (of learned item vectors where the data have "
+        "no genres). lambda = 1 is the plain top list.",
         "",
         "| lambda | ndcg@10 | diversity@10 | coverage@10 |",
         "|---|---|---|---|",

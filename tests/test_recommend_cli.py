@@ -12,6 +12,7 @@ import pytest
 from fedrec.baselines import Popularity
 from fedrec.federated.client import client_scores, derive_seed
 from fedrec.federated.loop import EVAL_ROUND, run_federated
+from fedrec.metrics.beyond import intra_list_diversity
 from fedrec.recommend import similar_items
 from fedrec.recommend.similar import item_vectors
 from server.checkpoint import (
@@ -148,6 +149,8 @@ def test_similar_matches_item_vector_cosine(
         (["recommend", "{missing}", "--user", "1"], "run directory not found"),
         (["similar", "{empty}", "--item", "1"], "no checkpoint"),
         (["recommend", "{run}", "--user", "1", "--k", "0"], "--k: must be >= 1"),
+        (["recommend", "{run}", "--user", "1", "--diversify", "1.5"], "--diversify: lambda 1.5"),
+        (["recommend", "{run}", "--user", "1", "--diversify", "0.5", "--pool", "5"], "--pool:"),
     ],
 )
 def test_user_errors_say_what_and_where_and_exit_2(
@@ -167,3 +170,53 @@ def test_user_errors_say_what_and_where_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def _diversity(items: list[int], genres: np.ndarray) -> float:
+    index = np.array([items]) - 1  # synthetic ids = index + 1
+    value = intra_list_diversity(index, genres)
+    assert value is not None
+    return value
+
+
+def test_diversify_1_keeps_the_plain_relevance_order(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    argv = ["recommend", str(run_dir), "--user", "4", "--explain", "--json"]
+    plain = _json(capsys, *argv)
+    # Execute
+    reranked = _json(capsys, *argv, "--diversify", "1.0")
+    # Assert
+    assert reranked == plain
+
+
+def test_diversify_makes_lists_more_genre_diverse_and_still_explains(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    split = load_split(RunSettings.from_run_config({"data": DATA}))
+    genres = split.data.item_genres
+    assert genres is not None
+    user = 4
+    history = {int(split.data.item_ids[i]) for i in split.train_items(user)}
+    argv = ["recommend", str(run_dir), "--user", str(user + 1), "--explain", "--json"]
+    plain = [r["item"] for r in _json(capsys, *argv)]
+    # Execute
+    rows = _json(capsys, *argv, "--diversify", "0.3", "--pool", "30")
+    # Assert
+    items = [r["item"] for r in rows]
+    assert len(items) == 10 and items != plain and not history & set(items)
+    assert _diversity(items, genres) >= _diversity(plain, genres)
+    assert all(set(r) == {"item", "score", "fallback", "because"} for r in rows)
+    assert all(c["item"] in history and c["weight"] > 0 for r in rows for c in r["because"])
+
+
+def test_diversify_table_says_how_it_reranked(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main(["recommend", str(run_dir), "--user", "2", "--k", "3", "--diversify", "0.5"])
+    # Assert
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 5 and "MMR lambda 0.5 over the top 100" in out[-1]

@@ -119,7 +119,7 @@ def run_federated(
     """
     eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
     items = init_item_arrays(model_cfg, split.n_items, seed=seed)
-    server = build_server_optimizer(server_cfg)
+    server = build_server_optimizer(server_cfg, rounds)
     states: dict[int, UserState] = {}
     result = FederatedResult(items, states)
     threads = torch.get_num_threads()

@@ -5,22 +5,69 @@ the user's train items are never recommended. A user with fewer than
 ``--min-interactions`` train items gets the "most popular" fallback, from the signal the
 run's privacy mode allows (:mod:`fedrec.recommend.cold_start`), marked ``fallback``.
 Ids in and out are the data's original ids.
+
+``--diversify LAMBDA`` re-ranks the user's top-``--pool`` candidates by Maximal Marginal
+Relevance (Carbonell & Goldstein 1998) in the library's default mean-redundancy form
+(:mod:`fedrec.recommend.diversity`; Ziegler et al. 2005), with genre similarity where the
+run's data have genres, else learned item vectors (:func:`simulations.beyond.mmr_features`).
+``LAMBDA = 1`` is the plain relevance order. A re-ranked item keeps its model ``score``, so
+scores need not decrease down the list; the JSON stays a list of items.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from fedrec.errors import ConfigError
-from fedrec.recommend import recommend_with_explanations, with_original_ids
+from fedrec.recommend import (
+    Recommendation,
+    candidate_pools,
+    mmr_rerank,
+    recommend_with_explanations,
+    with_original_ids,
+)
+from fedrec.recommend import explain as explain_items
+
+if TYPE_CHECKING:
+    from simulations.run_model import RunModel
 
 NAME = "recommend"
 HELP = "top-k recommendations for one user of a simulation run"
 DEFAULT_MIN_INTERACTIONS = 3
 """As on a device (``clients.device.DeviceClient``): below 3 items, popularity."""
+DEFAULT_POOL: int = inspect.signature(candidate_pools).parameters["size"].default
+"""MMR's candidate pool, the library's (:func:`fedrec.recommend.candidate_pools`)."""
+
+
+@dataclass(frozen=True)
+class Diversify:
+    """MMR re-ranking asked for on the command line: trade-off and pool size."""
+
+    lam: float
+    pool: int = DEFAULT_POOL
+
+    def check(self, k: int) -> None:
+        """Raise :class:`ConfigError` unless ``0 <= lam <= 1`` and ``pool >= k``."""
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(
+                f"lambda {self.lam} is outside [0, 1]",
+                where="--diversify",
+                fix="use 0 <= LAMBDA <= 1 (1 = plain relevance order, lower = more diverse)",
+            )
+        if self.pool < k:
+            raise ConfigError(
+                f"pool {self.pool} is smaller than the list length {k}",
+                where="--pool",
+                fix=f"use --pool >= --k (default {DEFAULT_POOL})",
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,24 +84,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="below N train items, recommend by (private) popularity "
         f"(default: {DEFAULT_MIN_INTERACTIONS})",
     )
+    parser.add_argument(
+        "--diversify",
+        type=float,
+        metavar="LAMBDA",
+        help="MMR re-ranking, LAMBDA in [0, 1]: 1 = relevance order, lower = more diverse",
+    )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=DEFAULT_POOL,
+        metavar="N",
+        help=f"with --diversify, re-rank the top N candidates (default: {DEFAULT_POOL})",
+    )
 
 
 def recommendations(
-    run_dir: Path, user_id: str, *, k: int, explain: bool, min_interactions: int
+    run_dir: Path,
+    user_id: str,
+    *,
+    k: int,
+    explain: bool,
+    min_interactions: int,
+    diversify: Diversify | None = None,
 ) -> list[dict[str, Any]]:
-    """``[{"item", "score", "fallback"[, "because"]}]`` for ``user_id``, best first."""
+    """``[{"item", "score", "fallback"[, "because"]}]`` for ``user_id``, best (or MMR) first."""
     from simulations.run_model import load_run_model
 
     if k < 1:
         raise ConfigError(f"must be >= 1, got {k}", where="--k")
+    if diversify is not None:
+        diversify.check(k)
     model = load_run_model(run_dir)
     user = model.user_index(user_id)
     history = model.split.train_items(user)
     fallback = len(history) < min_interactions
     scores = model.popularity() if fallback else model.user_scores(user)
-    recs = recommend_with_explanations(
-        scores, history, model.item_vectors, k=k, top=3 if explain else 0
-    )
+    top = 3 if explain else 0
+    if diversify is None:
+        recs = recommend_with_explanations(scores, history, model.item_vectors, k=k, top=top)
+    else:
+        recs = _diversified(model, scores, history, k=k, top=top, diversify=diversify)
     out = []
     for rec in with_original_ids(recs, model.split.data.item_ids):
         row: dict[str, Any] = {"item": rec.item, "score": rec.score, "fallback": fallback}
@@ -62,6 +132,29 @@ def recommendations(
             row["because"] = [{"item": j, "weight": w} for j, w in rec.because]
         out.append(row)
     return out
+
+
+def _diversified(
+    model: RunModel,
+    scores: npt.NDArray[np.float64],
+    history: npt.NDArray[np.int64],
+    *,
+    k: int,
+    top: int,
+    diversify: Diversify,
+) -> list[Recommendation]:
+    """MMR over the top-``pool`` unseen items, each explained as in the plain list."""
+    from simulations.beyond import mmr_features
+
+    pool = recommend_with_explanations(scores, history, model.item_vectors, k=diversify.pool, top=0)
+    features, _ = mmr_features(model)
+    values = np.asarray(scores, dtype=np.float64)
+    items = mmr_rerank(values, [r.item for r in pool], features, k=k, lam=diversify.lam)
+    because = explain_items(model.item_vectors, history, items, top=top)
+    return [
+        Recommendation(item=int(i), score=float(values[i]), because=list(b), fallback=not b)
+        for i, b in zip(items, because, strict=True)
+    ]
 
 
 def _table(rows: list[dict[str, Any]], explain: bool) -> str:
@@ -77,12 +170,19 @@ def _table(rows: list[dict[str, Any]], explain: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    diversify = None if args.diversify is None else Diversify(args.diversify, args.pool)
     rows = recommendations(
         args.run_dir,
         args.user,
         k=args.k,
         explain=args.explain,
         min_interactions=args.min_interactions,
+        diversify=diversify,
     )
-    print(json.dumps(rows) if args.json else _table(rows, args.explain))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(_table(rows, args.explain))
+    if diversify is not None:
+        print(f"(diversified: MMR lambda {diversify.lam} over the top {diversify.pool})")
     return 0
