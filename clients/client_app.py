@@ -40,6 +40,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import gram_client
 from clients.client_config import (
     fail_users,
     load_split,
@@ -80,6 +81,8 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One local update on the user's device; reply with the item-side arrays only."""
+    if gram_client.handles(msg):  # --model ease: one-shot federated EASE
+        return gram_client.train(msg, context)
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
     if bool(config.get("noop", False)):
@@ -95,6 +98,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank all items with the device's state and the global items; reply with metrics."""
+    if gram_client.handles(msg):  # --model ease: one-shot federated EASE
+        return gram_client.evaluate(msg, context)
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
     round_config = _round_config(config, user, EVAL_ROUND, rnd)
@@ -122,7 +127,10 @@ def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
 def _device(config: ConfigRecord, context: Context, user: int) -> DeviceClient:
     store_dir = str(context.node_config.get("store-dir", config["store-dir"]))
     seed = int(config["seed"])  # type: ignore[arg-type]
-    return open_device(store_dir, user, load_split(config).train_items(user), seed=seed)
+    # without local DP no ledger is written, so the store need not fsync each round
+    durable = privacy_config(config).mode == "local"
+    items = load_split(config).train_items(user)
+    return open_device(store_dir, user, items, seed=seed, durable=durable)
 
 
 def _round_config(config: ConfigRecord, user: int, seed_round: int, rnd: int) -> RoundConfig:
@@ -164,7 +172,7 @@ def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> Record
     if reply.ok:
         assert reply.item_arrays is not None
         content["arrays"] = ArrayRecord(reply.item_arrays)
-        metrics: dict[str, float | int] = {}
+        metrics: dict[str, int | float | list[int] | list[float]] = {}
         if bool(config.get("weighted", False)):
             metrics["num-examples"] = reply.num_examples
         if not private and math.isfinite(reply.train_loss):

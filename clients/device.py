@@ -22,6 +22,7 @@ catalog does not contain is stored and used once a catalog contains it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -46,8 +47,10 @@ from clients.serving import HeldGlobal, measure_recommend_latency, top_k
 from clients.store import DeviceStore, ItemId
 from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
-from fedrec.models.base import get_user_state, item_side, set_user_state
+from fedrec.models.base import get_user_state, item_side, set_user_state, user_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.registry import build_model
+from fedrec.models.trainable import TrainableRecommender
 from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
 from fedrec.recommend.explain import explain as cite_history
 from fedrec.recommend.types import Recommendation
@@ -85,6 +88,83 @@ def _parse_row(row: Row, now: float) -> tuple[ItemId, float | None, float]:
 
 def _catalog_hash(ids: Sequence[ItemId]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes(
+    model_cfg: ModelConfig, n_items: int
+) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[tuple[str, tuple[int, ...]], ...]]:
+    """Item-side and user-side ``(name, shape)`` of a one-user model (built once)."""
+    model = build_model(model_cfg, n_items, 1, seed=0)
+    items = tuple((n, tuple(p.shape)) for n, p in item_side(model).items())
+    users = tuple((n, tuple(p.shape)) for n, p in user_side(model).items())
+    return items, users
+
+
+class _Global:
+    """Held global item parameters; the serving model is built on first use only.
+
+    A round (:meth:`DeviceClient.fit_round`) needs the arrays and the catalog, not a
+    model: building one per message cost more than the MF update itself.
+    """
+
+    def __init__(
+        self,
+        arrays: list[npt.NDArray[np.float32]],
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        ids: list[ItemId],
+        seed: int,
+    ) -> None:
+        n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
+        if n_items != len(ids):
+            raise ConfigError(
+                f"{len(ids)} item ids for global arrays of {n_items} rows",
+                where="item_ids",
+                fix="send one original id per item row",
+            )
+        items, users = _shapes(model_cfg, n_items)
+        problem = None
+        if len(arrays) != len(items):
+            problem = f"expected {len(items)} item-side arrays, got {len(arrays)}"
+        for (name, shape), a in zip(items, arrays, strict=False):
+            if problem is None and tuple(a.shape) != shape:
+                problem = f"item-side {name}: shape {a.shape} != model {shape}"
+        if problem is not None:
+            raise ConfigError(
+                problem, where="global arrays", fix="send arrays of the model config's shapes"
+            )
+        self.arrays, self.model_cfg, self.train_cfg, self.ids = arrays, model_cfg, train_cfg, ids
+        self.row = {i: r for r, i in enumerate(ids)}
+        self.item_names = [n for n, _ in items]
+        self.state_shapes = dict(users)
+        self._seed = seed
+        self._held: HeldGlobal | None = None
+
+    @property
+    def held(self) -> HeldGlobal:
+        """The serving model and its derived arrays (:class:`clients.serving.HeldGlobal`)."""
+        if self._held is None:
+            self._held = HeldGlobal.build(
+                self.arrays, self.model_cfg, self.train_cfg, self.ids, self._seed
+            )
+        return self._held
+
+    @property
+    def model(self) -> TrainableRecommender:
+        return self.held.model
+
+    @property
+    def init_state(self) -> UserState:
+        return self.held.init_state
+
+    @property
+    def bias(self) -> npt.NDArray[np.float32]:
+        return self.held.bias
+
+    @property
+    def unit_vectors(self) -> npt.NDArray[np.float64] | None:
+        return self.held.unit_vectors
 
 
 class DeviceClient:
@@ -144,8 +224,12 @@ class DeviceClient:
         min_interactions: int = 3,
         refresh_steps: int = 5,
         keep_global: bool = True,
+        durable: bool = True,
     ) -> DeviceClient:
         """Open (or create) the device store at ``path`` (see the class for the options).
+
+        ``durable=False`` skips the fsync of each commit (:mod:`clients.store`): only
+        for a simulated device that never trains privately.
 
         Raises
         ------
@@ -153,7 +237,7 @@ class DeviceClient:
             Corrupted, foreign, newer or already-open store, or a ``user_id`` that
             differs from the one the store was created for. The file is left untouched.
         """
-        store = DeviceStore.open(path)
+        store = DeviceStore.open(path, durable=durable)
         try:
             if store.get_meta("created") is None:
                 with store.transaction():
@@ -221,6 +305,11 @@ class DeviceClient:
             self._sync()
             self._refresh()
         return len(parsed)
+
+    @property
+    def n_interactions(self) -> int:
+        """How many interactions are stored (without reading them)."""
+        return len(self._items)
 
     def interactions(self) -> list[Any]:
         """The stored interactions (:class:`clients.store.Interaction`), oldest first."""
@@ -375,36 +464,38 @@ class DeviceClient:
             unit=privacy.unit,
         )
 
-    def _receive(self, arrays: Sequence[npt.NDArray[Any]], config: RoundConfig) -> HeldGlobal:
+    def _receive(self, arrays: Sequence[npt.NDArray[Any]], config: RoundConfig) -> _Global:
         """Validate, persist and cache new global parameters with their catalog."""
         floats = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         n_items = int(floats[0].shape[0]) if floats and floats[0].ndim else 0
         ids = self._resolve_ids(config, n_items)
-        g = HeldGlobal.build(floats, config.model, config.train, ids, self.seed)
-        info = {
-            "model": dataclasses.asdict(config.model),
-            "train": dataclasses.asdict(config.train),
-            "item_ids": ids,
-            "items_hash": _catalog_hash(ids),
-        }
-        with self._store.transaction():
-            if self.keep_global:
-                named = list(zip(item_side(g.model), floats, strict=True))
-                self._store.save_slot(GLOBAL, named, info, round=config.round)
-            stale = [s for s in (TRAIN, SERVE) if not self._fits(g, self._load_state(s))]
-            if stale:  # a new model shape: user states cannot be reused
-                self._store.delete_slots(TRAIN, TRAIN_PREV, SERVE)
+        g = _Global(floats, config.model, config.train, ids, self.seed)
+        # the serving state in memory mirrors the stored one (_set_serve writes both)
+        stale = not self._fits(g, self._serve) or not self._fits(g, self._load_state(TRAIN))
+        if self.keep_global or stale:  # else nothing to write: no empty transaction
+            with self._store.transaction():
+                if self.keep_global:
+                    info = {
+                        "model": dataclasses.asdict(config.model),
+                        "train": dataclasses.asdict(config.train),
+                        "item_ids": ids,
+                        "items_hash": _catalog_hash(ids),
+                    }
+                    named = list(zip(g.item_names, floats, strict=True))
+                    self._store.save_slot(GLOBAL, named, info, round=config.round)
+                if stale:  # a new model shape: user states cannot be reused
+                    self._store.delete_slots(TRAIN, TRAIN_PREV, SERVE)
         self._global = g
         self._sync()
-        self._set_serve(self._load_state(SERVE), persist=False)
+        self._set_serve(None if stale else self._serve, persist=False)
         return g
 
     @staticmethod
-    def _fits(g: HeldGlobal, state: UserState | None) -> bool:
+    def _fits(g: _Global, state: UserState | None) -> bool:
         if state is None:
             return True
-        return state.keys() == g.init_state.keys() and all(
-            state[k].shape == v.shape for k, v in g.init_state.items()
+        return state.keys() == g.state_shapes.keys() and all(
+            state[k].shape == v for k, v in g.state_shapes.items()
         )
 
     def _resolve_ids(self, config: RoundConfig, n_items: int) -> list[ItemId]:
@@ -428,13 +519,13 @@ class DeviceClient:
             fix="send the original id of every row with a changed catalog",
         )
 
-    def _load_global(self) -> HeldGlobal | None:
+    def _load_global(self) -> _Global | None:
         slot = self._store.load_slot(GLOBAL)
         if slot is None:
             return None
         info = slot.info
         try:
-            return HeldGlobal.build(
+            return _Global(
                 slot.arrays,
                 ModelConfig(**info["model"]),
                 LocalTrainConfig(**info["train"]),
@@ -469,8 +560,8 @@ class DeviceClient:
     def _keep_states(self, state: UserState, round: int, *, private: bool) -> None:
         """Store the new training state (keeping the previous round's) and serve it."""
         with self._store.transaction():
-            current = self._store.load_slot(TRAIN)
-            if current is not None and current.round is not None and current.round < round:
+            _, current = self._store.slot_round(TRAIN)
+            if current is not None and current < round:
                 self._store.copy_slot(TRAIN, TRAIN_PREV)
             info = {"private": private}
             self._store.save_slot(TRAIN, list(state.items()), info, round=round)
@@ -506,7 +597,7 @@ class DeviceClient:
         g.model.eval()
         self._set_serve(get_user_state(g.model))
 
-    def _scores(self, g: HeldGlobal) -> npt.NDArray[np.float32]:
+    def _scores(self, g: _Global) -> npt.NDArray[np.float32]:
         if self._p is not None and g.model_cfg.kind == "mf":
             # einsum stays on this thread: a BLAS thread pool's wake-ups dominate the tail
             # latency of a 27k x 32 mat-vec on a busy device
@@ -521,7 +612,7 @@ class DeviceClient:
             self._cached_scores = out.numpy().astype(np.float32)
         return self._cached_scores
 
-    def _because(self, g: HeldGlobal, rows: list[int]) -> list[list[tuple[ItemId, float]]]:
+    def _because(self, g: _Global, rows: list[int]) -> list[list[tuple[ItemId, float]]]:
         """Up to three supporting history items per row (:func:`fedrec.recommend.explain`)."""
         if g.unit_vectors is None or len(self._seen) == 0 or not rows:
             return [[] for _ in rows]

@@ -32,18 +32,25 @@ def device_path(root: str | Path, user: int) -> Path:
 
 
 def open_device(
-    root: str | Path, user: int, train_items: npt.NDArray[np.int64], *, seed: int
+    root: str | Path,
+    user: int,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    durable: bool = True,
 ) -> DeviceClient:
     """Open ``user``'s device, feeding it ``train_items`` if it holds no data yet.
 
     The feed is one transaction (all rows or none), so a crash during it is simply
-    repeated at the next open. Item ids are the split's item indices.
+    repeated at the next open. Item ids are the split's item indices. ``durable=False``
+    (a run without local DP) skips fsync: a resume after a crash of the simulation
+    process stays exact, a power loss may lose the last rounds' user states.
     """
     path = device_path(root, user)
     path.parent.mkdir(parents=True, exist_ok=True)
-    device = DeviceClient.open(path, user_id=user, seed=seed, keep_global=False)
+    device = DeviceClient.open(path, user_id=user, seed=seed, keep_global=False, durable=durable)
     try:
-        if len(train_items) and not device.interactions():
+        if len(train_items) and not device.n_interactions:
             device.record_many((int(i), None, float(t)) for t, i in enumerate(train_items))
     except BaseException:
         device.close()

@@ -23,6 +23,11 @@ Tables (schema :data:`SCHEMA_VERSION`; one migration function per version):
 
 ``PRAGMA secure_delete`` is on, and a WAL checkpoint follows every deletion, so
 forgotten rows do not linger in freed pages or in the WAL.
+
+``durable=False`` (a non-private simulated device only) opens with ``synchronous=OFF``:
+no fsync, so a commit survives a crash of the process (the OS holds it) but not of the
+machine. Atomicity is unchanged. A private device keeps ``FULL``: its privacy ledger
+must be on disk before an update is released.
 """
 
 from __future__ import annotations
@@ -184,8 +189,12 @@ class DeviceStore:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, path: str | Path, *, target_version: int = SCHEMA_VERSION) -> DeviceStore:
+    def open(
+        cls, path: str | Path, *, target_version: int = SCHEMA_VERSION, durable: bool = True
+    ) -> DeviceStore:
         """Open (or create) the store at ``path``, migrating it to ``target_version``.
+
+        ``durable=False``: no fsync per commit (see the module docstring).
 
         Raises
         ------
@@ -198,7 +207,7 @@ class DeviceStore:
             raise _error("folder does not exist", path.parent, "create it first")
         fd = _lock(path)
         try:
-            return cls(path, _connect(path, target_version), fd)
+            return cls(path, _connect(path, target_version, durable), fd)
         except BaseException:
             os.close(fd)
             raise
@@ -297,6 +306,11 @@ class DeviceStore:
                 (target, source),
             )
 
+    def slot_round(self, slot: str) -> tuple[bool, int | None]:
+        """``(exists, round)`` of ``slot``, without reading its arrays."""
+        head = self.conn.execute("SELECT round FROM slots WHERE slot = ?", (slot,)).fetchone()
+        return (False, None) if head is None else (True, head[0])
+
     def load_slot(self, slot: str) -> Slot | None:
         """The arrays and info of ``slot``, or ``None`` if it was never saved."""
         head = self.conn.execute("SELECT round, info FROM slots WHERE slot = ?", (slot,)).fetchone()
@@ -319,13 +333,13 @@ class DeviceStore:
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _connect(path: Path, target_version: int) -> sqlite3.Connection:
+def _connect(path: Path, target_version: int, durable: bool = True) -> sqlite3.Connection:
     _check_header(path)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=0.0)
     try:
         version = _identify(conn, path)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, version, target_version)

@@ -13,17 +13,19 @@ runs, the 100k entry kept). ``tiny`` is for tests only: toy sizes under the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedrec.bench.dp_overhead import dp_overhead
 from fedrec.bench.eval_speed import eval_users_per_s
@@ -36,6 +38,8 @@ DP_KINDS = {"mf": "mf", "ae": "cdae", "multvae": "multvae"}
 DP_SIZES = (1682, 27000)
 RSS_USERS = (1000, 10_000, 100_000)
 ML100K = "synthetic:users=943,items=1682,mean=106"  # ml-100k's shape (~106 per user)
+CLIENT_THREADS = 1
+"""Torch threads of the timed client steps: one, like each client actor in simulation."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,33 @@ def plan(*, quick: bool = False, tiny: bool = False) -> BenchPlan:
     return full
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def bench_dp(p: BenchPlan, device: str) -> dict[str, Any]:
-    """``dp_overhead_<mf|ae|multvae>_<items>``: DP step / plain step (wall-clock medians)."""
+    """``dp_overhead_<mf|ae|multvae>_<items>``: DP step / plain step (wall-clock medians).
+
+    Both steps run on :data:`CLIENT_THREADS` torch thread(s), as a client does in a
+    simulation (``clients/client_app.py``). With intra-op threads on a busy machine
+    every large tensor operation waits for a preempted thread, and the DP step (dense
+    noise: about ten passes over all parameters) has more of them than the plain step.
+    """
     out: dict[str, Any] = {}
-    for key, kind in DP_KINDS.items():
-        for name, n in zip(DP_SIZES, p.dp_sizes, strict=True):
-            r = dp_overhead(kind, n, device=device, repeats=p.dp_repeats, quick=p.dp_quick)
-            out[f"dp_overhead_{key}_{name}"] = r["dp_overhead"]
-            out.setdefault("dp_overhead_detail", {})[f"{key}_{name}"] = r
+    with torch_threads(CLIENT_THREADS):
+        for key, kind in DP_KINDS.items():
+            for name, n in zip(DP_SIZES, p.dp_sizes, strict=True):
+                r = dp_overhead(kind, n, device=device, repeats=p.dp_repeats, quick=p.dp_quick)
+                r["torch_threads"] = float(CLIENT_THREADS)
+                out[f"dp_overhead_{key}_{name}"] = r["dp_overhead"]
+                out.setdefault("dp_overhead_detail", {})[f"{key}_{name}"] = r
     return out
 
 

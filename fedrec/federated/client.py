@@ -30,6 +30,7 @@ from fedrec.models.base import (
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model
 from fedrec.models.trainable import TrainableRecommender
+from fedrec.training import mf_fast
 from fedrec.training.local import (
     Proximal,
     make_optimizer,
@@ -95,6 +96,7 @@ def client_fit(
     train_items: npt.NDArray[np.int64],
     *,
     seed: int,
+    fast: bool = True,
 ) -> FitResult:
     """One local update: reconstruct the user state if needed, then train.
 
@@ -108,7 +110,14 @@ def client_fit(
         The user's train item indices.
     seed
         Seeds every random choice of this call (user init, negatives, batches).
+
+    fast
+        Take :func:`fedrec.training.mf_fast.fit` where it applies (MF): the same update
+        without autograd; ``False`` forces the autograd reference path.
     """
+    if fast and mf_fast.supports(model_cfg, train_cfg):
+        r = mf_fast.fit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+        return FitResult(r.item_arrays, r.user_state, len(train_items), r.train_loss)
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     examples = user_examples(model, train_items)
@@ -160,8 +169,16 @@ def client_scores(
     train_items: npt.NDArray[np.int64],
     *,
     seed: int,
+    fast: bool = True,
 ) -> torch.Tensor:
-    """Scores ``[n_items]`` of every item for one user (refitted as in evaluation)."""
+    """Scores ``[n_items]`` of every item for one user (refitted as in evaluation).
+
+    ``fast`` as in :func:`client_fit` (the refit of MF without autograd).
+    """
+    if fast and mf_fast.supports(model_cfg, train_cfg):  # the same refit without autograd
+        p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+        q, b = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in global_items[:2])
+        return (torch.from_numpy(p) @ q.T + b.T)[0]
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     refit_user(model, train_cfg, user_examples(model, train_items), generator=gen)

@@ -10,29 +10,42 @@ non-private resumed run ends with exactly the result of an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
+from fedrec.federated.presets import default_rounds
 from fedrec.models.config import MODEL_KIND_NAMES
 from fedrec.privacy.accounting import ACCOUNTANTS
 from fedrec.privacy.config import PRIVACY_MODES
-from server.settings import RunSettings
+from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
 
 NAME = "simulate"
+GRAM_MODEL = "ease"
 HELP = "Run a federated simulation (Flower, one simulated device per user)."
 _DEFAULTS = RunSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--model", choices=MODEL_KIND_NAMES, default=_DEFAULTS.model.kind)
+    parser.add_argument(
+        "--model",
+        choices=(*MODEL_KIND_NAMES, GRAM_MODEL),
+        default=_DEFAULTS.model.kind,
+        help="ease: one-shot federated EASE (one round; docs/GRAM_EASE.md)",
+    )
     parser.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.server.strategy)
-    parser.add_argument("--rounds", type=int, default=_DEFAULTS.rounds, help="server rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="server rounds (default: 150 for non-private MF, else 20)",
+    )
     parser.add_argument(
         "--clients-per-round",
         type=int,
@@ -79,7 +92,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         "data": str(args.data),
         "model": args.model,
         "strategy": args.strategy,
-        "num-server-rounds": args.rounds,
+        "num-server-rounds": (
+            args.rounds if args.rounds is not None else default_rounds(args.model, args.privacy)
+        ),
         "clients-per-round": args.clients_per_round,
         "seed": args.seed,
         "privacy": args.privacy,
@@ -197,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
+    if _is_gram_run(args):  # federated EASE has its own one-round server (server.gram_app)
+        return _run_gram(args)
     if args.resume is not None:
         settings = resume_settings(Path(args.resume).resolve())
         done = finished_round(Path(settings.run_dir))
@@ -227,6 +244,68 @@ def run(args: argparse.Namespace) -> int:
                 cpus_per_client=args.cpus_per_client,
             )
     _print_summary(settings, metrics)
+    return 0
+
+
+def _is_gram_run(args: argparse.Namespace) -> bool:
+    if args.resume is None:
+        return bool(args.model == GRAM_MODEL)
+    config = Path(args.resume) / "config.json"
+    try:
+        return bool(json.loads(config.read_text())["settings"]["model"] == GRAM_MODEL)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # the regular resume path reports what is wrong
+
+
+def _run_gram(args: argparse.Namespace) -> int:
+    """``--model ease``: settings, run directory, engine; the round is server.gram_app's."""
+    from server.checkpoint import CONFIG_JSON, atomic_write_json
+    from server.gram_app import GramSettings, make_gram_server_app, resolve, run_gram_server
+    from simulations.inprocess import InProcessGrid
+    from simulations.report import write_report
+    from simulations.run_dir import config_payload, create_run_dir, read_metrics
+    from simulations.simulation import absolute, run_apps
+
+    if args.resume is not None:
+        raise ConfigError(
+            "a federated-EASE run has one round: there is nothing to resume",
+            where=str(args.resume),
+            fix="start a new run with --out (a private run then spends its budget again)",
+        )
+    flat = {"data": str(args.data), "seed": args.seed, "eval-clients": args.eval_clients,
+            "run-dir": str(Path(args.out).resolve()), **privacy_flat(args),
+            **parse_sets(args.set), "model": GRAM_MODEL}  # fmt: skip
+    for key, value in (("min-rating", args.min_rating), ("k-core", args.k_core)):
+        if value is not None:
+            flat[key] = value
+    settings = GramSettings.from_flat(flat)
+    settings = dataclasses.replace(settings, base=absolute(settings.base))
+    split = load_split(settings.base)
+    settings = resolve(settings, split)
+    run_dir = Path(settings.base.run_dir)
+    create_run_dir(run_dir, settings.base)  # checks the directory; config.json rewritten:
+    atomic_write_json(run_dir / CONFIG_JSON, settings.config_payload(config_payload(settings.base)))
+    with Progress(1, "rounds") as bar:
+
+        def on_round(record: dict[str, Any]) -> None:
+            bar.update(1, ndcg=float((record.get("metrics") or {}).get("ndcg@10", 0.0)))
+
+        if args.engine == "inprocess":
+            run_gram_server(InProcessGrid(split.n_users), settings, on_round)
+        else:
+            server_app = make_gram_server_app(settings, on_round)
+            run_apps(server_app, split.n_users, verbose=args.verbose,
+                     cpus_per_client=args.cpus_per_client)  # fmt: skip
+    write_report(run_dir)
+    metrics = read_metrics(run_dir)
+    refs = metrics.get("reference", {})
+    print(
+        f"ease (federated, privacy {settings.base.privacy.mode}) on {settings.base.data}: "
+        f"NDCG@10 {_fmt(metrics.get('ndcg@10'))}; popularity "
+        f"{_fmt(refs.get('popularity', {}).get('ndcg@10'))}; "
+        f"EASE {_fmt(refs.get('ease', {}).get('ndcg@10'))}"
+    )
+    print(f"wrote {run_dir}")
     return 0
 
 

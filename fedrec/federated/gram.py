@@ -1,0 +1,250 @@
+"""One-shot federated EASE: every device uploads its Gram contribution, once.
+
+EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019) needs
+only the item Gram matrix ``G = X^T X = sum_u x_u x_u^T``: its closed form
+``P = (G + lam I)^-1, B = -P / diag(P), diag(B) = 0`` is a function of ``G`` alone. So
+each device uploads ``x_u x_u^T`` (item side, no user state), the server sums, solves
+once and sends ``B`` back; a device scores ``x_u B`` locally.
+
+Design rules kept here:
+
+- **Dense upload.** A contribution is the *packed upper triangle* (diagonal included,
+  row-major, ``I (I + 1) / 2`` float32 values), never a sparse list: the positions of
+  non-zeros would name the user's items. Off-diagonal entries are multiplied by
+  ``sqrt(2)``, an isometric packing: the vector's L2 norm equals the Frobenius norm of
+  the matrix (:func:`unpack` undoes it).
+- **User-level central DP** (the Gaussian mechanism on a Gram matrix with row
+  normalization, as in Dwork, Talwar, Thakurta & Zhang, "Analyze Gauss", STOC 2014).
+  A private device uploads ``x x^T / |x|^2``, whose Frobenius norm is exactly 1: the
+  sensitivity of the sum to adding or removing one user is 1 with no clipping (the
+  server still clips to 1 with :func:`fedrec.privacy.central.clip_update`). The server
+  adds ``N(0, z^2)`` to every packed coordinate of the *sum* from a secret generator
+  (:func:`fedrec.privacy.noise.secure_rng`); in matrix form the noise is symmetric,
+  std ``z`` on the diagonal and ``z / sqrt(2)`` off it. That is one Gaussian mechanism
+  with every user included (``q = 1``): history ``[[z, 1.0, 1]]``. EASE's solve, the
+  regularization rule and the devices' scoring are post-processing.
+- **Regularization rule**, not tuned on test data: ``lam = a * mean(diag(G_hat)) + b *
+  noise_scale`` with ``noise_scale = 2 (z / sqrt 2) sqrt(I)``, the spectral edge of the
+  released noise (Wigner's semicircle); ``a``, ``b`` were chosen on a validation split
+  carved from ml-100k's train set (docs/GRAM_EASE.md). Without privacy the rows are
+  not normalized and ``lam`` is the EASE baseline's, so the result *is* EASE.
+- Local DP is refused: per-device noise on an ``I x I`` matrix is far too noisy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fedrec.errors import ConfigError
+from fedrec.privacy.accounting import Release, calibrate_noise
+from fedrec.privacy.central import central_release, clip_update
+from fedrec.privacy.noise import gaussian
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+SQRT2 = math.sqrt(2.0)
+MAX_GRAM_ITEMS = 5000
+"""Default catalog limit: 5,000 items is 12.5 M floats (50 MB) uploaded per device."""
+
+
+@dataclass(frozen=True)
+class GramConfig:
+    """Settings of federated EASE.
+
+    Attributes
+    ----------
+    ease_lambda
+        Non-private ``lam`` (the EASE baseline's reference value).
+    lambda_a, lambda_b
+        The private rule ``lam = a * mean(diag(G_hat)) + b * noise_scale``; chosen on
+        ml-100k's validation split (docs/GRAM_EASE.md).
+    max_items
+        Largest catalog accepted: each device uploads ``I (I + 1) / 2`` floats.
+    """
+
+    ease_lambda: float = 500.0
+    lambda_a: float = 15.0
+    lambda_b: float = 6.0
+    max_items: int = MAX_GRAM_ITEMS
+
+    def __post_init__(self) -> None:
+        if not (self.ease_lambda > 0 and self.lambda_a >= 0 and self.lambda_b >= 0):
+            raise ConfigError(
+                f"need ease.lambda > 0 and ease.a, ease.b >= 0, got "
+                f"{self.ease_lambda}, {self.lambda_a}, {self.lambda_b}",
+                where="ease",
+                fix="use e.g. ease.lambda=500, ease.a=15, ease.b=6",
+            )
+        if self.max_items < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_items}", where="ease.max-items")
+
+
+def packed_size(n_items: int) -> int:
+    """Length ``I (I + 1) / 2`` of a packed upper triangle."""
+    return n_items * (n_items + 1) // 2
+
+
+def check_catalog(n_items: int, max_items: int = MAX_GRAM_ITEMS) -> None:
+    """Refuse a catalog whose per-device upload would be too large."""
+    if n_items > max_items:
+        mb = 4 * packed_size(n_items) / 1e6
+        raise ConfigError(
+            f"{n_items} items: federated EASE uploads I(I+1)/2 = {packed_size(n_items):,} "
+            f"floats ({mb:,.0f} MB) per client, above the limit of {max_items} items",
+            where="--model ease",
+            fix="prune the catalog (e.g. --k-core), raise ease.max-items, or use --model mf",
+        )
+
+
+def check_privacy_mode(mode: str) -> None:
+    """Refuse local DP: per-device noise on an ``I x I`` matrix drowns the signal."""
+    if mode == "local":
+        raise ConfigError(
+            "local DP is not offered for federated EASE: each device would have to noise "
+            "its own I x I Gram matrix, and the sum of all devices' noise is far too large",
+            where="--privacy local --model ease",
+            fix="use --privacy central (user-level, trusted server) or --privacy none",
+        )
+
+
+def _offsets(n_items: int) -> npt.NDArray[np.int64]:
+    i = np.arange(n_items, dtype=np.int64)
+    return i * n_items - i * (i - 1) // 2
+
+
+def client_contribution(train_items: npt.ArrayLike, n_items: int, *, normalize: bool) -> F32:
+    """A device's dense upload: the packed upper triangle of ``x x^T`` (float32).
+
+    Parameters
+    ----------
+    train_items
+        Indices of the user's train items (duplicates ignored).
+    n_items
+        Catalog size ``I``; the result has length ``I (I + 1) / 2``.
+    normalize
+        Central DP: use ``x / |x|_2``, so the contribution's L2 (= Frobenius) norm is
+        exactly 1, the mechanism's sensitivity. Off: plain counts (exact EASE).
+    """
+    items = np.unique(np.asarray(train_items, dtype=np.int64))
+    out = np.zeros(packed_size(n_items), dtype=np.float32)
+    if items.size == 0:
+        return out
+    a, b = np.triu_indices(items.size)
+    rows, cols = items[a], items[b]
+    value = 1.0 / items.size if normalize else 1.0
+    out[_offsets(n_items)[rows] + cols - rows] = np.where(rows == cols, value, value * SQRT2)
+    if normalize:  # float32 rounding must never take the norm above the sensitivity
+        while float(np.linalg.norm(out.astype(np.float64))) > 1.0:
+            out *= np.float32(1.0 - 2.0**-20)
+    return out
+
+
+class GramSum:
+    """The server's running sum of contributions (float64); replies are dropped as added.
+
+    Parameters
+    ----------
+    n_items
+        Catalog size.
+    clip
+        Central DP: clip each contribution to L2 norm 1 (a no-op for honest devices).
+    """
+
+    def __init__(self, n_items: int, *, clip: bool) -> None:
+        self.n_items, self.clip, self.count = n_items, clip, 0
+        self.total = np.zeros(packed_size(n_items), dtype=np.float64)
+
+    def add(self, upload: npt.NDArray[np.floating]) -> None:
+        """Add one device's packed contribution (shape checked)."""
+        if upload.shape != self.total.shape:
+            raise ValueError(f"upload shape {upload.shape} != declared {self.total.shape}")
+        self.total += clip_update([upload], 1.0)[0][0] if self.clip else upload
+        self.count += 1
+
+
+def release(total: F64, *, noise_multiplier: float, rng: np.random.Generator) -> F64:
+    """The Gaussian mechanism: ``total + N(0, z^2)`` on every packed coordinate.
+
+    ``rng`` must be secret (:func:`fedrec.privacy.noise.secure_rng`).
+    """
+    return total + gaussian(total.shape, noise_multiplier, rng)
+
+
+def unpack(packed: npt.NDArray[np.floating], n_items: int) -> F64:
+    """The symmetric ``I x I`` matrix of a packed (isometric) upper triangle."""
+    out = np.zeros((n_items, n_items), dtype=np.float64)
+    out[np.triu_indices(n_items)] = packed
+    diag = out.diagonal().copy()
+    out /= SQRT2
+    out += out.T
+    np.fill_diagonal(out, diag)
+    return out
+
+
+def noise_scale(noise_multiplier: float, n_items: int) -> float:
+    """Spectral edge ``2 (z / sqrt 2) sqrt(I)`` of the released symmetric noise."""
+    return 2.0 * noise_multiplier / SQRT2 * math.sqrt(n_items)
+
+
+def regularization(gram: F64, noise_multiplier: float | None, config: GramConfig) -> float:
+    """``lam``: the baseline's without noise, else ``a mean(diag G) + b noise_scale``."""
+    if noise_multiplier is None:
+        return config.ease_lambda
+    mean_diag = float(np.mean(np.diag(gram)))
+    lam = config.lambda_a * mean_diag + config.lambda_b * noise_scale(noise_multiplier, len(gram))
+    return max(lam, 1e-6)
+
+
+def ease_from_gram(gram: F64, lam: float) -> F32:
+    """EASE's closed form (Steck 2019) from a (released) Gram matrix; float32 ``B``."""
+    g = torch.from_numpy(np.array(gram, dtype=np.float64))
+    g.diagonal().add_(lam)
+    p = torch.linalg.inv(g)  # LU, as fedrec.baselines.ease
+    del g
+    b = p.div_(-p.diagonal().clone().unsqueeze(0))
+    b.diagonal().zero_()
+    out: F32 = b.to(torch.float32).numpy()
+    return out
+
+
+def score_user(weights: F32, train_items: npt.ArrayLike) -> F32:
+    """A device's scores ``x_u B`` (sum of ``B``'s rows of its train items)."""
+    items = np.unique(np.asarray(train_items, dtype=np.int64))
+    out: F32 = weights[items].sum(axis=0, dtype=np.float32)
+    return out
+
+
+def gram_noise_multiplier(target_epsilon: float, delta: float, accountant: str = "rdp") -> float:
+    """``z`` of one Gaussian release with every user included (Opacus, ``q = 1``)."""
+    return calibrate_noise(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant
+    )
+
+
+def gram_release(noise_multiplier: float) -> Release:
+    """What the release spends: ``(z, 1.0, 1)``."""
+    return central_release(noise_multiplier, 1.0)
+
+
+__all__ = [
+    "MAX_GRAM_ITEMS",
+    "GramConfig",
+    "GramSum",
+    "check_catalog",
+    "check_privacy_mode",
+    "client_contribution",
+    "ease_from_gram",
+    "gram_noise_multiplier",
+    "gram_release",
+    "noise_scale",
+    "packed_size",
+    "regularization",
+    "release",
+    "score_user",
+    "unpack",
+]

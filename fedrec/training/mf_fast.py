@@ -1,0 +1,327 @@
+"""Hand-written local update of one MF device: same result as the autograd path, faster.
+
+Design rule: :func:`fit` and :func:`refit` are a numerical twin of
+:func:`fedrec.federated.client.client_fit` and :func:`fedrec.training.local.refit_user`
+on :class:`fedrec.models.mf.MatrixFactorization` (non-private). They make *the same
+``torch.Generator`` calls in the same order* (``randint`` negatives, then ``randperm``
+minibatches, per epoch; the fresh user vector from the model's initialization stream),
+so results agree with autograd to float rounding (``tests/test_mf_fast.py``). A device
+holds one user and a few hundred examples: torch's per-op autograd and optimizer
+overhead dominated, so the forward/backward here is closed form in numpy.
+
+Gradients of the MF loss of :mod:`fedrec.models.mf` for a minibatch of ``B`` examples
+(score ``x = p.q_i + b_i``, per-example L2 ``l2 (||q_i||^2 + ||p||^2)``):
+
+- BCE: ``dL/dx_j = (sigmoid(x_j) - y_j) / B``;
+- BPR (Rendle et al., UAI 2009): ``d = x_pos - x_neg``, ``dL/dd_j = -sigmoid(-d_j) / B``;
+- ``dL/dp = sum_j dL/dx_j q_j + 2 l2 p``, ``dL/dq_i = sum_{j: i_j = i} dL/dx_j p + 2 l2 q_i / B``,
+  ``dL/db_i = sum_{j: i_j = i} dL/dx_j``.
+
+FedProx (Li et al., MLSys 2020) adds ``mu (w - w_global)`` to the item-side gradients
+after backward, as :class:`fedrec.training.local.Proximal` does. The optimizers follow
+``torch.optim.SGD`` and ``torch.optim.Adam`` (Kingma & Ba, ICLR 2015; PyTorch's
+single-tensor update with ``L2`` weight decay, ``betas=(0.9, 0.999)``, ``eps=1e-8``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fedrec.models.base import Arrays
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+
+F32 = npt.NDArray[np.float32]
+USER_KEY = "user_emb.weight"
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+def supports(model_cfg: ModelConfig, train_cfg: LocalTrainConfig) -> bool:
+    """Whether :func:`fit` / :func:`refit` reproduce the autograd path for these configs."""
+    del train_cfg  # every LocalTrainConfig combination (sgd/adam, decay, FedProx) is covered
+    return model_cfg.kind == "mf"
+
+
+@dataclass
+class _Optimizer:
+    """``torch.optim.SGD`` / ``Adam`` over named float32 arrays, updated in place."""
+
+    kind: str
+    lr: float
+    weight_decay: float
+    steps: dict[str, int] = field(default_factory=dict)
+    moments: dict[str, tuple[F32, F32]] = field(default_factory=dict)
+
+    @property
+    def sparse_ok(self) -> bool:
+        """Rows with a zero gradient stay unchanged (plain SGD without weight decay)."""
+        return self.kind == "sgd" and self.weight_decay == 0
+
+    def step(self, name: str, param: F32, grad: F32) -> None:
+        if self.weight_decay != 0:
+            grad = grad + np.float32(self.weight_decay) * param
+        if self.kind == "sgd":
+            param -= np.float32(self.lr) * grad
+            return
+        t = self.steps.get(name, 0) + 1
+        self.steps[name] = t
+        m, v = self.moments.setdefault(name, (np.zeros_like(param), np.zeros_like(param)))
+        m += np.float32(1 - BETAS[0]) * (grad - m)
+        v *= np.float32(BETAS[1])
+        v += np.float32(1 - BETAS[1]) * grad * grad
+        step_size = self.lr / (1 - BETAS[0] ** t)
+        denom = np.sqrt(v) / np.float32((1 - BETAS[1] ** t) ** 0.5) + np.float32(EPS)
+        param -= np.float32(step_size) * m / denom
+
+
+@dataclass
+class _Examples:
+    """One epoch's examples: item rows ``[n]`` (BCE) or ``[n, 2]`` (BPR), labels."""
+
+    items: npt.NDArray[np.int64]
+    labels: F32
+
+
+def _examples(
+    model_cfg: ModelConfig, pos: torch.Tensor, n_items: int, gen: torch.Generator
+) -> _Examples:
+    """:meth:`MatrixFactorization.make_examples`, with the same generator call."""
+    k = model_cfg.negatives
+    neg = torch.randint(0, n_items, (len(pos) * k,), generator=gen).numpy()
+    p = pos.numpy()
+    if model_cfg.loss == "bpr":
+        pairs = np.stack([np.repeat(p, k), neg], axis=1)
+        return _Examples(pairs, np.ones(len(pairs), dtype=np.float32))
+    labels = np.zeros(len(p) + len(neg), dtype=np.float32)
+    labels[: len(p)] = 1.0
+    return _Examples(np.concatenate([p, neg]), labels)
+
+
+def _softplus(x: F32) -> F32:
+    out: F32 = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return out
+
+
+@dataclass
+class _Grads:
+    loss: float
+    p: F32
+    rows: npt.NDArray[np.int64]  # item row of each contribution
+    q: F32  # [len(rows), d] contributions to dL/dQ
+    b: F32  # [len(rows)] contributions to dL/db
+
+
+def _sigmoid(x: F32) -> F32:
+    with np.errstate(over="ignore"):
+        out: F32 = (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    return out
+
+
+def _grads(
+    cfg: ModelConfig, p: F32, q_all: F32, b_all: F32, ex: _Examples, *, items: bool
+) -> _Grads:
+    """Loss and gradients of one minibatch (see the module docstring).
+
+    With ``items=False`` (the refit: item rows frozen, loss unused) only ``dL/dp``.
+    """
+    rows = ex.items.reshape(-1)
+    q = q_all[rows]
+    x = q @ p + b_all[rows, 0]
+    n = np.float32(len(ex.labels))
+    if cfg.loss == "bpr":  # rows interleave (positive, negative) per example
+        d = x[0::2] - x[1::2]
+        gd = -_sigmoid(-d) / n
+        gx = np.stack([gd, -gd], axis=1).reshape(-1)
+    else:
+        gx = (_sigmoid(x) - ex.labels) / n
+    gp = gx @ q
+    l2 = np.float32(cfg.l2)
+    if cfg.l2 != 0:
+        gp += np.float32(2) * l2 * p
+    if not items:
+        return _Grads(float("nan"), gp, rows, q[:0], gx[:0])
+    gq = gx[:, None] * p[None, :]
+    if cfg.loss == "bpr":
+        data = float(np.mean(_softplus(-d)))
+    else:
+        data = float(np.mean(_softplus(x) - x * ex.labels))
+    if cfg.l2 == 0:
+        return _Grads(data, gp, rows, gq, gx)
+    gq += (np.float32(2) * l2 / n) * q
+    # the mean over examples of sum_i ||q_i||^2 + ||p||^2 (one p term per example)
+    penalty = float(np.vdot(q, q)) / float(n) + float(p @ p)
+    return _Grads(data + float(l2) * penalty, gp, rows, gq, gx)
+
+
+def _dense(n_items: int, g: _Grads) -> tuple[F32, F32]:
+    q = torch.zeros((n_items, g.q.shape[1]))
+    b = torch.zeros((n_items, 1))
+    idx = torch.from_numpy(g.rows)
+    q.index_add_(0, idx, torch.from_numpy(g.q))
+    b.index_add_(0, idx, torch.from_numpy(g.b).unsqueeze(1))
+    return q.numpy(), b.numpy()
+
+
+def _summed(g: _Grads) -> tuple[npt.NDArray[np.int64], F32, F32]:
+    """Unique touched rows and their summed gradient rows (Q, b)."""
+    uniq, inv = np.unique(g.rows, return_inverse=True)
+    idx = torch.from_numpy(inv.reshape(-1))
+    q = torch.zeros((len(uniq), g.q.shape[1])).index_add_(0, idx, torch.from_numpy(g.q))
+    b = torch.zeros(len(uniq)).index_add_(0, idx, torch.from_numpy(g.b))
+    return uniq, q.numpy(), b.numpy()
+
+
+@dataclass
+class _Model:
+    """The device's MF parameters as float32 arrays (own copies)."""
+
+    p: F32  # [d]
+    q: F32  # [n_items, d]
+    b: F32  # [n_items, 1]
+
+
+def initial_user_vector(model_cfg: ModelConfig, n_items: int, seed: int) -> F32:
+    """``p_u`` of ``build_model(model_cfg, n_items, 1, seed=seed)``, from the same stream.
+
+    :class:`~fedrec.models.mf.MatrixFactorization` draws its embeddings' default
+    initialization (user, item, bias) and then ``p_u ~ N(0, init_std^2)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    d = model_cfg.dim
+    for shape in ((1, d), (n_items, d), (n_items, 1)):
+        torch.empty(shape).normal_(generator=gen)
+    user = torch.empty((1, d)).normal_(0.0, model_cfg.init_std, generator=gen)
+    out: F32 = user.numpy()[0]
+    return out
+
+
+def _load(
+    model_cfg: ModelConfig, global_items: Arrays, user_state: dict[str, F32] | None, seed: int
+) -> _Model:
+    q = np.array(global_items[0], dtype=np.float32, copy=True)
+    b = np.array(global_items[1], dtype=np.float32, copy=True)
+    if user_state is None:
+        p = initial_user_vector(model_cfg, q.shape[0], seed)
+    else:
+        p = np.array(user_state[USER_KEY], dtype=np.float32).reshape(-1).copy()
+    return _Model(p, q, b)
+
+
+@dataclass
+class _Loop:
+    """What :func:`fedrec.training.local.train_epochs` is given, for the MF twin."""
+
+    cfg: ModelConfig
+    pos: torch.Tensor
+    gen: torch.Generator
+    batch_size: int
+    opt: _Optimizer
+    train_items: bool = False
+    train_bias: bool = False
+    mu: float = 0.0
+    anchor: tuple[F32, F32] | None = None
+
+    def epochs(self, m: _Model, n: int) -> float:
+        total, steps = 0.0, 0
+        for _ in range(n):
+            ex = _examples(self.cfg, self.pos, m.q.shape[0], self.gen)
+            perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
+            for start in range(0, len(perm), self.batch_size):
+                i = perm[start : start + self.batch_size]
+                batch = _Examples(ex.items[i], ex.labels[i])
+                g = _grads(self.cfg, m.p, m.q, m.b, batch, items=self.train_items)
+                self.opt.step("p", m.p, g.p)
+                if self.train_items:
+                    self._item_step(m, g)
+                total += float(np.float32(g.loss))
+                steps += 1
+        return total / max(steps, 1)
+
+    def _item_step(self, m: _Model, g: _Grads) -> None:
+        if self.opt.sparse_ok and self.mu == 0:  # only touched rows move
+            rows, gq, gb = _summed(g)
+            q = m.q[rows]
+            self.opt.step("q", q, gq)
+            m.q[rows] = q
+            if self.train_bias:
+                b = m.b[rows, 0]
+                self.opt.step("b", b, gb)
+                m.b[rows, 0] = b
+            return
+        gq, gb = _dense(m.q.shape[0], g)
+        if self.mu > 0 and self.anchor is not None:
+            gq += np.float32(self.mu) * (m.q - self.anchor[0])
+            gb += np.float32(self.mu) * (m.b - self.anchor[1])
+        self.opt.step("q", m.q, gq)
+        if self.train_bias:
+            self.opt.step("b", m.b, gb)
+
+
+def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: _Model, loop: _Loop) -> None:
+    """The user-side refit (Singhal et al. 2021) on frozen item rows; its loss is unused."""
+    if cfg.refit_steps == 0:
+        return
+    opt = _Optimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
+    _Loop(model_cfg, loop.pos, loop.gen, cfg.batch_size, opt).epochs(m, cfg.refit_steps)
+
+
+@dataclass(frozen=True)
+class FastFit:
+    """Item arrays (upload order), user state and mean minibatch loss of :func:`fit`."""
+
+    item_arrays: Arrays
+    user_state: dict[str, F32]
+    train_loss: float
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+) -> FastFit:
+    """:func:`fedrec.federated.client.client_fit` for MF, without autograd."""
+    m = _load(model_cfg, global_items, user_state, seed)
+    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    base = _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+    if user_state is None or train_cfg.refit_every_round:
+        _refit(model_cfg, train_cfg, m, base)
+    mu = train_cfg.proximal_mu
+    loop = _Loop(
+        model_cfg,
+        pos,
+        gen,
+        train_cfg.batch_size,
+        _Optimizer(train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay),
+        train_items=True,
+        train_bias=model_cfg.item_bias,
+        mu=mu,
+        anchor=(m.q.copy(), m.b.copy()) if mu > 0 else None,
+    )
+    loss = loop.epochs(m, train_cfg.epochs)
+    return FastFit([m.q, m.b], {USER_KEY: m.p.reshape(1, -1).copy()}, loss)
+
+
+def refit(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+) -> F32:
+    """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it."""
+    m = _load(model_cfg, global_items, user_state, seed)
+    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    base = _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+    _refit(model_cfg, train_cfg, m, base)
+    return m.p.reshape(1, -1).copy()
