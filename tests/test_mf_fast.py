@@ -32,6 +32,7 @@ CONFIGS = {
     "adam-decay": (MODEL, replace(TRAIN, optimizer="adam", lr=0.05, weight_decay=0.01)),
     "sgd-refit": (MODEL, replace(TRAIN, refit_optimizer="sgd", refit_lr=0.5)),
     "no-bias-no-l2": (replace(MODEL, item_bias=False, l2=0.0), TRAIN),
+    "warm-refit": (MODEL, replace(TRAIN, warm_refit_steps=3)),
 }
 
 

@@ -122,7 +122,7 @@ def client_fit(
     gen = torch.Generator().manual_seed(seed)
     examples = user_examples(model, train_items)
     if user_state is None or train_cfg.refit_every_round:
-        refit_user(model, train_cfg, examples, generator=gen)
+        refit_user(model, train_cfg.for_refit(first=user_state is None), examples, generator=gen)
     optimizer = make_optimizer(list(model.parameters()), train_cfg)
     proximal = Proximal.around(list(item_side(model).values()), train_cfg.proximal_mu)
     loss = train_epochs(

@@ -19,6 +19,10 @@ from fedrec.models.config import LocalTrainConfig, ModelConfig
 
 AE_LOCAL = LocalTrainConfig(epochs=3, lr=0.01, optimizer="adam", refit_steps=5)
 AE_SERVER_LR = 0.03
+MF_LOCAL = LocalTrainConfig(warm_refit_steps=5)
+"""A returning user refits its vector for 5 epochs instead of 20 before its update:
+the same NDCG@10 on ml-100k (0.4259 vs 0.4255, mean of seeds 0 and 1, 150 rounds of
+100 clients) at a quarter of the refit cost. Evaluation still refits for 20."""
 MF_SERVER = ServerConfig(strategy="fedadam", lr_schedule="step")
 """FedAdam with its step cut to 0.3x for the last 30% of the rounds: +0.007 and +0.011
 NDCG@10 over a constant rate on ml-100k (100 clients per round, 150 rounds, seeds 0, 1)."""
@@ -31,7 +35,7 @@ def federated_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig, ServerCo
 
         model, _ = PRESETS[kind]
         return model, AE_LOCAL, ServerConfig(strategy="fedadam", server_lr=AE_SERVER_LR)
-    return ModelConfig(kind=kind), LocalTrainConfig(), MF_SERVER
+    return ModelConfig(kind=kind), MF_LOCAL, MF_SERVER
 
 
 def default_rounds(kind: str, privacy: str = "none") -> int:

@@ -147,7 +147,7 @@ def dp_batch_size(n_units: int, batch_size: int) -> int:
 def reconstructs(model: ModelConfig, train: LocalTrainConfig, *, first: bool) -> bool:
     """Whether the round refits the user state first (as :func:`client_fit` does)."""
     every = first or train.refit_every_round
-    return _has_user_side(model) and train.refit_steps > 0 and every
+    return _has_user_side(model) and train.refit_epochs(first=first) > 0 and every
 
 
 def planned_releases(
@@ -159,7 +159,7 @@ def planned_releases(
     per_epoch = math.ceil(1.0 / q)
     out = []
     if reconstructs(model, train, first=first):
-        out.append(Release(z, q, train.refit_steps * per_epoch))
+        out.append(Release(z, q, train.refit_epochs(first=first) * per_epoch))
     if train.epochs > 0:
         out.append(Release(z, q, train.epochs * per_epoch))
     return out
@@ -199,7 +199,8 @@ def client_fit_private(
         try:
             params = [p for name, p in model.named_parameters() if name in model.USER_SIDE]
             opt = make_optimizer(params, train_cfg, lr=train_cfg.refit_lr)
-            releases.append(run.train(opt, train_cfg.refit_steps))
+            epochs = train_cfg.refit_epochs(first=user_state is None)
+            releases.append(run.train(opt, epochs))
         finally:
             restore_grad_flags(model, flags)
     if train_cfg.epochs > 0:
@@ -279,7 +280,9 @@ def planned_steps(
     planned = max(1, math.ceil(rounds * client_sample_rate - 1e-9))
     steps = planned * train.epochs
     if reconstructs(model, train, first=True):
-        steps += train.refit_steps * (planned if train.refit_every_round else 1)
+        steps += train.refit_epochs(first=True)
+    if train.refit_every_round and reconstructs(model, train, first=False):
+        steps += train.refit_epochs(first=False) * (planned - 1)
     return steps
 
 

@@ -11,6 +11,7 @@ autoencoder fields are read only by the CDAE / Mult-VAE models.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fedrec.errors import ConfigError
@@ -132,6 +133,10 @@ class LocalTrainConfig:
     refit_every_round
         Refit the user-side state on the new global items before each local update,
         not only at first participation.
+    warm_refit_steps
+        Refit epochs before a *returning* user's update (``refit_every_round``); its
+        stored state is already close, so fewer suffice. ``None`` = ``refit_steps``.
+        A first participation and every evaluation use ``refit_steps``.
     """
 
     epochs: int = 5
@@ -144,6 +149,7 @@ class LocalTrainConfig:
     refit_lr: float = 0.1
     refit_every_round: bool = True
     refit_optimizer: str = "adam"
+    warm_refit_steps: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"must be >= 1, got {self.epochs}", "train.epochs", "use 1+")
@@ -168,6 +174,12 @@ class LocalTrainConfig:
             "train.refit_steps",
             "use 0 (off) or e.g. 20",
         )
+        _require(
+            self.warm_refit_steps is None or self.warm_refit_steps >= 0,
+            f"must be >= 0, got {self.warm_refit_steps}",
+            "train.warm_refit_steps",
+            "use 0 (off), e.g. 5, or leave it unset (= refit_steps)",
+        )
         _positive(self.refit_lr, "train.refit_lr")
         _require(
             self.refit_optimizer in LOCAL_OPTIMIZERS,
@@ -175,3 +187,14 @@ class LocalTrainConfig:
             "train.refit_optimizer",
             f"use one of {', '.join(LOCAL_OPTIMIZERS)}",
         )
+
+    def refit_epochs(self, *, first: bool) -> int:
+        """Epochs of the user-side refit before an update (first participation or not)."""
+        if first or self.warm_refit_steps is None:
+            return self.refit_steps
+        return self.warm_refit_steps
+
+    def for_refit(self, *, first: bool) -> LocalTrainConfig:
+        """This config with ``refit_steps`` set to :meth:`refit_epochs`."""
+        steps = self.refit_epochs(first=first)
+        return self if steps == self.refit_steps else dataclasses.replace(self, refit_steps=steps)

@@ -292,7 +292,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     base = _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
     if user_state is None or train_cfg.refit_every_round:
-        _refit(model_cfg, train_cfg, m, base)
+        _refit(model_cfg, train_cfg.for_refit(first=user_state is None), m, base)
     mu = train_cfg.proximal_mu
     loop = _Loop(
         model_cfg,
