@@ -12,7 +12,8 @@ uniformly. ``B`` rather than the released Gram matrix is sent because the solve 
 ``O(I^3)``: once on the server instead of once per device, for twice the download.
 
 The run directory is the one of every run (:mod:`server.checkpoint`): ``rounds.jsonl``
-with its one round, ``checkpoint.npz`` holding ``B``, ``metrics.json`` with the
+with its one round, ``checkpoint.npz`` holding ``B`` and the released diagonal of ``G``
+(a DP popularity signal for cold-start fallbacks), ``metrics.json`` with the
 popularity / EASE references, ``privacy.json`` (:mod:`fedrec.privacy.report`).
 """
 
@@ -45,69 +46,17 @@ from server.checkpoint import (
     atomic_write_json,
     save_checkpoint,
 )
+from server.gram_settings import GramSettings
 from server.privacy_run import PRIVACY_JSON, eligible_users, resolve_settings
 from server.sampling import discover_users
-from server.settings import RunSettings, load_split
+from server.settings import load_split
 from server.strategies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, TOP_KEY
 
 RoundCallback = Callable[[dict[str, Any]], None]
 OnReply = Callable[[int, Message], None]
-MODEL_KIND = "ease"
 WINDOW = 32
 """Messages in flight at once (bounds the server's memory to ~WINDOW uploads)."""
-_EASE_KEYS = {
-    "ease.lambda": "ease_lambda",
-    "ease.a": "lambda_a",
-    "ease.b": "lambda_b",
-    "ease.max-items": "max_items",
-}
 log = logging.getLogger("fedrec.server")
-
-
-@dataclasses.dataclass(frozen=True)
-class GramSettings:
-    """A federated-EASE run: the shared run settings plus :class:`GramConfig`."""
-
-    base: RunSettings
-    ease: gram.GramConfig = dataclasses.field(default_factory=gram.GramConfig)
-
-    @classmethod
-    def from_flat(cls, flat: dict[str, Any]) -> GramSettings:
-        """From flat kebab-case settings with ``model = "ease"`` and ``ease.*`` keys."""
-        rest = {k: v for k, v in flat.items() if k != "model" and k not in _EASE_KEYS}
-        rest = {k: v for k, v in rest.items() if not k.startswith(("model.", "train."))}
-        ease = {_EASE_KEYS[k]: v for k, v in flat.items() if k in _EASE_KEYS}
-        rest["num-server-rounds"] = 1
-        return cls(RunSettings.from_run_config(rest), gram.GramConfig(**ease))
-
-    def to_flat(self) -> dict[str, Any]:
-        """The flat form ``config.json`` stores (``from_flat`` reads it back)."""
-        flat = {
-            k: v
-            for k, v in self.base.to_flat().items()
-            if not k.startswith(("model.", "train.", "server.")) and k != "strategy"
-        }
-        flat["model"] = MODEL_KIND
-        flat.update({k: getattr(self.ease, f) for k, f in _EASE_KEYS.items()})
-        return flat
-
-    def client_config(self) -> dict[str, Any]:
-        """What a device needs: data and split spec, seed, privacy mode, model kind."""
-        keep = {
-            k: v
-            for k, v in self.base.client_config().items()
-            if not k.startswith(("model.", "train.")) and k != "weighted"
-        }
-        keep["model"] = MODEL_KIND
-        return keep
-
-    def config_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """``config.json`` from the shared one (:func:`simulations.run_dir.config_payload`)."""
-        out = {k: v for k, v in payload.items() if k not in ("train", "server")}
-        out["model"] = {"kind": MODEL_KIND, **dataclasses.asdict(self.ease)}
-        out["strategy"] = "one-shot Gram sum"
-        out["rounds"], out["settings"] = 1, self.to_flat()
-        return out
 
 
 def resolve(settings: GramSettings, split: Split) -> GramSettings:
@@ -275,8 +224,8 @@ def run_gram_server(
         account.record_release(gram.gram_release(z))
     del total
     matrix = gram.unpack(packed, split.n_items)
-    lam = gram.regularization(matrix, z, settings.ease)
-    weights = gram.ease_from_gram(matrix, lam)
+    weights, lam, rank = gram.solve_release(matrix, z, settings.ease)
+    popularity = np.diag(matrix).astype(np.float32)  # released: a DP popularity signal
     del matrix, packed
     t_eval = time.perf_counter()
     metrics, eval_failed = _evaluate(grid, settings, split, nodes, weights)
@@ -285,10 +234,11 @@ def run_gram_server(
               "failures": {str(u): why for u, why in failed.items()}, "budget_exhausted": [],
               "refused": {}, "seconds": round(time.perf_counter() - t0, 4),
               "eval_seconds": round(time.perf_counter() - t_eval, 4), "epsilon": epsilon,
-              "train_loss": None, "lambda": lam, "eval_failed": len(eval_failed)}  # fmt: skip
+              "train_loss": None, "lambda": lam, "rank": rank,
+              "eval_failed": len(eval_failed)}  # fmt: skip
     append_round(run_dir, record)
-    state = {"account": account.to_json(), "lambda": lam, "noise_multiplier": z}
-    save_checkpoint(run_dir, Checkpoint(1, [weights], {}, state))
+    state = {"account": account.to_json(), "lambda": lam, "rank": rank, "noise_multiplier": z}
+    save_checkpoint(run_dir, Checkpoint(1, [weights, popularity], {}, state))
     write_privacy_json(run_dir / PRIVACY_JSON, _privacy_report(settings, account))
     if on_round is not None:
         on_round(record)

@@ -28,9 +28,10 @@ from fedrec.audit.regenerate import AuditTarget
 from fedrec.audit.results import AttackResult, AuditOptions
 from fedrec.audit.runner import audit_run
 from fedrec.data.split import Split
-from fedrec.errors import DataError
+from fedrec.errors import ConfigError, DataError
 from fedrec.privacy.central_setup import resolve_privacy
 from server.checkpoint import atomic_write_json, load_checkpoint
+from server.gram_settings import is_gram_run
 from server.settings import RunSettings, load_split
 from simulations.run_dir import resume_settings
 
@@ -47,6 +48,7 @@ REGENERATED = (
 
 def load_target(run_dir: Path) -> tuple[RunSettings, Split, AuditTarget]:
     """The run's settings, split and :class:`AuditTarget` (final global items)."""
+    refuse_gram_run(run_dir)
     settings = resume_settings(run_dir)
     split = load_split(settings)
     ckpt = load_checkpoint(run_dir)
@@ -69,6 +71,19 @@ def load_target(run_dir: Path) -> tuple[RunSettings, Split, AuditTarget]:
         settings.clients_per_round,
     )  # fmt: skip
     return settings, split, target
+
+
+def refuse_gram_run(run_dir: Path) -> None:
+    """Raise :class:`ConfigError` for a one-shot federated-EASE run (not audited yet)."""
+    if is_gram_run(run_dir):
+        raise ConfigError(
+            "privacy audit of one-shot federated-EASE (Gram) runs is not implemented: the "
+            "audit regenerates DP-SGD / DP-FedAvg rounds, and this run made one Gaussian "
+            "release of a Gram matrix instead",
+            where=f"{run_dir / 'config.json'}: model = ease",
+            fix="read its guarantee in privacy.json (one release, history [[z, 1.0, 1]]); "
+            "audit an mf, cdae or multvae run",
+        )
 
 
 def accounted_epsilon(run_dir: Path) -> float | None:

@@ -166,3 +166,159 @@ def test_simulate_ease_in_process_end_to_end(tmp_path: Path) -> None:
     assert epsilon_from_history([[z, 1.0, 1]], 1e-4) <= 4.0
     assert read_rounds(private)[0]["epsilon"] == pytest.approx(report["epsilon"])
     assert "insecure-noise-seed" in (private / "report.md").read_text()
+
+
+def _wigner(n: int, z: float, rng: np.random.Generator) -> np.ndarray:
+    upper = gram.release(np.zeros(gram.packed_size(n)), noise_multiplier=z, rng=rng)
+    return gram.unpack(upper, n)
+
+
+def test_spectral_denoise_keeps_the_spikes_above_the_noise_edge() -> None:
+    # Prepare: a rank-3 Gram matrix far above the semicircle edge (noise_scale = 10)
+    rng = np.random.default_rng(0)
+    n, z = 50, 1.0
+    basis, _ = np.linalg.qr(rng.normal(size=(n, 3)))
+    signal = basis @ np.diag([100.0, 60.0, 40.0]) @ basis.T
+    released = signal + _wigner(n, z, rng)
+    # Execute
+    values, vectors = gram.spectral_denoise(released, z, tau=1.2)
+    lonely, _ = gram.spectral_denoise(_wigner(n, z, rng), z, tau=1.2)
+    # Assert
+    assert gram.noise_scale(z, n) == pytest.approx(10.0)
+    assert len(values) == 3 and np.all(values > 12.0)
+    overlap = np.linalg.svd(basis.T @ vectors, compute_uv=False)
+    assert np.all(overlap > 0.97)  # the signal's subspace is recovered
+    assert len(lonely) == 1  # pure noise: only the top eigenpair, always kept
+
+
+def test_ease_from_spectrum_is_ease_of_the_low_rank_matrix() -> None:
+    # Prepare
+    rng = np.random.default_rng(1)
+    vectors, _ = np.linalg.qr(rng.normal(size=(12, 4)))
+    values = np.array([9.0, 5.0, 2.0, 0.5])
+    # Execute
+    spectral = gram.ease_from_spectrum(values, vectors, 0.7)
+    dense = gram.ease_from_gram(vectors @ np.diag(values) @ vectors.T, 0.7)
+    # Assert
+    np.testing.assert_allclose(spectral, dense, rtol=1e-4, atol=1e-5)
+    assert np.all(np.diag(spectral) == 0)
+
+
+def test_solve_release_is_exact_ease_without_noise_and_spectral_with_it() -> None:
+    # Prepare
+    rng = np.random.default_rng(2)
+    x = (rng.random((60, 15)) < 0.3).astype(np.float64)
+    config = gram.GramConfig()
+    # Execute
+    exact, lam, rank = gram.solve_release(x.T @ x, None, config)
+    noisy = x.T @ x + _wigner(15, 0.5, rng)
+    private, lam_dp, rank_dp = gram.solve_release(noisy, 0.5, config)
+    # Assert
+    np.testing.assert_allclose(exact, gram.ease_from_gram(x.T @ x, 500.0))
+    assert (lam, rank) == (500.0, 15)
+    assert lam_dp == pytest.approx(config.lambda_c * gram.noise_scale(0.5, 15))
+    assert 1 <= rank_dp < 15 and private.shape == (15, 15)
+    with pytest.raises(ConfigError, match="denoiser"):
+        gram.GramConfig(denoise="magic")
+
+
+def test_explanations_are_exact_and_faithful() -> None:
+    # Prepare
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(20, 20)).astype(np.float32)
+    history = np.array([1, 4, 7, 9, 15])
+    # Execute
+    cited = gram.explain(weights, history, [2, 3, 18], top=2)
+    # Assert: score_j = sum_i B_ij, and removing the cited items lowers it by their weights
+    for j, because in zip([2, 3, 18], cited, strict=True):
+        assert len(because) <= 2 and all(w > 0 for _, w in because)
+        assert [w for _, w in because] == sorted((w for _, w in because), reverse=True)
+        for i, w in because:
+            assert i in history and w == float(weights[i, j])
+        kept = [i for i in history if i not in {i for i, _ in because}]
+        full = weights[history, j].astype(np.float64).sum()
+        rest = weights[kept, j].astype(np.float64).sum()
+        assert full - rest == pytest.approx(sum(w for _, w in because), abs=1e-12)
+        positive = weights[history, j][weights[history, j] > 0]
+        assert sum(w for _, w in because) == pytest.approx(np.sort(positive)[::-1][:2].sum())
+
+
+def test_similar_items_are_the_row_of_b() -> None:
+    weights = np.array([[0, 3, 1, 2], [1, 0, 1, 1], [0, 0, 0, 0], [5, 4, 6, 0]], np.float32)
+    assert gram.similar_items(weights, 0, k=2) == [(1, 3.0), (3, 2.0)]
+    assert gram.similar_items(weights, 3, k=5) == [(2, 6.0), (0, 5.0), (1, 4.0)]
+
+
+@pytest.fixture(scope="module")
+def ease_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ease") / "run"
+    argv = ["simulate", "--model", "ease", "--engine", "inprocess", "--data", DATA]
+    dp = ["--privacy", "central", "--target-epsilon", "8", "--insecure-noise-seed", "4"]
+    assert main([*argv, *dp, "--out", str(run)]) == 0
+    return run
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    rows: list[dict[str, object]] = json.loads(capsys.readouterr().out)
+    return rows
+
+
+def test_recommend_on_an_ease_run_scores_x_b_and_explains_exactly(
+    ease_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from simulations.run_model import GramRunModel, load_run_model
+
+    model = load_run_model(ease_run)
+    assert isinstance(model, GramRunModel)
+    user = "3"
+    history = model.split.train_items(model.user_index(user))
+    b = model.weights.astype(np.float64)
+    ids = model.split.data.item_ids.tolist()
+    # Execute
+    rows = _cli_json(capsys, "recommend", str(ease_run), "--user", user, "--explain")
+    diverse = _cli_json(capsys, "recommend", str(ease_run), "--user", user, "--diversify", "0.3")
+    # Assert
+    assert len(rows) == len(diverse) == 10
+    for row in rows:
+        j = ids.index(row["item"])
+        assert j not in history and row["score"] == pytest.approx(b[history, j].sum())
+        because = row["because"]
+        assert isinstance(because, list) and because
+        for cite in because:
+            assert cite["weight"] == pytest.approx(b[ids.index(cite["item"]), j])
+    scores = [float(r["score"]) for r in rows]  # type: ignore[arg-type]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_similar_and_fallback_on_an_ease_run(
+    ease_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from simulations.run_model import load_run_model
+
+    model = load_run_model(ease_run)
+    ids = model.split.data.item_ids.tolist()
+    # Execute
+    near = _cli_json(capsys, "similar", str(ease_run), "--item", str(ids[4]), "--k", "3")
+    cold = _cli_json(
+        capsys, "recommend", str(ease_run), "--user", "3", "--min-interactions", "1000"
+    )
+    # Assert
+    row = model.weights[4].astype(np.float64)
+    expected = [j for j, _ in gram.similar_items(model.weights, 4, k=3)]
+    assert [ids.index(r["item"]) for r in near] == expected
+    assert near[0]["similarity"] == pytest.approx(max(np.delete(row, 4)))
+    unseen = np.setdiff1d(np.arange(len(ids)), model.split.train_items(model.user_index("3")))
+    scores = [float(r["score"]) for r in cold]  # type: ignore[arg-type]
+    assert all(r["fallback"] for r in cold) and scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(max(model.item_arrays[1][unseen]))  # released diag(G)
+
+
+def test_audit_refuses_an_ease_run(ease_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["audit", str(ease_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not implemented" in err and "model = ease" in err
+    assert not (ease_run / "audit.json").exists()

@@ -23,24 +23,32 @@ Design rules kept here:
   std ``z`` on the diagonal and ``z / sqrt(2)`` off it. That is one Gaussian mechanism
   with every user included (``q = 1``): history ``[[z, 1.0, 1]]``. EASE's solve, the
   regularization rule and the devices' scoring are post-processing.
-- **Regularization rule**, not tuned on test data: ``lam = a * mean(diag(G_hat)) + b *
-  noise_scale`` with ``noise_scale = 2 (z / sqrt 2) sqrt(I)``, the spectral edge of the
-  released noise (Wigner's semicircle); ``a``, ``b`` were chosen on a validation split
-  carved from ml-100k's train set (docs/GRAM_EASE.md). Without privacy the rows are
-  not normalized and ``lam`` is the EASE baseline's, so the result *is* EASE.
+- **Denoising before the solve** (post-processing; :mod:`fedrec.federated.gram_solve`):
+  as in Analyze Gauss, keep the eigenpairs of the released matrix above the edge of the
+  noise's Wigner semicircle, ``tau * 2 (z / sqrt 2) sqrt(I)``, and solve EASE on that
+  low-rank matrix with a small ``lam``; ``tau``, ``lam`` chosen on validation splits.
 - Local DP is refused: per-device noise on an ``I x I`` matrix is far too noisy.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from fedrec.errors import ConfigError
+from fedrec.federated.gram_solve import (
+    DENOISERS,
+    MAX_GRAM_ITEMS,
+    GramConfig,
+    ease_from_gram,
+    ease_from_spectrum,
+    noise_scale,
+    regularization,
+    solve_release,
+    spectral_denoise,
+)
 from fedrec.privacy.accounting import Release, calibrate_noise
 from fedrec.privacy.central import central_release, clip_update
 from fedrec.privacy.noise import gaussian
@@ -48,40 +56,6 @@ from fedrec.privacy.noise import gaussian
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 SQRT2 = math.sqrt(2.0)
-MAX_GRAM_ITEMS = 5000
-"""Default catalog limit: 5,000 items is 12.5 M floats (50 MB) uploaded per device."""
-
-
-@dataclass(frozen=True)
-class GramConfig:
-    """Settings of federated EASE.
-
-    Attributes
-    ----------
-    ease_lambda
-        Non-private ``lam`` (the EASE baseline's reference value).
-    lambda_a, lambda_b
-        The private rule ``lam = a * mean(diag(G_hat)) + b * noise_scale``; chosen on
-        ml-100k's validation split (docs/GRAM_EASE.md).
-    max_items
-        Largest catalog accepted: each device uploads ``I (I + 1) / 2`` floats.
-    """
-
-    ease_lambda: float = 500.0
-    lambda_a: float = 15.0
-    lambda_b: float = 6.0
-    max_items: int = MAX_GRAM_ITEMS
-
-    def __post_init__(self) -> None:
-        if not (self.ease_lambda > 0 and self.lambda_a >= 0 and self.lambda_b >= 0):
-            raise ConfigError(
-                f"need ease.lambda > 0 and ease.a, ease.b >= 0, got "
-                f"{self.ease_lambda}, {self.lambda_a}, {self.lambda_b}",
-                where="ease",
-                fix="use e.g. ease.lambda=500, ease.a=15, ease.b=6",
-            )
-        if self.max_items < 1:
-            raise ConfigError(f"must be >= 1, got {self.max_items}", where="ease.max-items")
 
 
 def packed_size(n_items: int) -> int:
@@ -186,37 +160,44 @@ def unpack(packed: npt.NDArray[np.floating], n_items: int) -> F64:
     return out
 
 
-def noise_scale(noise_multiplier: float, n_items: int) -> float:
-    """Spectral edge ``2 (z / sqrt 2) sqrt(I)`` of the released symmetric noise."""
-    return 2.0 * noise_multiplier / SQRT2 * math.sqrt(n_items)
-
-
-def regularization(gram: F64, noise_multiplier: float | None, config: GramConfig) -> float:
-    """``lam``: the baseline's without noise, else ``a mean(diag G) + b noise_scale``."""
-    if noise_multiplier is None:
-        return config.ease_lambda
-    mean_diag = float(np.mean(np.diag(gram)))
-    lam = config.lambda_a * mean_diag + config.lambda_b * noise_scale(noise_multiplier, len(gram))
-    return max(lam, 1e-6)
-
-
-def ease_from_gram(gram: F64, lam: float) -> F32:
-    """EASE's closed form (Steck 2019) from a (released) Gram matrix; float32 ``B``."""
-    g = torch.from_numpy(np.array(gram, dtype=np.float64))
-    g.diagonal().add_(lam)
-    p = torch.linalg.inv(g)  # LU, as fedrec.baselines.ease
-    del g
-    b = p.div_(-p.diagonal().clone().unsqueeze(0))
-    b.diagonal().zero_()
-    out: F32 = b.to(torch.float32).numpy()
-    return out
-
-
 def score_user(weights: F32, train_items: npt.ArrayLike) -> F32:
     """A device's scores ``x_u B`` (sum of ``B``'s rows of its train items)."""
     items = np.unique(np.asarray(train_items, dtype=np.int64))
     out: F32 = weights[items].sum(axis=0, dtype=np.float32)
     return out
+
+
+def explain(
+    weights: F32, history: npt.ArrayLike, items: npt.ArrayLike, *, top: int = 3
+) -> list[list[tuple[int, float]]]:
+    """Exact "because" citations of EASE recommendations (Steck 2019's linear scorer).
+
+    The score of item ``j`` is ``s_j = sum_{i in H} B_ij`` (:func:`score_user`), so
+    ``B_ij`` is at once ``i``'s contribution, its leave-one-out effect and its Shapley
+    value: removing the cited set ``C`` lowers ``s_j`` by exactly ``sum_{i in C} B_ij``.
+    Each item cites its history items with the ``top`` largest ``B_ij > 0`` (ties by
+    lower index).
+    """
+    seen = np.unique(np.asarray(history, dtype=np.int64))
+    out: list[list[tuple[int, float]]] = []
+    for j in np.asarray(items, dtype=np.int64).reshape(-1):
+        row = weights[seen, j].astype(np.float64)
+        order = np.lexsort((seen, -row))[: max(top, 0)]
+        out.append([(int(seen[r]), float(row[r])) for r in order if row[r] > 0])
+    return out
+
+
+def similar_items(weights: F32, item: int, *, k: int = 10) -> list[tuple[int, float]]:
+    """The ``k`` items with the largest ``B[item, j]``, ``j != item``, best first.
+
+    Row ``item`` of ``B`` is the score vector of a user whose history is ``{item}``:
+    the items EASE recommends on the strength of ``item`` alone (ties by lower index).
+    """
+    if not 0 <= item < len(weights):
+        raise ValueError(f"item must be an index in [0, {len(weights)})")
+    row = weights[item].astype(np.float64)
+    order = np.lexsort((np.arange(len(row)), -row))
+    return [(int(j), float(row[j])) for j in order[order != item][: max(k, 0)]]
 
 
 def gram_noise_multiplier(target_epsilon: float, delta: float, accountant: str = "rdp") -> float:
@@ -232,6 +213,7 @@ def gram_release(noise_multiplier: float) -> Release:
 
 
 __all__ = [
+    "DENOISERS",
     "MAX_GRAM_ITEMS",
     "GramConfig",
     "GramSum",
@@ -239,6 +221,8 @@ __all__ = [
     "check_privacy_mode",
     "client_contribution",
     "ease_from_gram",
+    "ease_from_spectrum",
+    "explain",
     "gram_noise_multiplier",
     "gram_release",
     "noise_scale",
@@ -246,5 +230,8 @@ __all__ = [
     "regularization",
     "release",
     "score_user",
+    "similar_items",
+    "solve_release",
+    "spectral_denoise",
     "unpack",
 ]

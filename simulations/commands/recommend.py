@@ -4,7 +4,9 @@ The user's scores are those of the run's final evaluation (:mod:`simulations.run
 the user's train items are never recommended. A user with fewer than
 ``--min-interactions`` train items gets the "most popular" fallback, from the signal the
 run's privacy mode allows (:mod:`fedrec.recommend.cold_start`), marked ``fallback``.
-Ids in and out are the data's original ids.
+Ids in and out are the data's original ids. ``--explain`` cites, per item, the user's
+items that support it most (:meth:`simulations.run_model.RunModel.explain`): item-space
+cosines for the trained models, EASE's exact score terms ``B_ij`` for an ``ease`` run.
 
 ``--diversify LAMBDA`` re-ranks the user's top-``--pool`` candidates by Maximal Marginal
 Relevance (Carbonell & Goldstein 1998) in the library's default mean-redundancy form
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,6 @@ from fedrec.recommend import (
     recommend_with_explanations,
     with_original_ids,
 )
-from fedrec.recommend import explain as explain_items
 
 if TYPE_CHECKING:
     from simulations.run_model import RunModel
@@ -122,7 +123,9 @@ def recommendations(
     scores = model.popularity() if fallback else model.user_scores(user)
     top = 3 if explain else 0
     if diversify is None:
-        recs = recommend_with_explanations(scores, history, model.item_vectors, k=k, top=top)
+        recs = recommend_with_explanations(scores, history, model.item_vectors, k=k, top=0)
+        because = model.explain(history, [int(r.item) for r in recs], top)
+        recs = [replace(r, because=list(b)) for r, b in zip(recs, because, strict=True)]
     else:
         recs = _diversified(model, scores, history, k=k, top=top, diversify=diversify)
     out = []
@@ -150,7 +153,7 @@ def _diversified(
     features, _ = mmr_features(model)
     values = np.asarray(scores, dtype=np.float64)
     items = mmr_rerank(values, [r.item for r in pool], features, k=k, lam=diversify.lam)
-    because = explain_items(model.item_vectors, history, items, top=top)
+    because = model.explain(history, [int(i) for i in items], top)
     return [
         Recommendation(item=int(i), score=float(values[i]), because=list(b), fallback=not b)
         for i, b in zip(items, because, strict=True)
@@ -160,7 +163,7 @@ def _diversified(
 def _table(rows: list[dict[str, Any]], explain: bool) -> str:
     lines = ["rank  item        score      " + ("because" if explain else "")]
     for rank, row in enumerate(rows, start=1):
-        because = ", ".join(f"{c['item']} ({c['weight']:.2f})" for c in row.get("because", []))
+        because = ", ".join(f"{c['item']} ({c['weight']:.3g})" for c in row.get("because", []))
         lines.append(f"{rank:>4}  {row['item']!s:<10}  {row['score']:>9.4f}  {because}".rstrip())
     if rows and rows[0]["fallback"]:
         lines.append(

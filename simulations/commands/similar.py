@@ -1,8 +1,11 @@
 """``fedrec similar RUN_DIR --item ID``: the items closest to one item in a run's model.
 
 Cosine of the learned item vectors of the run's final global model
-(:func:`fedrec.recommend.similar_items`); ids in and out are the data's original ids.
-Needs no user data: only the global item parameters.
+(:func:`fedrec.recommend.similar_items`); for an ``ease`` run, the largest entries of the
+item's row of ``B`` (:func:`fedrec.federated.gram.similar_items`): the items EASE would
+recommend to someone whose history is that item alone, in the same units as
+``fedrec recommend``'s scores. Ids in and out are the data's original ids. Needs no user
+data: only the global item parameters.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.errors import ConfigError
-from fedrec.recommend import similar_items
 
 NAME = "similar"
 HELP = "items most similar to one item in a simulation run's global model"
@@ -27,14 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def similar(run_dir: Path, item_id: str, *, k: int) -> list[dict[str, Any]]:
-    """``[{"item", "similarity"}]`` for ``item_id``, most similar first."""
+    """``[{"item", "similarity"}]`` for ``item_id``, most similar first.
+
+    ``similarity`` is a cosine, or for an ``ease`` run the EASE weight ``B[item, j]``.
+    """
     from simulations.run_model import load_run_model
 
     if k < 1:
         raise ConfigError(f"must be >= 1, got {k}", where="--k")
     model = load_run_model(run_dir)
     ids = model.split.data.item_ids.tolist()
-    neighbours = similar_items(model.item_vectors, model.item_index(item_id), k=k)
+    neighbours = model.similar(model.item_index(item_id), k)
     return [{"item": ids[j], "similarity": cos} for j, cos in neighbours]
 
 
