@@ -43,7 +43,7 @@ from clients.device_round import (
     RoundConfig,
     fit_private_round,
 )
-from clients.serving import HeldGlobal, measure_recommend_latency, top_k
+from clients.serving import HeldGlobal, catalog_rows, measure_recommend_latency, top_k
 from clients.store import DeviceStore, ItemId
 from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
@@ -116,13 +116,7 @@ class _Global:
         ids: list[ItemId],
         seed: int,
     ) -> None:
-        n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
-        if n_items != len(ids):
-            raise ConfigError(
-                f"{len(ids)} item ids for global arrays of {n_items} rows",
-                where="item_ids",
-                fix="send one original id per item row",
-            )
+        n_items = catalog_rows(arrays, ids)
         items, users = _shapes(model_cfg, n_items)
         problem = None
         if len(arrays) != len(items):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,18 @@ def item_bias(kind: str, model: TrainableRecommender, n_items: int) -> npt.NDArr
     return values
 
 
+def catalog_rows(arrays: Sequence[npt.NDArray[np.float32]], ids: Sequence[object]) -> int:
+    """The number of item rows of ``arrays``, checked against one original id per row."""
+    n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
+    if n_items != len(ids):
+        raise ConfigError(
+            f"{len(ids)} item ids for global arrays of {n_items} rows",
+            where="item_ids",
+            fix="send one original id per item row",
+        )
+    return n_items
+
+
 @dataclasses.dataclass
 class HeldGlobal:
     """The held global item parameters, loaded once into a one-user model."""
@@ -62,13 +75,7 @@ class HeldGlobal:
         ids: list[ItemId],
         seed: int,
     ) -> HeldGlobal:
-        n_items = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else -1
-        if n_items != len(ids):
-            raise ConfigError(
-                f"{len(ids)} item ids for global arrays of {n_items} rows",
-                where="item_ids",
-                fix="send one original id per item row",
-            )
+        n_items = catalog_rows(arrays, ids)
         model = build_model(model_cfg, n_items, 1, seed=seed)
         try:
             set_item_arrays(model, arrays)

@@ -10,13 +10,11 @@ with today's defaults (serving them needs only their checkpoint).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from fedrec.errors import DataError
 from fedrec.federated import gram
-from server.settings import RunSettings
+from server.settings import RunSettings, read_flat
 
 MODEL_KIND = "ease"
 _EASE_KEYS = {
@@ -74,23 +72,6 @@ class GramSettings:
         out["strategy"] = "one-shot Gram sum"
         out["rounds"], out["settings"] = 1, self.to_flat()
         return out
-
-
-def read_flat(run_dir: Path) -> dict[str, Any]:
-    """``config.json``'s flat settings of the run in ``run_dir`` (``run-dir`` set to it)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise DataError(
-            "not a fedrec run directory (no config.json)",
-            where=str(run_dir),
-            fix="pass the --out of an earlier `fedrec simulate`",
-        )
-    try:
-        flat = dict(json.loads(path.read_text(encoding="utf-8"))["settings"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"unreadable config.json ({err})", where=str(path)) from err
-    flat["run-dir"] = str(run_dir)
-    return flat
 
 
 def is_gram_run(run_dir: Path) -> bool:

@@ -14,13 +14,15 @@ model, local-training and server-optimizer dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedrec.data import resolve_data
 from fedrec.data.split import Split, random_split, temporal_split
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, DataError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
@@ -179,3 +181,20 @@ def load_split(settings: RunSettings) -> Split:
     if settings.split == "temporal":
         return temporal_split(data, test_fraction=settings.test_fraction)
     return random_split(data, test_fraction=settings.test_fraction, seed=settings.seed)
+
+
+def read_flat(run_dir: Path) -> dict[str, Any]:
+    """``config.json``'s flat settings of the run in ``run_dir`` (``run-dir`` set to it)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise DataError(
+            "not a fedrec run directory (no config.json)",
+            where=str(run_dir),
+            fix="pass the --out of an earlier `fedrec simulate`",
+        )
+    try:
+        flat = dict(json.loads(path.read_text(encoding="utf-8"))["settings"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"unreadable config.json ({err})", where=str(path)) from err
+    flat["run-dir"] = str(run_dir)
+    return flat

@@ -43,7 +43,7 @@ from server.checkpoint import (
     ROUNDS_JSONL,
     atomic_write_json,
 )
-from server.settings import RunSettings
+from server.settings import RunSettings, read_flat
 
 __all__ = [
     "CHECKPOINT_JSON",
@@ -116,19 +116,7 @@ def create_run_dir(path: Path, settings: RunSettings) -> None:
 
 def resume_settings(path: Path) -> RunSettings:
     """The settings of the run in ``path`` (its ``run-dir`` set to ``path``)."""
-    config_path = path / CONFIG_JSON
-    if not config_path.is_file():
-        raise DataError(
-            "not a fedrec run directory (no config.json)",
-            where=str(path),
-            fix="pass the --out of an earlier `fedrec simulate`",
-        )
-    try:
-        flat = dict(json.loads(config_path.read_text(encoding="utf-8"))["settings"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"unreadable config.json ({err})", where=str(config_path)) from err
-    flat["run-dir"] = str(path)
-    return RunSettings.from_run_config(flat)
+    return RunSettings.from_run_config(read_flat(path))
 
 
 def finished_round(path: Path) -> int:

@@ -268,6 +268,21 @@ def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: _Model, loop: _Loop
     _Loop(model_cfg, loop.pos, loop.gen, cfg.batch_size, opt).epochs(m, cfg.refit_steps)
 
 
+def _start(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    seed: int,
+) -> tuple[_Model, _Loop]:
+    """The one-user model and the seeded example loop a fit or a refit starts from."""
+    m = _load(model_cfg, global_items, user_state, seed)
+    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    return m, _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+
+
 @dataclass(frozen=True)
 class FastFit:
     """Item arrays (upload order), user state and mean minibatch loss of :func:`fit`."""
@@ -287,10 +302,8 @@ def fit(
     seed: int,
 ) -> FastFit:
     """:func:`fedrec.federated.client.client_fit` for MF, without autograd."""
-    m = _load(model_cfg, global_items, user_state, seed)
-    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
-    gen = torch.Generator().manual_seed(seed)
-    base = _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed)
+    pos, gen = base.pos, base.gen
     if user_state is None or train_cfg.refit_every_round:
         _refit(model_cfg, train_cfg.for_refit(first=user_state is None), m, base)
     mu = train_cfg.proximal_mu
@@ -319,9 +332,6 @@ def refit(
     seed: int,
 ) -> F32:
     """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it."""
-    m = _load(model_cfg, global_items, user_state, seed)
-    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
-    gen = torch.Generator().manual_seed(seed)
-    base = _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed)
     _refit(model_cfg, train_cfg, m, base)
     return m.p.reshape(1, -1).copy()
