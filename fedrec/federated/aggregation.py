@@ -71,12 +71,13 @@ class ServerConfig:
     lr_decay_at: float = 0.7
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown server learning-rate schedule {self.lr_schedule!r}",
-                where="server.lr_schedule",
-                fix=f"use one of {', '.join(LR_SCHEDULES)}",
-            )
+        for name, known in (("strategy", STRATEGIES), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in known:
+                raise ConfigError(
+                    f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}",
+                    where=f"server.{name}",
+                    fix=f"use one of {', '.join(known)}",
+                )
         for name in ("lr_floor", "lr_decay_at"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(
@@ -84,12 +85,6 @@ class ServerConfig:
                     where=f"server.{name}",
                     fix="give a fraction of the server learning rate / of the rounds",
                 )
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}",
-                where="server.strategy",
-                fix=f"use one of {', '.join(STRATEGIES)}",
-            )
         for name in ("server_lr", "tau"):
             if (getattr(self, name) or 1.0) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"server.{name}")
