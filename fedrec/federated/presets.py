@@ -47,10 +47,10 @@ def federated_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig, ServerCo
 def default_rounds(kind: str, privacy: str = "none") -> int:
     """Rounds of ``fedrec simulate`` when none are given.
 
-    Non-private MF needs about 150 rounds of 100 clients on ml-100k and CDAE about 300
-    (``docs/RESULTS.md``); Mult-VAE was not tuned, and under DP every round spends
-    budget, so those runs default to 20.
+    Non-private MF needs about 150 rounds of 100 clients on ml-100k, CDAE about 300 and
+    Mult-VAE (not tuned) was still rising at 150 (``docs/RESULTS.md``); under DP every
+    round spends budget, so private runs default to 20.
     """
     if privacy != "none":
         return 20
-    return {"mf": 150, "cdae": 300}.get(kind, 20)
+    return {"mf": 150, "cdae": 300, "multvae": 150}.get(kind, 20)

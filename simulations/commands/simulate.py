@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=None,
-        help="server rounds (default: 150 for non-private MF, 300 for CDAE, else 20)",
+        help="server rounds (non-private defaults: MF 150, CDAE 300, Mult-VAE 150; private: 20)",
     )
     parser.add_argument(
         "--clients-per-round",
