@@ -79,4 +79,4 @@ def is_gram_run(run_dir: Path) -> bool:
     return read_flat(run_dir).get("model") == MODEL_KIND
 
 
-__all__ = ["MODEL_KIND", "GramSettings", "is_gram_run", "read_flat"]
+__all__ = ["MODEL_KIND", "GramSettings", "is_gram_run"]

@@ -39,8 +39,8 @@ from fedrec.recommend.cold_start import popularity_source
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
 from server.checkpoint import load_checkpoint
-from server.gram_settings import MODEL_KIND, GramSettings, read_flat
-from server.settings import RunSettings, load_split
+from server.gram_settings import MODEL_KIND, GramSettings
+from server.settings import RunSettings, load_split, read_flat
 from simulations.run_dir import resume_settings
 
 FloatArray = npt.NDArray[np.float64]
