@@ -386,9 +386,8 @@ class DeviceClient:
         private = config.privacy is not None
         state = self._train_state_before(config.round, private=private)
         if config.privacy is None:
-            fit = client_fit(
-                config.model, config.train, g.arrays, state, train_items, seed=config.seed
-            )
+            model = config.model.at_round(config.round)
+            fit = client_fit(model, config.train, g.arrays, state, train_items, seed=config.seed)
             self._keep_states(fit.user_state, config.round, private=False)
             return FitReply(OK, fit.item_arrays, fit.num_examples, fit.train_loss)
         ledger = self._ledger(config.privacy)

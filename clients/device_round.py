@@ -122,8 +122,9 @@ def fit_private_round(
                 f"{privacy.epsilon_budget}; did not train"
             )
             return FitReply(BUDGET_EXHAUSTED, spent=ledger.spent(), message=message), None
+    model = config.model.at_round(config.round)
     fit = client_fit_private(
-        config.model, config.train, privacy, global_items, state, train_items, seed=config.seed
+        model, config.train, privacy, global_items, state, train_items, seed=config.seed
     )
     try:  # write before send: a crash after this keeps the spend
         for release in fit.releases:

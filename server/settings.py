@@ -160,7 +160,9 @@ class RunSettings:
             top["fail_users"] = tuple(int(u) for u in text.split(",")) if text else ()
         try:
             preset_model, preset_train, preset_server = federated_preset(
-                str(parts["model"].get("kind", ModelConfig().kind))
+                str(parts["model"].get("kind", ModelConfig().kind)),
+                parts["server"].get("strategy"),
+                str(parts["privacy"].get("mode", "none")),
             )
             model = dataclasses.replace(preset_model, **parts["model"])
             train = dataclasses.replace(preset_train, **parts["train"])

@@ -29,7 +29,7 @@ import torch
 
 from fedrec.bench.dp_overhead import dp_overhead
 from fedrec.bench.eval_speed import eval_users_per_s
-from fedrec.bench.machine import load_average, machine_info
+from fedrec.bench.machine import load_average, machine_info, steady_allocator
 from fedrec.models.config import ModelConfig
 from server.settings import RunSettings
 from simulations.scale import SCALE_ITEMS, ScaleSpec, measure_rss
@@ -199,7 +199,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure every figure, write ``out`` (JSON, atomically) and return it."""
     p = plan(quick=quick, tiny=tiny)
-    result: dict[str, Any] = {"quick": quick, "tiny": tiny, "machine": machine_info(device)}
+    machine = {**machine_info(device), "allocator": steady_allocator()}
+    result: dict[str, Any] = {"quick": quick, "tiny": tiny, "machine": machine}
     with tempfile.TemporaryDirectory(prefix="fedrec-bench-", dir=workdir) as tmp:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("dp overhead", lambda: bench_dp(p, device)),

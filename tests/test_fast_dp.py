@@ -46,8 +46,13 @@ def _users_examples(model: TrainableRecommender) -> Any:
 
 
 def _run(model: TrainableRecommender, fast: bool, **kw: Any) -> Any:
-    """``dp_train`` with a binding clip (0.05 < every unit's norm) unless overridden."""
-    args: dict[str, Any] = dict(noise_multiplier=0.7, max_grad_norm=0.05, batch_size=3, epochs=2)
+    """``dp_train`` with a binding clip (0.05 < every unit's norm) unless overridden.
+
+    Eager noise unless ``lazy_noise=True`` is passed: the reference draws dense noise
+    at every step, so only then are the draws themselves the same.
+    """
+    args: dict[str, Any] = dict(noise_multiplier=0.7, max_grad_norm=0.05, batch_size=3,
+                                epochs=2, lazy_noise=False)  # fmt: skip
     args.update(kw)
     examples = args.pop("examples", user_examples(model, ITEMS))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -251,7 +256,7 @@ def test_noise_is_dense_calibrated_and_scaled_by_the_expected_batch() -> None:
     model = build_model(ModelConfig(kind="mf", dim=8), 5000, 1, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     step = GhostDPStep(model, opt, noise_multiplier=1.5, max_grad_norm=2.0,
-                       expected_batch_size=4.0, rng=secure_rng(0))  # fmt: skip
+                       expected_batch_size=4.0, rng=secure_rng(0), lazy_noise=False)  # fmt: skip
     # Execute
     step(None, torch.zeros(0, dtype=torch.int64))
     # Assert: every coordinate of every parameter noised, std = z C / B
@@ -260,6 +265,71 @@ def test_noise_is_dense_calibrated_and_scaled_by_the_expected_batch() -> None:
     grad = model.item_emb.weight.grad
     assert grad is not None
     assert float(grad.std()) == pytest.approx(1.5 * 2.0 / 4.0, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["mf-bce", "mf-bpr"])
+def test_lazy_noise_trains_like_the_reference_when_the_noise_is_negligible(name: str) -> None:
+    # Prepare: plain SGD (lazy tables), noise too small to matter, every unit sampled
+    # (the secret generator also draws the Poisson sample, at other stream positions)
+    lazy, ref = _model(name), _model(name)
+    units = interaction_units(lazy, len(ITEMS))
+    args = dict(units=units, noise_multiplier=1e-9, batch_size=len(ITEMS), epochs=3)
+    # Execute
+    _run(lazy, True, lazy_noise=True, **args)
+    _run(ref, False, **args)
+    # Assert: the same clipped steps, the lazy tables settled
+    _assert_same_params(lazy, ref)
+
+
+def _lazy_step(model: TrainableRecommender, opt: torch.optim.Optimizer) -> GhostDPStep:
+    return GhostDPStep(model, opt, noise_multiplier=1.5, max_grad_norm=2.0,
+                       expected_batch_size=4.0, rng=secure_rng(5))  # fmt: skip
+
+
+def test_lazy_noise_owes_each_row_the_eager_variance_until_it_is_read() -> None:
+    # Prepare: plain SGD on MF; each empty step owes N(0, (lr z C / E)^2) per coordinate
+    model = build_model(ModelConfig(kind="mf", dim=8), 6000, 1, seed=0)
+    start = model.item_emb.weight.detach().clone()
+    step = _lazy_step(model, torch.optim.SGD(model.parameters(), lr=0.4))
+    per_step = 0.4 * 1.5 * 2.0 / 4.0
+    assert [[model.item_emb.weight, model.item_bias.weight]] == [ps for ps, _ in step.lazy]
+    # Execute: 3 empty steps, a lookup of rows 0..2999, 2 more steps, the flush
+    for _ in range(3):
+        step(None, torch.zeros(0, dtype=torch.int64))
+    untouched = torch.equal(model.item_emb.weight, start)
+    model.item_emb(torch.arange(3000).repeat(2))
+    after_read = model.item_emb.weight.detach().clone()
+    for _ in range(2):
+        step(None, torch.zeros(0, dtype=torch.int64))
+    step.close()
+    end = model.item_emb.weight.detach()
+    # Assert: nothing drawn before a read; the read rows got 3 steps' noise, the rest none;
+    # at the end every row has had 5 steps' worth, Gaussian
+    assert untouched
+    read = (after_read - start)[:3000].flatten()
+    assert torch.equal(after_read[3000:], start[3000:])
+    assert float(read.std()) == pytest.approx(per_step * 3**0.5, rel=0.03)
+    late = (end - after_read)[:3000].flatten()
+    assert float(late.std()) == pytest.approx(per_step * 2**0.5, rel=0.03)
+    total = (end - start)[3000:].flatten()
+    assert float(total.std()) == pytest.approx(per_step * 5**0.5, rel=0.03)
+    assert stats.kstest((total / (per_step * 5**0.5)).numpy(), "norm").pvalue > 1e-3
+    bias = model.item_bias.weight.detach().flatten()
+    assert float(bias.std()) == pytest.approx(per_step * 5**0.5, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda ps: torch.optim.Adam(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+     lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.01)],
+)  # fmt: skip
+def test_noise_is_eager_unless_the_optimizer_is_plain_sgd(make: Any) -> None:
+    # Prepare
+    model = build_model(ModelConfig(kind="mf", dim=4), 50, 1, seed=0)
+    # Execute
+    step = _lazy_step(model, make(list(model.parameters())))
+    # Assert: Adam, momentum or weight decay pass the noise through non-linearly or decay it
+    assert step.lazy == []
 
 
 def test_secret_normal_is_standard_normal_and_reproducible_only_with_a_seed() -> None:

@@ -107,11 +107,12 @@ def test_secure_runs_differ_insecure_seed_matches() -> None:
 
 def test_proximal_gradient_survives_opacus() -> None:
     # Prepare: one full-batch step (q = 1), anchors 1 away from the start, same noise
+    # (a proximal term makes the noise eager, so the plain run must draw it eagerly too)
     plain, prox = _mf(), _mf()
     params = [prox.item_emb.weight]
     term = Proximal(params, [p.detach().clone() + 1.0 for p in params], mu=0.5)
     # Execute
-    _train(plain, rng_seed=3, batch_size=100, epochs=1)
+    _train(plain, rng_seed=3, batch_size=100, epochs=1, lazy_noise=False)
     _train(prox, rng_seed=3, batch_size=100, epochs=1, proximal=term)
     # Assert: w_prox = w_plain - lr * mu * (w0 - anchor) = w_plain + 0.1 * 0.5
     diff = prox.item_emb.weight.detach() - plain.item_emb.weight.detach()

@@ -1,13 +1,19 @@
 """How much slower a local DP-SGD client step is than a plain one (same model, batch, device).
 
 Design rule: the ratio is measured in one process, on one model and one batch, with
-the two steps interleaved (warm-up, then the median of ``repeats``), so machine load
-and the device hit both sides alike. The plain step is ``zero_grad``, forward, loss,
-backward, ``optimizer.step()``; the DP step is :func:`fedrec.privacy.local_dp.make_dp_step`
-(per-unit clipping over all parameters, dense secret noise, the same optimizer kind),
-on the same batch with every unit sampled. The batch is one device's: an MF user with
-``history`` interactions (each a unit of ``1 + negatives`` rows) or an autoencoder
-user's row (one unit). ``reference=True`` also times Opacus's per-sample-gradient path.
+the two sides interleaved (warm-up, then the median of ``repeats``), so machine load
+and the device hit both sides alike. A side is one local update of ``steps`` steps
+(a device's ``epochs``), reported per step: the plain step is ``zero_grad``, forward,
+loss, backward, ``optimizer.step()``; the DP step is
+:func:`fedrec.privacy.local_dp.make_dp_step` (per-unit clipping over all parameters,
+secret noise on every coordinate, the same optimizer), on the same batch with every
+unit sampled, and the update ends with :meth:`DPStep.flush`, which adds the noise an
+SGD-trained table still owes (:mod:`fedrec.privacy.lazy_noise`), so deferred noise is
+paid inside the timing. The optimizer is the one a private run of the model uses
+(:func:`fedrec.federated.presets.federated_preset`; MF: SGD, autoencoders: Adam). The
+batch is one device's: an MF user with ``history`` interactions (each a unit of
+``1 + negatives`` rows) or an autoencoder user's row (one unit). ``reference=True``
+also times Opacus's per-sample-gradient path.
 
 Run ``python -m fedrec.bench.dp_overhead`` for the table over models and catalog sizes.
 """
@@ -20,10 +26,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from fedrec.bench.machine import steady_allocator
+from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model
 from fedrec.models.trainable import Examples, TrainableRecommender
@@ -86,7 +95,8 @@ def dp_overhead(
     repeats: int = 15,
     quick: bool = False,
     history: int = 100,
-    optimizer: str = "adam",
+    optimizer: str | None = None,
+    steps: int = 5,
     reference: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -106,7 +116,10 @@ def dp_overhead(
     history
         The device user's interactions.
     optimizer
-        Local optimizer kind (``"adam"``, the default local optimizer, or ``"sgd"``).
+        Local optimizer kind, ``"sgd"`` or ``"adam"``; ``None``: a private run's
+        (:func:`fedrec.federated.presets.federated_preset`).
+    steps
+        Steps per timed local update (both sides; the DP side then flushes).
     reference
         Also time Opacus's per-sample-gradient path (slow and memory-hungry for MF
         with a large catalog: it builds ``[rows, items, dim]``).
@@ -114,51 +127,66 @@ def dp_overhead(
     Returns
     -------
     dict
-        Median wall times ``plain_ms``, ``dp_ms``, ``noise_ms`` (drawing the dense noise
-        alone) and ``dp_overhead = dp_ms / plain_ms``; the same on process CPU time
-        (``*_cpu_ms``, ``dp_overhead_cpu``: steadier on a loaded machine); ``params``,
-        ``rows``, ``units``, ``n_items``; with ``reference``: ``reference_ms`` and
-        ``reference_overhead``.
+        Median wall times per step ``plain_ms``, ``dp_ms``, ``noise_ms`` (drawing one
+        step's dense noise alone) and ``dp_overhead = dp_ms / plain_ms``; the same on
+        process CPU time (``*_cpu_ms``, ``dp_overhead_cpu``: steadier on a loaded
+        machine); ``params``, ``rows``, ``units``, ``n_items``; with ``reference``:
+        ``reference_ms`` and ``reference_overhead``.
     """
     repeats, history = (3, min(history, 20)) if quick else (repeats, history)
     dev = torch.device(device)
     model = build_model(ModelConfig(kind=model_kind), n_items, 1, seed=seed).to(dev)
-    train = LocalTrainConfig(optimizer=optimizer)
+    preset = federated_preset(model_kind, privacy="local")[1]
+    train = replace(preset, optimizer=optimizer or preset.optimizer)
     batch, units = _batch(model, history, seed, dev)
     n_units = int(units.max()) + 1
     plain_opt = make_optimizer(list(model.parameters()), train)
 
     def plain() -> None:
-        plain_opt.zero_grad(set_to_none=True)
-        model.loss(model(*batch.inputs), batch.target).backward()
-        plain_opt.step()
+        for _ in range(steps):
+            plain_opt.zero_grad(set_to_none=True)
+            model.loss(model(*batch.inputs), batch.target).backward()
+            plain_opt.step()
 
-    steps: dict[str, Callable[[], None]] = {"plain": plain}
     fast = _dp_step(model, train, n_units, fast=True)
-    steps["dp"] = lambda: fast(batch, units)
+
+    def dp() -> None:
+        for _ in range(steps):
+            fast(batch, units)
+        fast.flush()
+
+    sides: dict[str, Callable[[], None]] = {"plain": plain, "dp": dp}
     # a copy: Opacus's hooks on the model would also fire in the other two steps
     ref = _dp_step(copy.deepcopy(model), train, n_units, fast=False) if reference else None
     if ref is not None:
-        steps["reference"] = lambda: _quiet(ref, batch, units)
+
+        def opacus_side() -> None:
+            for _ in range(steps):
+                _quiet(ref, batch, units)
+
+        sides["reference"] = opacus_side
     n_params = sum(p.numel() for p in model.parameters())
     noise_rng = secure_rng()
 
     def noise() -> None:
-        secret_normal(n_params, 1.0, noise_rng, device=dev)
+        for _ in range(steps):
+            secret_normal(n_params, 1.0, noise_rng, device=dev)
 
-    steps["noise"] = noise
+    sides["noise"] = noise
     try:
-        times = _interleaved(steps, repeats, _timer(dev))
+        times = _interleaved(sides, repeats, _timer(dev))
     finally:
         fast.close()
         if ref is not None:
             ref.close()
-    out = {f"{k}_ms": statistics.median(t[0] for t in v) for k, v in times.items()}
-    out |= {f"{k}_cpu_ms": statistics.median(t[1] for t in v) for k, v in times.items()}
+    out = {f"{k}_ms": statistics.median(t[0] for t in v) / steps for k, v in times.items()}
+    out |= {f"{k}_cpu_ms": statistics.median(t[1] for t in v) / steps
+            for k, v in times.items()}  # fmt: skip
     out["dp_overhead"] = out["dp_ms"] / out["plain_ms"]
     out["dp_overhead_cpu"] = out["dp_cpu_ms"] / out["plain_cpu_ms"]
     out["n_items"] = float(n_items)
-    out |= {"params": float(n_params), "rows": float(len(batch)), "units": float(n_units)}
+    out |= {"params": float(n_params), "rows": float(len(batch)), "units": float(n_units),
+            "steps": float(steps), "sgd": float(train.optimizer == "sgd")}  # fmt: skip
     if ref is not None:
         out["reference_overhead"] = out["reference_ms"] / out["plain_ms"]
     return out
@@ -190,12 +218,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    parser.add_argument("--optimizer", default=None, choices=("adam", "sgd"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    print(f"allocator: {steady_allocator()}")
     print("kind     items  plain_ms    dp_ms  noise_ms  overhead  cpu_overhead  ref_overhead")
     for kind in args.kinds:
         for n in args.sizes:

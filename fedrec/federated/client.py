@@ -33,9 +33,9 @@ from fedrec.models.trainable import TrainableRecommender
 from fedrec.training import mf_fast
 from fedrec.training.local import (
     Proximal,
-    make_optimizer,
     refit_user,
     train_epochs,
+    update_optimizer,
     user_examples,
 )
 
@@ -123,7 +123,7 @@ def client_fit(
     examples = user_examples(model, train_items)
     if user_state is None or train_cfg.refit_every_round:
         refit_user(model, train_cfg.for_refit(first=user_state is None), examples, generator=gen)
-    optimizer = make_optimizer(list(model.parameters()), train_cfg)
+    optimizer = update_optimizer(model, train_cfg)
     proximal = Proximal.around(list(item_side(model).values()), train_cfg.proximal_mu)
     loss = train_epochs(
         model,

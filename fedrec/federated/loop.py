@@ -137,7 +137,8 @@ def run_federated(
             for u in cohort:
                 if local_dp is not None:
                     private = _fit_private(
-                        local_dp, result.accounts, split, model_cfg, train_cfg, items, states,
+                        local_dp, result.accounts, split, model_cfg.at_round(rnd + 1), train_cfg,
+                        items, states,
                         int(u), seed=derive_seed(seed, int(u), rnd),
                     )  # fmt: skip
                     if private is None:
@@ -148,7 +149,7 @@ def run_federated(
                     weights.append(float(len(split.train_items(int(u)))))
                     continue
                 fit = client_fit(
-                    model_cfg,
+                    model_cfg.at_round(rnd + 1),
                     train_cfg,
                     items,
                     states.get(int(u)),

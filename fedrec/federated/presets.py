@@ -3,28 +3,45 @@
 Design rule: one place says which local training and server optimizer suit each user
 model, because they differ by orders of magnitude. MF trains many interaction
 examples per client with local SGD (a per-client mean loss, so item rows need a large
-step) and FedAdam on the server; an autoencoder client has one example (its row), and
-a few local Adam steps on it followed by server-side Adam (Reddi et al. 2021) learned
-fastest among the settings we tried (plain local SGD at lr 1-5 barely moved or
-diverged), with the centralized twin's architecture
-(:data:`fedrec.training.autoencoder.PRESETS`). Numbers measured with
-these presets are in ``docs/RESULTS.md``. MF's server step decays late in the run
-(:data:`MF_SERVER`), which averages out the noise of the sampled cohorts.
+step) and FedAdam on the server. An autoencoder client holds one example, its row, so
+the presets make federated training the centralized twin's minibatch Adam in federated
+form (FedSGD, McMahan et al. 2017, with server Adam, Reddi et al. 2021): each device
+takes one SGD step of rate 1 (its upload is minus the gradient of its loss at the
+global model, weight decay included), and the server's Adam, at the twin's rate 1e-3,
+steps on the cohort mean, a minibatch of about ``clients_per_round`` users. The twin's
+architecture and weight decay come from :data:`fedrec.training.autoencoder.PRESETS`.
+Numbers measured with these presets are in ``docs/RESULTS.md``. The server step decays
+late in the run (``lr_schedule="step"``), which averages out the sampled cohorts' noise.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 
-AE_LOCAL = LocalTrainConfig(epochs=3, lr=0.01, optimizer="adam", refit_steps=0)
-"""No user-side refit for CDAE: 5 refit epochs of Adam 0.1 overfit the user input vector
-``v_u`` and made federated CDAE peak at 0.33 (round 10) and then decline; without it
-NDCG@10 keeps rising (ml-100k, 100 clients per round: 0.369 at round 150). Mult-VAE has
-no user side, so it is unaffected."""
-AE_SERVER_LR = 0.03
-AE_SERVER = ServerConfig(strategy="fedadam", server_lr=AE_SERVER_LR, lr_schedule="step")
-"""CDAE, 300 rounds: 0.384 with the late step decay, 0.355 at a constant rate."""
+AE_FEDSGD = LocalTrainConfig(epochs=1, lr=1.0, optimizer="sgd", refit_steps=0, user_lr=1e-3)
+"""One local SGD step of rate 1; CDAE's user vector ``v_u`` (never seen by the server's
+optimizer) takes its own step of 1e-3, about what the twin's Adam moves it. No user-side
+refit: 5 refit epochs of Adam 0.1 overfit ``v_u`` (federated CDAE then peaked at 0.33
+and declined). Replaces "3 local Adam epochs + FedAdam 0.03" (CDAE 0.384 after 300
+rounds, Mult-VAE 0.265 after 150)."""
+AE_LOCAL_AVG = LocalTrainConfig(epochs=3, lr=0.01, optimizer="adam", refit_steps=0)
+"""With FedAvg / FedProx (plain model averaging), and in private runs, the devices take
+a few adaptive steps themselves: 3 local Adam epochs of rate 0.01 (the autoencoders'
+preset before FedSGD; non-private CDAE 0.384 after 300 rounds with
+:data:`AE_SERVER_FEW`), which moves the model within a few rounds."""
+AE_SERVER_FEW = ServerConfig(strategy="fedadam", server_lr=0.03, lr_schedule="step")
+AE_SERVER = ServerConfig(
+    strategy="fedadam", server_lr=1e-3, beta2=0.999, tau=1e-8, lr_schedule="step"
+)
+"""Adam's own constants (the twin's), stepping on the cohort's mean gradient. CDAE on
+ml-100k, 300 rounds of 100 clients: 0.446 with the late step decay; at a constant
+rate it peaks at 0.437 (round 300) and falls to 0.419 by round 700."""
+MULTVAE_ANNEAL_ROUNDS = 350
+"""Mult-VAE's KL weight rises from 0 to ``beta`` over the first rounds, as the twin
+anneals it over the first half of its steps (Liang et al. 2018)."""
 MF_LOCAL = LocalTrainConfig(warm_refit_steps=5)
 """A returning user refits its vector for 5 epochs instead of 20 before its update:
 the same NDCG@10 on ml-100k (0.4259 vs 0.4255, mean of seeds 0 and 1, 150 rounds of
@@ -34,13 +51,25 @@ MF_SERVER = ServerConfig(strategy="fedadam", lr_schedule="step")
 NDCG@10 over a constant rate on ml-100k (100 clients per round, 150 rounds, seeds 0, 1)."""
 
 
-def federated_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-    """Model, local-training and server settings for a federated run of ``kind``."""
+def federated_preset(
+    kind: str, strategy: str | None = None, privacy: str = "none"
+) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+    """Model, local-training and server settings for a federated run of ``kind``.
+
+    ``strategy``: the server strategy the run will use (``None``: the preset's). The
+    autoencoders' FedSGD preset needs the server's Adam and hundreds of rounds; with
+    FedAvg or FedProx, or under a privacy mode (20 rounds by default, each spending
+    budget), they train locally with :data:`AE_LOCAL_AVG` and :data:`AE_SERVER_FEW`.
+    """
     if kind in ("cdae", "multvae"):
         from fedrec.training.autoencoder import PRESETS
 
-        model, _ = PRESETS[kind]
-        return model, AE_LOCAL, AE_SERVER
+        model, twin = PRESETS[kind]
+        if strategy not in (None, AE_SERVER.strategy) or privacy != "none":
+            return model, AE_LOCAL_AVG, AE_SERVER_FEW
+        local = replace(AE_FEDSGD, weight_decay=twin.weight_decay)
+        model = replace(model, anneal_rounds=MULTVAE_ANNEAL_ROUNDS) if kind == "multvae" else model
+        return model, local, AE_SERVER
     return ModelConfig(kind=kind), MF_LOCAL, MF_SERVER
 
 

@@ -51,6 +51,7 @@ from fedrec.training.local import (
     freeze_except,
     make_optimizer,
     restore_grad_flags,
+    update_optimizer,
     user_examples,
 )
 
@@ -207,7 +208,7 @@ def client_fit_private(
         mu = train_cfg.proximal_mu
         proximal = Proximal.around(list(item_side(model).values()), mu) if mu > 0 else None
         weights = {BIAS_PARAM: privacy.bias_scale} if _weights_bias(model, privacy) else None
-        opt = _update_optimizer(model, train_cfg, run.item_lr_scale)
+        opt = update_optimizer(model, train_cfg, item_lr=train_cfg.lr * run.item_lr_scale)
         releases.append(run.train(opt, train_cfg.epochs, proximal=proximal, clip_weights=weights))
     return PrivateFit(get_item_arrays(model), get_user_state(model), releases)
 
@@ -256,17 +257,6 @@ class _DPRun:
             proximal=proximal,
             clip_weights=clip_weights,
         )
-
-
-def _update_optimizer(
-    model: TrainableRecommender, train: LocalTrainConfig, item_scale: float
-) -> torch.optim.Optimizer:
-    """The update's optimizer: item-side rate ``lr * item_scale``, user-side ``lr``."""
-    opt = make_optimizer(list(item_side(model).values()), train, lr=train.lr * item_scale)
-    user = [p for n, p in model.named_parameters() if n in model.USER_SIDE and p.requires_grad]
-    if user:
-        opt.add_param_group({"params": user, "lr": train.lr})
-    return opt
 
 
 def _weights_bias(model: torch.nn.Module, privacy: LocalPrivacy) -> bool:

@@ -59,6 +59,10 @@ class ModelConfig:
     hidden, dropout, beta
         Autoencoders only: hidden width, input dropout (denoising corruption) and the
         KL weight of Mult-VAE (Liang et al. 2018).
+    anneal_rounds
+        Mult-VAE in federated training: the KL weight rises linearly from 0 to ``beta``
+        over this many server rounds (Liang et al.'s KL annealing, counted in rounds;
+        see :meth:`at_round`); 0 = ``beta`` from the first round.
     """
 
     kind: str = "mf"
@@ -71,6 +75,7 @@ class ModelConfig:
     hidden: int = 600
     dropout: float = 0.5
     beta: float = 0.2
+    anneal_rounds: int = 0
 
     def __post_init__(self) -> None:
         _require(
@@ -99,6 +104,20 @@ class ModelConfig:
             "use e.g. 0.5",
         )
         _non_negative(self.beta, "model.beta")
+        _require(
+            self.anneal_rounds >= 0,
+            f"must be >= 0, got {self.anneal_rounds}",
+            "model.anneal_rounds",
+            "use 0 (off) or a number of rounds",
+        )
+
+    def at_round(self, server_round: int) -> ModelConfig:
+        """The model a device trains in ``server_round`` (1-based): Mult-VAE's KL weight
+        ``beta * min(1, (server_round - 1) / anneal_rounds)``; otherwise ``self``."""
+        if self.kind != "multvae" or self.anneal_rounds == 0:
+            return self
+        weight = min(1.0, max(server_round - 1, 0) / self.anneal_rounds)
+        return dataclasses.replace(self, beta=self.beta * weight, anneal_rounds=0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,11 @@ class LocalTrainConfig:
         Refit epochs before a *returning* user's update (``refit_every_round``); its
         stored state is already close, so fewer suffice. ``None`` = ``refit_steps``.
         A first participation and every evaluation use ``refit_steps``.
+    user_lr
+        Learning rate of the user-side parameters in the local update; ``None`` = ``lr``.
+        FedSGD (one SGD step of rate 1: the upload is the gradient, which the server's
+        Adam scales) needs it: the user vector never passes through the server's
+        optimizer, so it takes its own small step.
     """
 
     epochs: int = 5
@@ -150,6 +174,7 @@ class LocalTrainConfig:
     refit_every_round: bool = True
     refit_optimizer: str = "adam"
     warm_refit_steps: int | None = None
+    user_lr: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"must be >= 1, got {self.epochs}", "train.epochs", "use 1+")
@@ -187,6 +212,8 @@ class LocalTrainConfig:
             "train.refit_optimizer",
             f"use one of {', '.join(LOCAL_OPTIMIZERS)}",
         )
+        if self.user_lr is not None:
+            _positive(self.user_lr, "train.user_lr")
 
     def refit_epochs(self, *, first: bool) -> int:
         """Epochs of the user-side refit before an update (first participation or not)."""

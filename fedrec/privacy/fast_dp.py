@@ -39,6 +39,14 @@ from torch import nn
 
 from fedrec.errors import ConfigError
 
+SMALL_DRAW = 4096
+"""Up to this many normals, :func:`secret_normal` takes NumPy's float64 ziggurat: one
+call instead of a dozen tensor operations, which dominate for a user vector's noise."""
+
+LAZY_MIN_ROWS = 64
+"""Smaller tables (a device's own user vector) are noised eagerly: deferring pays only
+when a step reads a small part of the table."""
+
 
 def secret_normal(
     numel: int,
@@ -50,13 +58,18 @@ def secret_normal(
 ) -> torch.Tensor:
     """``numel`` i.i.d. ``N(0, std**2)`` draws, flat, from the secret ``rng``.
 
-    Box-Muller (1958): per pair, a 53-bit uniform ``u`` in ``(0, 1]`` (NumPy's float64
-    ``random``) gives the radius ``sqrt(-2 ln u)`` and a 24-bit uniform the angle.
-    ``rng`` supplies every random bit (:func:`fedrec.privacy.noise.secure_rng`), so an
-    insecure test seed reproduces the draws exactly; the transform runs on ``device``.
+    Up to :data:`SMALL_DRAW` draws come straight from NumPy's float64 ziggurat
+    (Marsaglia and Tsang 2000). Beyond, Box-Muller (1958): per pair, a 53-bit uniform
+    ``u`` in ``(0, 1]`` (NumPy's float64 ``random``) gives the radius ``sqrt(-2 ln u)``
+    and a 24-bit uniform the angle. ``rng`` supplies every random bit
+    (:func:`fedrec.privacy.noise.secure_rng`), so an insecure test seed reproduces the
+    draws exactly; the transform runs on ``device``.
     """
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
+    if numel <= SMALL_DRAW:  # fewer operations: NumPy's float64 ziggurat, exact tails
+        small = torch.from_numpy(rng.standard_normal(numel)).mul_(std)
+        return small.to(device, dtype)
     pairs = (numel + 1) // 2
     work = torch.float64 if dtype == torch.float64 else torch.float32
     uniform = rng.random(pairs)
@@ -183,6 +196,10 @@ class GhostClipper:
             trace = _concat(old, trace)
         self._traces[id(layer)] = trace
 
+    def owner(self, p: nn.Parameter) -> nn.Module:
+        """The layer that owns ``p``."""
+        return self._owner[id(p)]
+
     def clear(self) -> None:
         """Drop the recorded rows (activations and output gradients)."""
         self._traces = {}
@@ -297,6 +314,12 @@ class GhostDPStep:
     clip_weights
         Per-parameter weight ``c`` inside the clipped vector; the noisy sum of that
         parameter is divided by ``c`` afterwards (post-processing).
+    lazy_noise
+        With plain SGD (no momentum, weight decay or proximal term), owe the noise of
+        ``nn.Embedding`` tables row by row and add it when a row is next read or at
+        :meth:`flush` (:mod:`fedrec.privacy.lazy_noise`: the same distribution of every
+        read value and of the result, in other draws). Call :meth:`flush` or
+        :meth:`close` before reading the parameters outside the model's forward.
     """
 
     def __init__(
@@ -310,7 +333,10 @@ class GhostDPStep:
         rng: np.random.Generator,
         clip_weights: Mapping[nn.Parameter, float] | None = None,
         proximal: Callable[[], None] | None = None,
+        lazy_noise: bool = True,
     ) -> None:
+        from fedrec.privacy.lazy_noise import LazyRowNoise, lazy_eligible
+
         self.params = optimizer_params(optimizer)
         self.clipper = GhostClipper(model, self.params)
         self.optimizer = optimizer
@@ -320,6 +346,16 @@ class GhostDPStep:
         self.rng = rng
         self.weights = dict(clip_weights or {})
         self.proximal = proximal
+        tables: dict[int, list[nn.Embedding]] = {}  # lazy tables grouped by their rows
+        if lazy_noise and lazy_eligible(optimizer, proximal is not None):
+            for p in self.params:
+                layer = self.clipper.owner(p)
+                if isinstance(layer, nn.Embedding) and layer.num_embeddings >= LAZY_MIN_ROWS:
+                    tables.setdefault(layer.num_embeddings, []).append(layer)
+        self.lazy = [([t.weight for t in ts], LazyRowNoise(ts, rng)) for ts in tables.values()]
+        lazy_ids = {id(t.weight) for ts in tables.values() for t in ts}
+        self.eager = [p for p in self.params if id(p) not in lazy_ids]
+        self._group = {id(p): g for g in optimizer.param_groups for p in g["params"]}
 
     def __call__(self, loss_of: Callable[[], torch.Tensor] | None, units: torch.Tensor) -> None:
         """Step on the rows whose losses ``loss_of`` averages; ``None``: an empty batch.
@@ -337,16 +373,35 @@ class GhostDPStep:
             scale /= self.expected_batch_size
         # (c S + N(0, (z C)^2)) / (E c) = S / E + N(0, (z C / (E c))^2)
         std = self.noise_multiplier * self.max_grad_norm / self.expected_batch_size
-        for p, grad in zip(self.params, noise_like(self.params, std, self.rng), strict=True):
+        for p, grad in zip(self.eager, noise_like(self.eager, std, self.rng), strict=True):
             if (c := self.weights.get(p, 1.0)) != 1.0:
                 grad.div_(c)
             if n_units:
                 self.clipper.add_clipped_(p, grad, scale, units)
             p.grad = grad
+        for tables, lazy in self.lazy:  # plain SGD: the clipped sum now, noise owed
+            rates = [float(self._group[id(p)]["lr"]) for p in tables]
+            weights = [self.weights.get(p, 1.0) for p in tables]
+            lazy.accrue([r * std / c for r, c in zip(rates, weights, strict=True)])
+            if n_units:
+                with torch.no_grad():
+                    for p, lr in zip(tables, rates, strict=True):
+                        self.clipper.add_clipped_(p, p, scale * -lr, units)
         self.clipper.clear()
         if self.proximal is not None:
             self.proximal()
         self.optimizer.step()
+
+    def flush(self) -> None:
+        """Add every noise draw still owed (lazy tables); the parameters are then final."""
+        for _, lazy in self.lazy:
+            lazy.settle()
+
+    def close(self) -> None:
+        """:meth:`flush` and detach the lazy tables' hooks."""
+        for _, lazy in self.lazy:
+            lazy.close()
+        self.lazy = []
 
 
 def noise_like(

@@ -13,7 +13,10 @@ Embedding layers fedrec's models are made of (:mod:`fedrec.privacy.fast_dp`), wi
 per-example gradients; ``fast=False`` is the reference, Opacus's ``GradSampleModule``
 and ``DPOptimizer``, which materializes ``[batch, items, dim]`` per-example gradients
 for an item table. Both use Opacus's clip factor, noise std ``z C`` and division by
-the expected batch size, and the same accounting (:class:`Release`).
+the expected batch size, and the same accounting (:class:`Release`). With plain SGD
+the fast path also defers the noise of an embedding table row by row until the row is
+read again or training ends (:mod:`fedrec.privacy.lazy_noise`): the trained parameters
+have exactly the distribution of per-step dense noise, from far fewer draws.
 
 Privacy unit: a *unit* groups example rows. MF (BCE) builds one positive row plus
 ``negatives`` negative rows per interaction; all of them form the interaction's unit
@@ -59,6 +62,9 @@ class DPStep(Protocol):
     """One DP-SGD step on a sampled batch (``None``: no unit sampled)."""
 
     def __call__(self, batch: Examples | None, units: torch.Tensor) -> None: ...
+
+    def flush(self) -> None:
+        """Add any noise still owed (lazy tables); the parameters are then final."""
 
     def close(self) -> None: ...
 
@@ -135,7 +141,11 @@ class _GhostStep:
         units = units if units.device == self.device else units.to(self.device)
         self.step(lambda: self.model.loss(self.model(*b.inputs), b.target), units)
 
+    def flush(self) -> None:
+        self.step.flush()
+
     def close(self) -> None:
+        self.step.close()
         for p in self.model.parameters():
             p.grad = None
 
@@ -174,6 +184,9 @@ class _OpacusStep:
             if self.proximal is not None and self.proximal.mu > 0:
                 self.proximal.add_grad()
             self.dp_opt.original_optimizer.step()
+
+    def flush(self) -> None:
+        """Nothing is owed: the reference noises every coordinate at every step."""
 
     def close(self) -> None:
         self.gsm._close()
@@ -224,11 +237,15 @@ def make_dp_step(
     proximal: GradientTerm | None = None,
     clip_weights: Mapping[str, float] | None = None,
     fast: bool = True,
+    lazy_noise: bool = True,
 ) -> DPStep:
     """One DP-SGD step of :func:`dp_train` as an object (also used by ``fedrec.bench``).
 
-    ``fast=True``: ghost clipping (:mod:`fedrec.privacy.fast_dp`); ``False``: Opacus's
-    per-sample gradients. Call :meth:`DPStep.close` when done (detaches Opacus).
+    ``fast=True``: ghost clipping (:mod:`fedrec.privacy.fast_dp`), with the noise of
+    SGD-trained tables deferred row by row when ``lazy_noise``
+    (:mod:`fedrec.privacy.lazy_noise`); ``False``: Opacus's per-sample gradients. Call
+    :meth:`DPStep.flush` before reading the parameters and :meth:`DPStep.close` when
+    done (settles owed noise, detaches hooks).
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     weights = dict(clip_weights or {})
@@ -245,6 +262,7 @@ def make_dp_step(
             rng=rng,
             clip_weights={named[n]: c for n, c in weights.items()},
             proximal=None if prox is None or prox.mu <= 0 else prox.add_grad,
+            lazy_noise=lazy_noise,
         )
         return _GhostStep(model, step)
     dp_opt = _SecretNoiseDPOptimizer(
@@ -272,6 +290,7 @@ def dp_train(
     proximal: GradientTerm | None = None,
     clip_weights: Mapping[str, float] | None = None,
     fast: bool = True,
+    lazy_noise: bool = True,
 ) -> Release:
     """Train ``model`` in place with DP-SGD over privacy units; return what was spent.
 
@@ -305,7 +324,12 @@ def dp_train(
         ``{"item_bias.weight": 0.1}``).
     fast
         Ghost clipping (default; Linear and Embedding layers only) or, ``False``, the
-        reference Opacus per-sample-gradient path. Same result, same noise draws.
+        reference Opacus per-sample-gradient path. Same result, same noise draws
+        (with ``lazy_noise=False``).
+    lazy_noise
+        Fast path with plain SGD: draw an embedding row's noise when the row is next
+        read or at the end (:mod:`fedrec.privacy.lazy_noise`): the same distribution of
+        the trained parameters, in far fewer draws per step for a large catalog.
 
     Returns
     -------
@@ -326,10 +350,12 @@ def dp_train(
                 step = make_dp_step(model, optimizer, noise_multiplier=noise_multiplier,
                                     max_grad_norm=max_grad_norm, expected_batch_size=q * n_units,
                                     rng=rng, proximal=proximal, clip_weights=clip_weights,
-                                    fast=fast)  # fmt: skip
+                                    fast=fast, lazy_noise=lazy_noise)  # fmt: skip
             for _ in range(math.ceil(1.0 / q)):
                 _poisson_step(step, ex, row_units, poisson_mask(n_units, q, rng))
                 steps += 1
+        if step is not None:
+            step.flush()
     finally:
         if step is not None:
             step.close()

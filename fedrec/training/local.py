@@ -47,6 +47,23 @@ def make_optimizer(
     return torch.optim.SGD(trainable, lr=rate, weight_decay=cfg.weight_decay)
 
 
+def update_optimizer(
+    model: TrainableRecommender, cfg: LocalTrainConfig, *, item_lr: float | None = None
+) -> torch.optim.Optimizer:
+    """The local update's optimizer: item side at ``item_lr`` (default ``cfg.lr``), the
+    user side at ``cfg.user_lr`` (default: the item rate) in a second parameter group."""
+    item_rate = cfg.lr if item_lr is None else item_lr
+    if cfg.user_lr is None and item_lr is None:
+        return make_optimizer(list(model.parameters()), cfg)
+    names = set(model.USER_SIDE)
+    opt = make_optimizer([p for n, p in model.named_parameters() if n not in names], cfg,
+                         lr=item_rate)  # fmt: skip
+    user = [p for n, p in model.named_parameters() if n in names and p.requires_grad]
+    if user:
+        opt.add_param_group({"params": user, "lr": cfg.user_lr or cfg.lr})
+    return opt
+
+
 @dataclass
 class Proximal:
     """FedProx term ``mu/2 ||w - w_global||^2`` on ``params``, as a gradient addition."""

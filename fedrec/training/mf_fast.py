@@ -41,8 +41,8 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 
 def supports(model_cfg: ModelConfig, train_cfg: LocalTrainConfig) -> bool:
     """Whether :func:`fit` / :func:`refit` reproduce the autograd path for these configs."""
-    del train_cfg  # every LocalTrainConfig combination (sgd/adam, decay, FedProx) is covered
-    return model_cfg.kind == "mf"
+    # every other LocalTrainConfig combination (sgd/adam, decay, FedProx) is covered
+    return model_cfg.kind == "mf" and train_cfg.user_lr is None
 
 
 @dataclass
