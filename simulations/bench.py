@@ -29,8 +29,9 @@ import torch
 
 from fedrec.bench.dp_overhead import dp_overhead
 from fedrec.bench.eval_speed import eval_users_per_s
-from fedrec.bench.machine import load_average, machine_info, steady_allocator
+from fedrec.bench.machine import load_average, machine_info
 from fedrec.models.config import ModelConfig
+from fedrec.training.allocator import steady_allocator
 from server.settings import RunSettings
 from simulations.scale import SCALE_ITEMS, ScaleSpec, measure_rss
 

@@ -31,7 +31,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from fedrec.bench.machine import steady_allocator
 from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model
@@ -39,6 +38,7 @@ from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy.fast_dp import secret_normal
 from fedrec.privacy.local_dp import DPStep, interaction_units, make_dp_step
 from fedrec.privacy.noise import secure_rng
+from fedrec.training.allocator import steady_allocator
 from fedrec.training.local import make_optimizer, user_examples
 
 KINDS = ("mf", "cdae", "multvae")

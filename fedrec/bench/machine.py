@@ -9,8 +9,6 @@ imports Flower.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 from importlib import metadata
@@ -19,9 +17,6 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "flwr", "opacus", "numpy", "scipy")
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
-MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit
-TRIM_THRESHOLD = 2**30
 
 
 def _proc_field(path: str, key: str) -> str | None:
@@ -71,30 +66,6 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return device
-
-
-def steady_allocator() -> str:
-    """Keep freed tensor memory in the process heap (glibc), for steady step timings.
-
-    By default glibc serves each multi-megabyte tensor with a fresh ``mmap`` and gives
-    it back on free, so every training step page-faults its gradients and optimizer
-    temporaries anew; on a shared machine that alone moved a 27,000-item MF step by
-    +-50% from run to run. Raising ``M_MMAP_THRESHOLD`` (to its 32 MiB maximum) and
-    ``M_TRIM_THRESHOLD`` makes both sides of a ratio reuse warm heap memory. Applies to
-    the whole process and stays in force. Returns what was set (recorded in the bench
-    JSON), or why nothing was (not glibc).
-    """
-    name = ctypes.util.find_library("c")
-    if platform.system() != "Linux" or name is None:
-        return "default (not Linux/glibc)"
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return "default (no mallopt)"
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    if not ok:
-        return "default (mallopt refused)"
-    return f"glibc mallopt M_MMAP_THRESHOLD={MMAP_THRESHOLD} M_TRIM_THRESHOLD={TRIM_THRESHOLD}"
 
 
 def machine_info(device: str = "cpu") -> dict[str, object]:

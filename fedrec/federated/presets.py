@@ -76,10 +76,10 @@ def federated_preset(
 def default_rounds(kind: str, privacy: str = "none") -> int:
     """Rounds of ``fedrec simulate`` when none are given.
 
-    Non-private MF needs about 150 rounds of 100 clients on ml-100k, CDAE about 300 and
-    Mult-VAE (not tuned) was still rising at 150 (``docs/RESULTS.md``); under DP every
-    round spends budget, so private runs default to 20.
+    With 100 clients per round on ml-100k: MF needs about 150 rounds, CDAE 300 and
+    Mult-VAE 400 (its KL weight reaches ``beta`` at round 351); see ``docs/RESULTS.md``.
+    Under DP every round spends budget, so private runs default to 20.
     """
     if privacy != "none":
         return 20
-    return {"mf": 150, "cdae": 300, "multvae": 150}.get(kind, 20)
+    return {"mf": 150, "cdae": 300, "multvae": 400}.get(kind, 20)

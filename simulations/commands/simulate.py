@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from fedrec.federated.presets import default_rounds
 from fedrec.models.config import MODEL_KIND_NAMES
 from fedrec.privacy.accounting import ACCOUNTANTS
 from fedrec.privacy.config import PRIVACY_MODES
+from fedrec.training.allocator import ENV as ALLOCATOR_ENV
+from fedrec.training.allocator import steady_allocator
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
@@ -212,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
+    steady_allocator()  # device models' large tensors: reuse heap memory, no page faults
+    os.environ.update(ALLOCATOR_ENV)  # and in Ray's worker processes, started later
     if _is_gram_run(args):  # federated EASE has its own one-round server (server.gram_app)
         return _run_gram(args)
     if args.resume is not None:
