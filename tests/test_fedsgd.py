@@ -61,3 +61,27 @@ def test_kl_weight_rises_linearly_over_the_anneal_rounds() -> None:
 def test_bad_values_name_the_field(build: object, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("kind", ["cdae", "multvae"])
+def test_devices_skip_the_item_init_they_overwrite_without_changing_anything(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the same update with the device model's item side initialized first
+    from fedrec.federated import client
+
+    cfg = ModelConfig(kind=kind, dim=4, hidden=8, dropout=0.3)
+    items = init_item_arrays(cfg, N_ITEMS, seed=0)
+    fast = client_fit(cfg, ONE_STEP, items, None, ITEMS, seed=5)
+    built = client.build_model
+    monkeypatch.setattr(
+        client, "build_model", lambda *a, **kw: built(*a, **{**kw, "item_init": True})
+    )
+    # Execute
+    slow = client_fit(cfg, ONE_STEP, items, None, ITEMS, seed=5)
+    # Assert: bit-identical upload and user state
+    for a, b in zip(fast.item_arrays, slow.item_arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fast.user_state.keys() == slow.user_state.keys()
+    for key, value in fast.user_state.items():
+        np.testing.assert_array_equal(value, slow.user_state[key])

@@ -81,7 +81,7 @@ def load_device_model(
 ) -> TrainableRecommender:
     """A one-user model holding the global items and the stored (or a fresh) user state."""
     n_items = int(global_items[0].shape[0])
-    model = build_model(model_cfg, n_items, 1, seed=seed)
+    model = build_model(model_cfg, n_items, 1, seed=seed, item_init=False)
     set_item_arrays(model, global_items)
     if user_state is not None:
         set_user_state(model, user_state)

@@ -111,13 +111,16 @@ class CDAE(TrainableRecommender):
     )
     USER_SIDE: ClassVar[tuple[str, ...]] = ("user_input.weight",)
 
-    def __init__(self, cfg: ModelConfig, n_items: int, n_users: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool = True
+    ) -> None:
         super().__init__(n_items, n_users)
         self.dropout = cfg.dropout
         self.encoder = linear(n_items, cfg.dim)
         self.user_input = nn.Embedding(n_users, cfg.dim)
         self.decoder = linear(cfg.dim, n_items)
-        xavier_(self.encoder, self.decoder)
+        if item_init:  # False: the caller overwrites the item side (see build_model)
+            xavier_(self.encoder, self.decoder)
         nn.init.zeros_(self.user_input.weight)
 
     def forward(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

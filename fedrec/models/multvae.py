@@ -57,7 +57,9 @@ class MultVAE(TrainableRecommender):
     )
     USER_SIDE: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg: ModelConfig, n_items: int, n_users: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool = True
+    ) -> None:
         super().__init__(n_items, n_users)
         self.latent = cfg.dim
         self.dropout = cfg.dropout
@@ -66,7 +68,8 @@ class MultVAE(TrainableRecommender):
         self.enc_out = linear(cfg.hidden, 2 * cfg.dim)
         self.dec_hidden = linear(cfg.dim, cfg.hidden)
         self.dec_out = linear(cfg.hidden, n_items)
-        xavier_(self.enc_hidden, self.enc_out, self.dec_hidden, self.dec_out)
+        if item_init:  # False: the caller overwrites the item side (see build_model)
+            xavier_(self.enc_hidden, self.enc_out, self.dec_hidden, self.dec_out)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance ``[b, dim]`` of ``q(z | x)``."""

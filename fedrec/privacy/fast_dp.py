@@ -347,7 +347,8 @@ class GhostDPStep:
         self.weights = dict(clip_weights or {})
         self.proximal = proximal
         tables: dict[int, list[nn.Embedding]] = {}  # lazy tables grouped by their rows
-        if lazy_noise and lazy_eligible(optimizer, proximal is not None):
+        self.plain_sgd = lazy_eligible(optimizer, proximal is not None)
+        if lazy_noise and self.plain_sgd:
             for p in self.params:
                 layer = self.clipper.owner(p)
                 if isinstance(layer, nn.Embedding) and layer.num_embeddings >= LAZY_MIN_ROWS:
@@ -390,7 +391,12 @@ class GhostDPStep:
         self.clipper.clear()
         if self.proximal is not None:
             self.proximal()
-        self.optimizer.step()
+        if self.plain_sgd:  # what SGD.step does, without its per-call bookkeeping
+            with torch.no_grad():
+                for p in self.eager:
+                    p.add_(p.grad, alpha=-float(self._group[id(p)]["lr"]))
+        else:
+            self.optimizer.step()
 
     def flush(self) -> None:
         """Add every noise draw still owed (lazy tables); the parameters are then final."""
