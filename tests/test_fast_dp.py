@@ -18,6 +18,7 @@ from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy import local_dp
 from fedrec.privacy.fast_dp import GhostClipper, GhostDPStep, secret_normal
 from fedrec.privacy.local_dp import dp_train, interaction_units
+from fedrec.privacy.mf_clip import MFClipper
 from fedrec.privacy.noise import secure_rng
 from fedrec.training.local import Proximal, freeze_except, user_examples
 
@@ -158,6 +159,37 @@ def test_unit_norms_and_weighted_sums_equal_opacus_per_sample_gradients(
     torch.testing.assert_close(norms, ref_norms.norm(dim=1))
     for out, g in zip(sums, expected, strict=True):
         torch.testing.assert_close(out, torch.einsum("u,u...->...", scale, g))
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("trainable", ["all", "user"])
+def test_mf_closed_form_clipper_equals_opacus_per_sample_gradients(trainable: str) -> None:
+    # Prepare: MF rows in interaction units (negatives may repeat an item in a unit)
+    model = _model("mf-bce")
+    ex = user_examples(model, ITEMS)(torch.Generator().manual_seed(2))
+    units = interaction_units(model, len(ITEMS))
+    assert units is not None
+    n_units = int(units.max()) + 1
+    expected = _opacus_unit_grads(model, ex, units)
+    scale = torch.rand(n_units, generator=torch.Generator().manual_seed(0)) + 0.5
+    params = list(model.parameters())
+    clipped = params if trainable == "all" else [model.user_emb.weight]
+    weights = {model.item_bias.weight: 0.3}
+    # Execute
+    clipper = MFClipper(model, clipped)
+    clipper.backward(clipper.loss_of(ex))
+    norms = clipper.unit_norms(units, n_units, weights)
+    sums = [torch.zeros_like(p) for p in params]
+    for p, out in zip(params, sums, strict=True):
+        clipper.add_clipped_(p, out, scale, units)
+    # Assert: the norms over the clipped parameters, the clipped sums of those only
+    chosen = [any(p is q for q in clipped) for p in params]
+    picked = [(p, g) for p, g, c in zip(params, expected, chosen, strict=True) if c]
+    ref = torch.stack([weights.get(p, 1.0) * g.flatten(1).norm(dim=1) for p, g in picked], 1)
+    torch.testing.assert_close(norms, ref.norm(dim=1))
+    for out, g, c in zip(sums, expected, chosen, strict=True):
+        want = torch.einsum("u,u...->...", scale, g) if c else torch.zeros_like(out)
+        torch.testing.assert_close(out, want)
 
 
 class _TwoCalls(TrainableRecommender):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -120,6 +121,25 @@ def _check_layer(name: str, module: nn.Module) -> None:
         where="dp_train(fast=True)",
         fix="use dp_train(..., fast=False) (Opacus per-sample gradients)",
     )
+
+
+class Clipper(Protocol):
+    """What :class:`GhostDPStep` needs of a clipper (:class:`GhostClipper`, or
+    :class:`fedrec.privacy.mf_clip.MFClipper` for MF in closed form)."""
+
+    def owner(self, p: nn.Parameter) -> nn.Module: ...
+
+    def backward(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor: ...
+
+    def unit_norms(
+        self, units: torch.Tensor, n_units: int, weights: Mapping[nn.Parameter, float]
+    ) -> torch.Tensor: ...
+
+    def add_clipped_(
+        self, p: nn.Parameter, out: torch.Tensor, unit_scale: torch.Tensor, units: torch.Tensor
+    ) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 class GhostClipper:
@@ -320,6 +340,9 @@ class GhostDPStep:
         :meth:`flush` (:mod:`fedrec.privacy.lazy_noise`: the same distribution of every
         read value and of the result, in other draws). Call :meth:`flush` or
         :meth:`close` before reading the parameters outside the model's forward.
+    clipper
+        Per-unit norms and clipped sums; default a :class:`GhostClipper` over the
+        optimizer's parameters.
     """
 
     def __init__(
@@ -334,11 +357,12 @@ class GhostDPStep:
         clip_weights: Mapping[nn.Parameter, float] | None = None,
         proximal: Callable[[], None] | None = None,
         lazy_noise: bool = True,
+        clipper: Clipper | None = None,
     ) -> None:
         from fedrec.privacy.lazy_noise import LazyRowNoise, lazy_eligible
 
         self.params = optimizer_params(optimizer)
-        self.clipper = GhostClipper(model, self.params)
+        self.clipper: Clipper = clipper or GhostClipper(model, self.params)
         self.optimizer = optimizer
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm

@@ -45,8 +45,10 @@ from torch import nn
 
 from fedrec.errors import ConfigError
 from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.privacy import mf_clip
 from fedrec.privacy.accounting import Release
-from fedrec.privacy.fast_dp import GhostDPStep, noise_like
+from fedrec.privacy.fast_dp import GhostDPStep, noise_like, optimizer_params
+from fedrec.privacy.mf_clip import MFClipper
 from fedrec.privacy.noise import poisson_mask
 
 
@@ -148,6 +150,21 @@ class _GhostStep:
         self.step.close()
         for p in self.model.parameters():
             p.grad = None
+
+
+class _MFStep(_GhostStep):
+    """:class:`DPStep` for MF (BCE): the ghost step with the closed-form clipper."""
+
+    def __init__(self, model: TrainableRecommender, step: GhostDPStep, clipper: MFClipper) -> None:
+        super().__init__(model, step)
+        self.clipper = clipper
+
+    def __call__(self, batch: Examples | None, units: torch.Tensor) -> None:
+        if batch is None:
+            self.step(None, units)
+            return
+        units = units if units.device == self.device else units.to(self.device)
+        self.step(self.clipper.loss_of(_to(batch, self.device)), units)
 
 
 class _OpacusStep:
@@ -253,6 +270,7 @@ def make_dp_step(
         raise ConfigError(f"clip weights for unknown/frozen {sorted(unknown)}", where="privacy")
     if fast:
         prox = proximal
+        closed = MFClipper(model, optimizer_params(optimizer)) if mf_clip.supports(model) else None
         step = GhostDPStep(
             model,
             optimizer,
@@ -263,8 +281,9 @@ def make_dp_step(
             clip_weights={named[n]: c for n, c in weights.items()},
             proximal=None if prox is None or prox.mu <= 0 else prox.add_grad,
             lazy_noise=lazy_noise,
+            clipper=closed,
         )
-        return _GhostStep(model, step)
+        return _GhostStep(model, step) if closed is None else _MFStep(model, step, closed)
     dp_opt = _SecretNoiseDPOptimizer(
         optimizer,
         rng=rng,
