@@ -10,10 +10,12 @@ move too, so which rows changed reveals nothing beyond the DP guarantee.
 Two interchangeable clipping paths compute the same clipped noisy sum (tested equal,
 noise draws included): ``fast=True`` (default) uses ghost clipping for the Linear and
 Embedding layers fedrec's models are made of (:mod:`fedrec.privacy.fast_dp`), without
-per-example gradients; ``fast=False`` is the reference, Opacus's ``GradSampleModule``
-and ``DPOptimizer``, which materializes ``[batch, items, dim]`` per-example gradients
-for an item table. Both use Opacus's clip factor, noise std ``z C`` and division by
-the expected batch size, and the same accounting (:class:`Release`). With plain SGD
+per-example gradients (for MF with the BCE loss in closed form,
+:mod:`fedrec.privacy.mf_clip`); ``fast=False`` is the reference, Opacus's
+``GradSampleModule`` and ``DPOptimizer``, which materializes ``[batch, items, dim]``
+per-example gradients for an item table. Both use Opacus's clip factor, noise std
+``z C`` and division by the expected batch size, and the same accounting
+(:class:`Release`). With plain SGD
 the fast path also defers the noise of an embedding table row by row until the row is
 read again or training ends (:mod:`fedrec.privacy.lazy_noise`): the trained parameters
 have exactly the distribution of per-step dense noise, from far fewer draws.
