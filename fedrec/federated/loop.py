@@ -134,11 +134,11 @@ def run_federated(
                 cohort = eligible[sample_clients(len(eligible), clients_per_round, rnd, seed)]
             uploads, weights, losses = [], [], []
             refused = 0
+            round_model = model_cfg.at_round(rnd + 1)  # Mult-VAE's annealed KL weight
             for u in cohort:
                 if local_dp is not None:
                     private = _fit_private(
-                        local_dp, result.accounts, split, model_cfg.at_round(rnd + 1), train_cfg,
-                        items, states,
+                        local_dp, result.accounts, split, round_model, train_cfg, items, states,
                         int(u), seed=derive_seed(seed, int(u), rnd),
                     )  # fmt: skip
                     if private is None:
@@ -149,7 +149,7 @@ def run_federated(
                     weights.append(float(len(split.train_items(int(u)))))
                     continue
                 fit = client_fit(
-                    model_cfg.at_round(rnd + 1),
+                    round_model,
                     train_cfg,
                     items,
                     states.get(int(u)),

@@ -100,10 +100,6 @@ class LazyRowNoise:
         else:
             self.last[rows] = t
 
-    def owed_std(self) -> torch.Tensor:
-        """``[tables, rows]``: the standard deviation of the noise each row still owes."""
-        return (self._cum[:, self.steps].unsqueeze(1) - self._cum[:, self.last]).clamp(0).sqrt()
-
     def close(self) -> None:
         """Settle every row and detach the hooks."""
         self.settle()

@@ -15,10 +15,10 @@ per-example gradients (for MF with the BCE loss in closed form,
 ``GradSampleModule`` and ``DPOptimizer``, which materializes ``[batch, items, dim]``
 per-example gradients for an item table. Both use Opacus's clip factor, noise std
 ``z C`` and division by the expected batch size, and the same accounting
-(:class:`Release`). With plain SGD
-the fast path also defers the noise of an embedding table row by row until the row is
-read again or training ends (:mod:`fedrec.privacy.lazy_noise`): the trained parameters
-have exactly the distribution of per-step dense noise, from far fewer draws.
+(:class:`Release`). With plain SGD the fast path also defers the noise of an embedding
+table row by row until the row is read again or training ends
+(:mod:`fedrec.privacy.lazy_noise`): the trained parameters have exactly the
+distribution of per-step dense noise, from far fewer draws.
 
 Privacy unit: a *unit* groups example rows. MF (BCE) builds one positive row plus
 ``negatives`` negative rows per interaction; all of them form the interaction's unit
@@ -132,18 +132,30 @@ def _device(model: nn.Module) -> torch.device:
 
 
 class _GhostStep:
-    """:class:`DPStep` by ghost clipping (:class:`fedrec.privacy.fast_dp.GhostDPStep`)."""
+    """:class:`DPStep` by ghost clipping (:class:`fedrec.privacy.fast_dp.GhostDPStep`).
 
-    def __init__(self, model: TrainableRecommender, step: GhostDPStep) -> None:
+    ``loss_for(batch)`` gives the step's ``loss_of``: by default the model's loss
+    (recorded by hooks); for MF :meth:`fedrec.privacy.mf_clip.MFClipper.loss_of`.
+    """
+
+    def __init__(
+        self,
+        model: TrainableRecommender,
+        step: GhostDPStep,
+        loss_for: Callable[[Examples], Callable[[], torch.Tensor]] | None = None,
+    ) -> None:
         self.model, self.step, self.device = model, step, _device(model)
+        self.loss_for = loss_for or self._model_loss
+
+    def _model_loss(self, b: Examples) -> Callable[[], torch.Tensor]:
+        return lambda: self.model.loss(self.model(*b.inputs), b.target)
 
     def __call__(self, batch: Examples | None, units: torch.Tensor) -> None:
         if batch is None:
             self.step(None, units)
             return
-        b = _to(batch, self.device)
         units = units if units.device == self.device else units.to(self.device)
-        self.step(lambda: self.model.loss(self.model(*b.inputs), b.target), units)
+        self.step(self.loss_for(_to(batch, self.device)), units)
 
     def flush(self) -> None:
         self.step.flush()
@@ -152,21 +164,6 @@ class _GhostStep:
         self.step.close()
         for p in self.model.parameters():
             p.grad = None
-
-
-class _MFStep(_GhostStep):
-    """:class:`DPStep` for MF (BCE): the ghost step with the closed-form clipper."""
-
-    def __init__(self, model: TrainableRecommender, step: GhostDPStep, clipper: MFClipper) -> None:
-        super().__init__(model, step)
-        self.clipper = clipper
-
-    def __call__(self, batch: Examples | None, units: torch.Tensor) -> None:
-        if batch is None:
-            self.step(None, units)
-            return
-        units = units if units.device == self.device else units.to(self.device)
-        self.step(self.clipper.loss_of(_to(batch, self.device)), units)
 
 
 class _OpacusStep:
@@ -285,7 +282,7 @@ def make_dp_step(
             lazy_noise=lazy_noise,
             clipper=closed,
         )
-        return _GhostStep(model, step) if closed is None else _MFStep(model, step, closed)
+        return _GhostStep(model, step, None if closed is None else closed.loss_of)
     dp_opt = _SecretNoiseDPOptimizer(
         optimizer,
         rng=rng,

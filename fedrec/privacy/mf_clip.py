@@ -48,14 +48,12 @@ class MFClipper:
     """
 
     def __init__(self, model: TrainableRecommender, params: Sequence[nn.Parameter]) -> None:
-        self.model = model
         self.l2 = float(model.cfg.l2)
         self.user: nn.Embedding = model.user_emb
         self.items: nn.Embedding = model.item_emb
         self.bias: nn.Embedding = model.item_bias
         self._owner = {id(m.weight): m for m in (self.user, self.items, self.bias)}
         self.wanted = {id(p) for p in params}
-        self._batch: Examples | None = None
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._item_keys: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -64,19 +62,14 @@ class MFClipper:
         return self._owner[id(p)]
 
     def loss_of(self, batch: Examples) -> Callable[[], torch.Tensor]:
-        """The ``loss_of`` to hand :class:`GhostDPStep` for ``batch``."""
-
-        def run() -> torch.Tensor:
-            self._batch = batch
-            return torch.zeros(())
-
-        return run
+        """The ``loss_of`` to hand :class:`GhostDPStep`: records ``batch``'s rows."""
+        return lambda: self._record(batch)
 
     def backward(self, loss_of: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Per-row gradients of the batch ``loss_of`` names (see :meth:`loss_of`)."""
-        loss = loss_of()
-        batch, self._batch = self._batch, None
-        assert batch is not None, "pass MFClipper.loss_of(batch) as loss_of"
+        """Record per-row gradients by calling ``loss_of`` (from :meth:`loss_of`)."""
+        return loss_of()
+
+    def _record(self, batch: Examples) -> torch.Tensor:
         users, items = batch.inputs
         with torch.no_grad():
             p = self.user(users)  # the module calls settle lazily noised rows first
@@ -97,7 +90,7 @@ class MFClipper:
             if id(self.bias.weight) in self.wanted:
                 rows[id(self.bias.weight)] = (items, s[:, None])
         self._rows, self._item_keys = rows, None
-        return loss
+        return torch.zeros(())
 
     def unit_norms(
         self, units: torch.Tensor, n_units: int, weights: Mapping[nn.Parameter, float]
