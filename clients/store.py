@@ -7,9 +7,18 @@ a set of arrays with their description, a deletion) is one SQLite transaction wi
 as it was before or after that change, never in between (SQLite's atomic commit).
 The file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and its schema
 version in ``PRAGMA user_version``; a file that is not SQLite, is another program's
-database, or was written by a newer schema is refused with a
-:class:`~fedrec.errors.StoreError` and left untouched. An exclusive ``flock`` on
-``<file>.lock`` (held while open) refuses a second open, from this or another process.
+database, was written by a newer schema, lacks a table or column of its schema, or holds
+unreadable rows is refused with a :class:`~fedrec.errors.StoreError`. A file that is not
+ours is identified from its header and, where needed, a read-only ``immutable`` view,
+before any connection that could write (SQLite would fold another program's pending WAL
+into its database on close), so it is left untouched, WAL included.
+
+An exclusive ``flock`` on the database file itself (held while open) refuses a second
+open, from this or another process, by whatever name: a symlink or a hard link to an open
+store is refused too. Within one process a registry keyed by ``(st_dev, st_ino)``
+answers first, so a refused open never opens and closes a descriptor of a file that
+SQLite holds POSIX locks on (closing any descriptor drops them). Local file systems
+only, as for SQLite's WAL mode itself.
 
 Tables (schema :data:`SCHEMA_VERSION`; one migration function per version):
 
@@ -38,6 +47,9 @@ import io
 import json
 import os
 import sqlite3
+import stat
+import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,40 +129,198 @@ def to_blob(array: npt.NDArray[Any]) -> bytes:
 
 
 def from_blob(data: bytes) -> FloatArray:
-    """Inverse of :func:`to_blob`."""
-    return np.load(io.BytesIO(data), allow_pickle=False)  # type: ignore[no-any-return]
+    """Inverse of :func:`to_blob`; :class:`ValueError` on bytes that are not a numeric array."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(
+            f"a stored array is not a numeric .npy blob ({type(exc).__name__})"
+        ) from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise ValueError("a stored array is not a numeric .npy blob")
+    return array
 
 
 def _error(what: str, path: Path, fix: str) -> StoreError:
     return StoreError(what, where=str(path), fix=fix)
 
 
-def _check_header(path: Path) -> None:
-    """Refuse a non-empty file that does not start with the SQLite magic."""
-    if not path.exists() or path.stat().st_size == 0:
+_RESTORE = "restore it from a backup"
+_UNTOUCHED = "open a different path; the file was left untouched"
+
+TABLES: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {
+        "meta": ("key", "value"),
+        "interactions": ("seq", "item", "rating", "timestamp"),
+        "slots": ("slot", "round", "info"),
+        "arrays": ("slot", "idx", "name", "data"),
+    },
+}
+TABLES[2] = {**TABLES[1], "privacy_ledger": ("seq", "client_id", "body")}
+"""The tables and columns each schema version must have (checked at every open)."""
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a failure to decode stored content into a :class:`StoreError`."""
+    try:
+        yield
+    except (ValueError, TypeError, sqlite3.DatabaseError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise _error(f"store content is corrupted ({_one_line(exc)})", path, _RESTORE) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_OPEN: dict[tuple[int, int], list[int]] = {}
+"""``(st_dev, st_ino)`` of every store open in this process -> descriptors to close with it."""
+_OPEN_GUARD = threading.Lock()
+
+
+def _already_open(path: Path) -> StoreError:
+    return _error(
+        "store is already open (by this or another process, under this name or another: "
+        "a symlink or hard link)",
+        path,
+        "close the other DeviceClient first; one device store has one writer",
+    )
+
+
+def _not_a_file(path: Path, mode: int) -> StoreError:
+    kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+    return _error(
+        f"the store path is {kind}", path, "choose a file path for the store; nothing was changed"
+    )
+
+
+def _lock(path: Path) -> tuple[int, tuple[int, int]]:
+    """Hold an exclusive ``flock`` on the store file; refuse if anyone holds it.
+
+    Returns the descriptor and the file's ``(st_dev, st_ino)``. Creates the file
+    (0600) when it does not exist.
+    """
+    with _OPEN_GUARD:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _error(f"cannot open ({exc.strerror})", path, "check the path") from exc
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_a_file(path, st.st_mode)
+            if (st.st_dev, st.st_ino) in _OPEN:
+                raise _already_open(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
+        except OSError as exc:
+            raise _error(
+                f"cannot open the store file ({exc.strerror})",
+                path,
+                "check that the path is a writable file (a dangling symlink is not)",
+            ) from exc
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in _OPEN:  # it appeared under this name since the check: close with the owner
+            _OPEN[key].append(fd)
+            raise _already_open(path)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _not_a_file(path, st.st_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # no store of this process has the file open (registry)
+            raise _already_open(path) from None
+        _OPEN[key] = []
+        return fd, key
+
+
+def _unlock(fd: int, key: tuple[int, int]) -> None:
+    """Release the lock of :func:`_lock` (after the SQLite connection is closed)."""
+    with _OPEN_GUARD:
+        for extra in _OPEN.pop(key, []):
+            os.close(extra)
+        os.close(fd)
+
+
+def _inspect(path: Path, fd: int) -> None:
+    """Refuse a file that is not ours, reading it without any connection that could write.
+
+    Our own files carry :data:`APPLICATION_ID` in the header of the main file (set
+    before the switch to WAL). A file without it is either empty (creation was
+    interrupted: nothing to lose) or foreign; an ``immutable`` read-only view tells
+    which. A pending WAL beside such a file is another program's, unless its newest
+    frame of page 1 carries our id (a store created by an older fedrec, interrupted
+    before its first checkpoint).
+    """
+    head = os.pread(fd, 100, 0)
+    if not head:
         return
-    with open(path, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
-    if head != SQLITE_MAGIC:
+    if not head.startswith(SQLITE_MAGIC):
         raise _error(
             "not a fedrec device store (not an SQLite file; corrupted or foreign)",
             path,
             "restore it from a backup or open a different path; the file was left untouched",
         )
+    if len(head) < 100:
+        raise _error("store is truncated (incomplete SQLite header)", path, _RESTORE)
+    if int.from_bytes(head[68:72], "big") == APPLICATION_ID:
+        return
+    wal = Path(os.path.realpath(path) + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        if _wal_application_id(wal) == APPLICATION_ID:
+            return
+        raise _error(
+            f"not a fedrec device store (another program's SQLite database, with pending "
+            f"writes in {wal.name})",
+            path,
+            _UNTOUCHED,
+        )
+    uri = "file:" + urllib.parse.quote(os.path.realpath(path)) + "?mode=ro&immutable=1"
+    try:
+        view = sqlite3.connect(uri, uri=True)
+        try:
+            _check_identity(view, path)
+        finally:
+            view.close()
+    except sqlite3.DatabaseError as exc:
+        raise _error(f"unreadable store ({_one_line(exc)})", path, _RESTORE) from exc
 
 
-def _identify(conn: sqlite3.Connection, path: Path) -> int:
-    """The schema version of an existing file; raise if it is not ours or too new."""
+def _wal_application_id(wal: Path) -> int | None:
+    """The application id in the newest page-1 frame of ``wal`` (salts checked), if any."""
+    with open(wal, "rb") as f:
+        header = f.read(32)
+        if len(header) < 32 or header[:4] not in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
+            return None
+        page_size = int.from_bytes(header[8:12], "big")
+        salts = header[16:24]
+        found = None
+        while True:
+            frame = f.read(24)
+            page = f.read(page_size)
+            if len(frame) < 24 or len(page) < page_size or frame[8:16] != salts:
+                return found
+            if int.from_bytes(frame[:4], "big") == 1:
+                found = int.from_bytes(page[68:72], "big")
+
+
+def _check_identity(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of a file, 0 if empty; raise if it is not ours or too new."""
     app = int(conn.execute("PRAGMA application_id").fetchone()[0])
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if app == 0 and version == 0 and tables == 0:
+    if app in (0, APPLICATION_ID) and version == 0 and tables == 0:
         return 0  # an empty database (e.g. creation was interrupted): nothing to lose
     if app != APPLICATION_ID:
         raise _error(
             f"not a fedrec device store (application_id {app:#x}, expected {APPLICATION_ID:#x})",
             path,
-            "open a different path; the file was left untouched",
+            _UNTOUCHED,
         )
     if version > SCHEMA_VERSION:
         raise _error(
@@ -158,35 +328,38 @@ def _identify(conn: sqlite3.Connection, path: Path) -> int:
             path,
             "upgrade fedrec; the file was left untouched",
         )
-    check = conn.execute("PRAGMA quick_check").fetchone()[0]
-    if check != "ok":
-        raise _error(f"store is corrupted ({check})", path, "restore it from a backup")
     return version
 
 
-def _lock(path: Path) -> int:
-    """Hold an exclusive ``flock`` on ``<path>.lock``; refuse if someone holds it."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise _error(
-            "store is already open (by this or another process)",
-            path,
-            "close the other DeviceClient first; one device store has one writer",
-        ) from None
-    return fd
+def _identify(conn: sqlite3.Connection, path: Path) -> int:
+    """:func:`_check_identity`, then integrity and the tables of that schema version."""
+    version = _check_identity(conn, path)
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise _error(f"store is corrupted ({check})", path, _RESTORE)
+    for table, columns in TABLES.get(version, {}).items():
+        have = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+        if have != columns:
+            found = f"columns {', '.join(have)}" if have else "missing"
+            raise _error(
+                f"store schema {version} is damaged (table {table}: {found}; "
+                f"expected {', '.join(columns)})",
+                path,
+                _RESTORE,
+            )
+    return version
 
 
 class DeviceStore:
     """An open device store; use :meth:`open`, then :meth:`close` (or ``with``)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, lock_fd: int, lock_key: tuple[int, int]
+    ) -> None:
         self.path = path
         self.conn = conn
         self._lock_fd = lock_fd
+        self._lock_key = lock_key
 
     @classmethod
     def open(
@@ -200,23 +373,25 @@ class DeviceStore:
         ------
         StoreError
             The file is corrupted or foreign, is newer than this code, is locked by
-            another open, or its folder does not exist. The file is never modified then.
+            another open (under any name), is not a regular file, or its folder does
+            not exist. A foreign or newer file is never modified then.
         """
         path = Path(path)
         if not path.parent.is_dir():
             raise _error("folder does not exist", path.parent, "create it first")
-        fd = _lock(path)
+        fd, key = _lock(path)
         try:
-            return cls(path, _connect(path, target_version, durable), fd)
+            _remove_legacy_lock(path)
+            return cls(path, _connect(path, fd, target_version, durable), fd, key)
         except BaseException:
-            os.close(fd)
+            _unlock(fd, key)
             raise
 
     def close(self) -> None:
         """Close the connection and release the lock (idempotent)."""
         if self._lock_fd >= 0:
             self.conn.close()
-            os.close(self._lock_fd)
+            _unlock(self._lock_fd, self._lock_key)
             self._lock_fd = -1
 
     def __enter__(self) -> DeviceStore:
@@ -246,8 +421,9 @@ class DeviceStore:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        with _reading(self.path):
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return default if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction() as c:
@@ -260,10 +436,11 @@ class DeviceStore:
 
     def interactions(self) -> list[Interaction]:
         """Every stored interaction, oldest first."""
-        rows = self.conn.execute(
-            "SELECT seq, item, rating, timestamp FROM interactions ORDER BY seq"
-        )
-        return [Interaction(int(s), i, r, float(t)) for s, i, r, t in rows]
+        with _reading(self.path):
+            rows = self.conn.execute(
+                "SELECT seq, item, rating, timestamp FROM interactions ORDER BY seq"
+            )
+            return [_interaction(*row) for row in rows]
 
     def delete_interactions(self, item: ItemId | None = None) -> int:
         """Delete the rows of ``item`` (all rows when ``None``); return how many."""
@@ -308,19 +485,26 @@ class DeviceStore:
 
     def slot_round(self, slot: str) -> tuple[bool, int | None]:
         """``(exists, round)`` of ``slot``, without reading its arrays."""
-        head = self.conn.execute("SELECT round FROM slots WHERE slot = ?", (slot,)).fetchone()
-        return (False, None) if head is None else (True, head[0])
+        with _reading(self.path):
+            head = self.conn.execute("SELECT round FROM slots WHERE slot = ?", (slot,)).fetchone()
+            return (False, None) if head is None else (True, _round(head[0]))
 
     def load_slot(self, slot: str) -> Slot | None:
         """The arrays and info of ``slot``, or ``None`` if it was never saved."""
-        head = self.conn.execute("SELECT round, info FROM slots WHERE slot = ?", (slot,)).fetchone()
-        if head is None:
-            return None
-        rows = self.conn.execute(
-            "SELECT name, data FROM arrays WHERE slot = ? ORDER BY idx", (slot,)
-        ).fetchall()
-        arrays = [from_blob(d) for _, d in rows]
-        return Slot([n for n, _ in rows], arrays, json.loads(head[1]), head[0])
+        with _reading(self.path):
+            head = self.conn.execute(
+                "SELECT round, info FROM slots WHERE slot = ?", (slot,)
+            ).fetchone()
+            if head is None:
+                return None
+            rows = self.conn.execute(
+                "SELECT name, data FROM arrays WHERE slot = ? ORDER BY idx", (slot,)
+            ).fetchall()
+            arrays = [from_blob(d) for _, d in rows]
+            info = json.loads(head[1])
+            if not isinstance(info, dict) or not all(isinstance(n, str) for n, _ in rows):
+                raise ValueError(f"slot {slot!r} has a malformed description")
+            return Slot([n for n, _ in rows], arrays, info, _round(head[0]))
 
     def delete_slots(self, *slots: str) -> None:
         with self.transaction() as c:
@@ -333,11 +517,33 @@ class DeviceStore:
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _connect(path: Path, target_version: int, durable: bool = True) -> sqlite3.Connection:
-    _check_header(path)
+def _interaction(seq: int, item: object, rating: object, stamp: object) -> Interaction:
+    if not isinstance(item, int | str) or not isinstance(stamp, int | float):
+        raise ValueError(f"interaction {seq}: item {item!r}, timestamp {stamp!r}")
+    if rating is not None and not isinstance(rating, int | float):
+        raise ValueError(f"interaction {seq}: rating {rating!r}")
+    return Interaction(int(seq), item, rating, float(stamp))
+
+
+def _round(value: object) -> int | None:
+    if value is not None and not isinstance(value, int):
+        raise ValueError(f"round {value!r} is not an integer")
+    return value
+
+
+def _remove_legacy_lock(path: Path) -> None:
+    """Delete the ``<file>.lock`` sidecar older versions left beside each store."""
+    with contextlib.suppress(OSError):
+        path.with_name(path.name + ".lock").unlink()
+
+
+def _connect(path: Path, fd: int, target_version: int, durable: bool) -> sqlite3.Connection:
+    _inspect(path, fd)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=0.0)
     try:
         version = _identify(conn, path)
+        if version == 0:  # our id in the main file before any WAL frame (see _inspect)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         conn.execute("PRAGMA secure_delete=ON")
@@ -345,7 +551,7 @@ def _connect(path: Path, target_version: int, durable: bool = True) -> sqlite3.C
         migrate(conn, version, target_version)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise _error(f"unreadable store ({exc})", path, "restore it from a backup") from exc
+        raise _error(f"unreadable store ({_one_line(exc)})", path, _RESTORE) from exc
     except BaseException:
         conn.close()
         raise
