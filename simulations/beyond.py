@@ -81,7 +81,7 @@ def mmr_features(model: RunModel) -> tuple[npt.NDArray[np.generic], str]:
     Genre flags where the run's data have them (ml-100k ``u.item``; the geometry of
     ``diversity@10``), otherwise the model's learned item vectors.
     """
-    genres = model.split.data.item_genres
+    genres = model.exported.genres
     if genres is None:
         return model.item_vectors, "item vectors"
     return genres, "genres"

@@ -26,6 +26,7 @@ COMMANDS = (
     "report",
     "recommend",
     "similar",
+    "export",
     "audit",
     "bench",
 )

@@ -18,8 +18,16 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app as client_app
+from clients.sim_store import ledger_reader
+from server.checkpoint import CLIENTS_DIR
+from server.privacy_run import DeviceLedgers
 from server.server_app import RoundCallback, run_server
 from server.settings import RunSettings, load_split
+
+
+def simulated_ledgers(settings: RunSettings) -> DeviceLedgers:
+    """The harness's reader of its simulated devices' ledgers (local DP's privacy.json)."""
+    return ledger_reader(Path(settings.run_dir) / CLIENTS_DIR)
 
 
 class InProcessGrid(Grid):
@@ -88,11 +96,19 @@ def simulate_in_process(
     settings: RunSettings, *, on_round: RoundCallback | None = None
 ) -> dict[str, Any]:
     """Run (or resume) ``settings`` in process; write the report; return final metrics."""
-    from simulations.report import write_report
+    from simulations.evaluation import device_evaluator
     from simulations.run_dir import read_metrics
+    from simulations.run_model import finish_run
     from simulations.simulation import absolute
 
     settings = absolute(settings)
-    run_server(InProcessGrid(load_split(settings).n_users), settings, on_round)
-    write_report(Path(settings.run_dir))
+    grid = InProcessGrid(load_split(settings).n_users)
+    run_server(
+        grid,
+        settings,
+        on_round,
+        device_ledgers=simulated_ledgers(settings),
+        evaluator=device_evaluator(settings),  # measured by the harness, not by messages
+    )
+    finish_run(settings.run_dir)
     return read_metrics(Path(settings.run_dir))

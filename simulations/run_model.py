@@ -1,29 +1,39 @@
-"""Serve a finished (or checkpointed) simulation run: its global model and its split.
+"""Serve a finished (or checkpointed) run: its global model, its users, its split.
 
-Design rule: a run directory is served exactly as its devices would serve it. The
-global item arrays come from the server's checkpoint, the split is rebuilt from
-``config.json``'s settings (the call the clients make), and a user's scores are those
+Design rule: a run directory is served exactly as its devices would serve it, and it
+stands alone. At the end of a run (:func:`save_run_model`) the run writes
+``model.safetensors``, the self-contained model file of :mod:`fedrec.modelfile` (item
+ids, model kind and configuration, item-side arrays, the privacy mode's fallback
+signal, public titles and genres) and ``users.json`` (the original user ids, by the
+index the simulated device stores use). Serving then needs neither the raw data nor
+the working directory the run was started from: a user's train items are read from
+the split when the data are at hand, else from the user's simulated device store
+under ``RUN_DIR/clients/`` (the only place that holds them). A user's scores are those
 of :func:`fedrec.federated.client.client_scores` with the user's train items: the
 user-side state is reconstructed on the final global items (Federated Reconstruction,
 Singhal et al. 2021) with the evaluation seed, as the final evaluation does for a user
-the run never sampled. The simulated devices' own stores under ``RUN_DIR/clients/``
-are not read (their format belongs to :mod:`clients`). The "most popular" fallback
-reads the signal :mod:`fedrec.recommend.cold_start` allows for the run's privacy mode
-(raw counts only without privacy).
+the run never sampled. The "most popular" fallback is the signal
+:mod:`fedrec.recommend.cold_start` allows for the run's privacy mode (raw counts only
+without privacy), computed once when the model file is written.
 
 A one-shot federated-EASE run (``model = "ease"``, :mod:`server.gram_app`) is a
-:class:`GramRunModel`: its checkpoint holds ``B`` (and the released diagonal of the
-Gram matrix), a user's scores are ``x_u B`` exactly as on the device, explanations are
+:class:`GramRunModel`: its arrays are ``B`` (and the released diagonal of the Gram
+matrix), a user's scores are ``x_u B`` exactly as on the device, explanations are
 EASE's exact score decomposition and similar items are rows of ``B``
 (:func:`fedrec.federated.gram.explain`, :func:`fedrec.federated.gram.similar_items`).
+A run without a model file (one written by an older fedrec, or stopped before its
+end) is served from its checkpoint and its data, as before.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +44,13 @@ from fedrec.errors import DataError, FedrecError
 from fedrec.federated import gram
 from fedrec.federated.client import client_scores, derive_seed, load_device_model
 from fedrec.federated.loop import EVAL_ROUND
+from fedrec.modelfile import ExportedModel, ItemId, load_model, save_model
 from fedrec.models.base import Arrays, item_side
+from fedrec.models.config import ModelConfig
 from fedrec.recommend.cold_start import popularity_source
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
-from server.checkpoint import load_checkpoint
+from server.checkpoint import CLIENTS_DIR, load_checkpoint
 from server.gram_settings import MODEL_KIND, GramSettings
 from server.settings import RunSettings, load_split, read_flat
 from simulations.run_dir import resume_settings
@@ -48,25 +60,46 @@ ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
 BIAS_PARAMETER = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
 """Model kind -> the item-side parameter that acts as learned popularity."""
 Citations = list[list[tuple[int, float]]]
-
-
-def _ids(values: npt.NDArray[np.generic]) -> dict[str, int]:
-    return {str(v): i for i, v in enumerate(values.tolist())}
+MODEL_FILE = "model.safetensors"
+USERS_JSON = "users.json"
+PRIVACY_SUMMARY_KEYS = ("mode", "unit", "epsilon", "delta", "accountant")
 
 
 @dataclass(frozen=True)
 class RunModel:
-    """A run's final global model, split and privacy mode, ready to serve."""
+    """A run's final global model (:class:`~fedrec.modelfile.ExportedModel`) and users."""
 
     run_dir: Path
     settings: RunSettings
-    split: Split
-    item_arrays: Arrays
+    exported: ExportedModel
     round: int
+    user_ids: tuple[str, ...]
+    data_split: Split | None = None
 
     @property
     def privacy_mode(self) -> str:
         return self.settings.privacy.mode
+
+    @property
+    def item_arrays(self) -> Arrays:
+        """The global item-side arrays, upload order."""
+        return self.exported.arrays
+
+    @property
+    def item_ids(self) -> list[ItemId]:
+        """The original id of each catalog row."""
+        return self.exported.item_ids
+
+    @property
+    def n_items(self) -> int:
+        return self.exported.n_items
+
+    @cached_property
+    def split(self) -> Split:
+        """The run's split, rebuilt from its data (raises :class:`DataError` without them)."""
+        if self.data_split is not None:
+            return self.data_split
+        return _load_split(self.run_dir, self.settings)
 
     @cached_property
     def item_vectors(self) -> FloatArray:
@@ -75,11 +108,11 @@ class RunModel:
 
     @cached_property
     def _user_index(self) -> dict[str, int]:
-        return _ids(self.split.data.user_ids)
+        return {u: i for i, u in enumerate(self.user_ids)}
 
     @cached_property
     def _item_index(self) -> dict[str, int]:
-        return _ids(self.split.data.item_ids)
+        return {str(v): i for i, v in enumerate(self.item_ids)}
 
     def user_index(self, user_id: str) -> int:
         """The index of the original user id ``user_id`` (DataError when unknown)."""
@@ -93,11 +126,18 @@ class RunModel:
         if str(key) not in table:
             sample = ", ".join(list(table)[:3])
             raise DataError(
-                f"unknown {what} id {key!r} (the run's data has {len(table)} {what}s)",
-                where=f"{flag} (data {self.settings.data})",
+                f"unknown {what} id {key!r} (the run has {len(table)} {what}s)",
+                where=f"{flag} (run {self.run_dir})",
                 fix=f"pass an original {what} id from the data, e.g. {sample}",
             )
         return table[str(key)]
+
+    def train_items(self, user: int) -> npt.NDArray[np.int64]:
+        """``user``'s train items: from the split, else from its simulated device store."""
+        try:
+            return self.split.train_items(user)
+        except DataError as missing:
+            return _device_items(self.run_dir, user, missing)
 
     def user_scores(self, user: int) -> FloatArray:
         """``[n_items]`` scores of ``user``: user state reconstructed on the final items."""
@@ -106,7 +146,7 @@ class RunModel:
             self.settings.train,
             self.item_arrays,
             None,
-            self.split.train_items(user),
+            self.train_items(user),
             seed=derive_seed(self.settings.seed, user, EVAL_ROUND),
         )
         out: FloatArray = scores.double().numpy()
@@ -117,7 +157,7 @@ class RunModel:
 
         def score(users: npt.NDArray[np.int64]) -> torch.Tensor:
             rows = [torch.from_numpy(self.user_scores(int(u))) for u in users]
-            return torch.stack(rows) if rows else torch.zeros(0, self.split.n_items)
+            return torch.stack(rows) if rows else torch.zeros(0, self.n_items)
 
         return score
 
@@ -129,19 +169,15 @@ class RunModel:
         """The ``k`` items most similar to ``item`` (cosine of learned item vectors)."""
         return similar_items(self.item_vectors, item, k=k)
 
-    def item_bias(self) -> FloatArray | None:
-        """The learned item biases of the global model (``None`` if the model has none)."""
-        model = load_device_model(
-            self.settings.model, self.item_arrays, None, seed=self.settings.seed
-        )
-        param = item_side(model).get(BIAS_PARAMETER.get(self.settings.model.kind, ""))
-        return None if param is None else param.detach().double().numpy().reshape(-1)
-
     def popularity(self) -> FloatArray:
         """Fallback scores allowed by the run's privacy mode (raw counts only in "none")."""
-        if self.privacy_mode == "none":
-            return popularity_source("none", train=self.split.train)
-        return popularity_source(self.privacy_mode, item_bias=self.item_bias())
+        if self.exported.fallback is None:
+            raise DataError(
+                "this run's model holds no popularity signal for the fallback",
+                where=str(self.run_dir / MODEL_FILE),
+                fix="pass --min-interactions 0",
+            )
+        return self.exported.fallback.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -160,7 +196,7 @@ class GramRunModel(RunModel):
 
     def user_scores(self, user: int) -> FloatArray:
         """``x_u B``: the sum of ``B``'s rows of the user's train items (float64)."""
-        items = np.unique(self.split.train_items(user))
+        items = np.unique(self.train_items(user))
         out: FloatArray = self.weights[items].sum(axis=0, dtype=np.float64)
         return out
 
@@ -172,37 +208,208 @@ class GramRunModel(RunModel):
         """The largest entries of row ``item`` of ``B`` (its one-item recommendations)."""
         return gram.similar_items(self.weights, item, k=k)
 
-    def item_bias(self) -> FloatArray | None:
-        """The released diagonal of ``G`` (DP under central mode), if the run stored it."""
-        return self.item_arrays[1].astype(np.float64) if len(self.item_arrays) > 1 else None
 
-    def popularity(self) -> FloatArray:
-        """Raw counts without privacy, else the released diagonal of ``G`` (post-processing)."""
-        if self.privacy_mode == "none":
-            return popularity_source("none", train=self.split.train)
-        bias = self.item_bias()
-        if bias is None:
-            raise DataError(
-                "this federated-EASE run's checkpoint holds no released popularity signal",
-                where=str(self.run_dir / "checkpoint.npz"),
-                fix="rerun it with this version, or pass --min-interactions 0",
-            )
-        return popularity_source(self.privacy_mode, item_bias=bias)
+@dataclass(frozen=True)
+class PopularityRunModel(RunModel):
+    """A centralized popularity baseline: every user gets the train counts."""
+
+    def user_scores(self, user: int) -> FloatArray:
+        del user
+        return self.item_arrays[0].astype(np.float64)
+
+    @cached_property
+    def item_vectors(self) -> FloatArray:
+        raise DataError(
+            "a popularity model has no item vectors",
+            where=str(self.run_dir),
+            fix="use a run of a model with item vectors (mf, cdae, multvae, ease, itemknn)",
+        )
+
+    def explain(self, history: npt.NDArray[np.int64], items: list[int], top: int) -> Citations:
+        return [[] for _ in items]  # popularity is not explained by the user's items
+
+    def similar(self, item: int, k: int) -> list[tuple[int, float]]:
+        return similar_items(self.item_vectors, item, k=k)
+
+
+ITEM_ITEM_KINDS = (MODEL_KIND, "itemknn")
+"""Kinds scored ``x_u W`` with an item-item matrix ``W`` (EASE's ``B``, item-kNN's ``S``)."""
+
+
+def fallback_scores(
+    mode: str, kind: str, model: ModelConfig, arrays: Arrays, split: Split, seed: int
+) -> FloatArray | None:
+    """The fallback signal the privacy ``mode`` allows (:mod:`fedrec.recommend.cold_start`).
+
+    Raw counts only in ``"none"``; else the learned item biases (MF ``b``, the
+    autoencoders' decoder bias) or, for federated EASE, the released diagonal of the
+    Gram matrix; ``None`` when the model has no such signal.
+    """
+    if mode == "none":
+        return popularity_source("none", train=split.train)
+    if kind in ITEM_ITEM_KINDS:
+        bias = arrays[1].astype(np.float64) if len(arrays) > 1 else None
+    else:
+        device_model = load_device_model(model, arrays, None, seed=seed)
+        param = item_side(device_model).get(BIAS_PARAMETER.get(kind, ""))
+        bias = None if param is None else param.detach().double().numpy().reshape(-1)
+    return None if bias is None else popularity_source(mode, item_bias=bias)
+
+
+def export_model(
+    *,
+    kind: str,
+    settings: RunSettings,
+    arrays: Arrays,
+    split: Split,
+    privacy: dict[str, Any],
+    source: dict[str, Any],
+) -> ExportedModel:
+    """The model file content of a run's global ``arrays`` over ``split``'s catalog."""
+    import dataclasses
+
+    data = split.data
+    fallback = fallback_scores(
+        settings.privacy.mode, kind, settings.model, arrays, split, settings.seed
+    )
+    return ExportedModel(
+        kind=kind,
+        item_ids=list(data.item_ids.tolist()),
+        arrays=[np.asarray(a, dtype=np.float32) for a in arrays],
+        model=dataclasses.asdict(settings.model) if kind == settings.model.kind else {},
+        train=dataclasses.asdict(settings.train) if kind == settings.model.kind else {},
+        fallback=None if fallback is None else fallback.astype(np.float32),
+        titles=None if data.item_titles is None else list(data.item_titles),
+        genres=data.item_genres,
+        genre_names=None if data.genre_names is None else list(data.genre_names),
+        privacy=privacy,
+        source=source,
+    )
+
+
+def privacy_summary(run_dir: Path, mode: str) -> dict[str, Any]:
+    """The run-level statement of ``privacy.json`` (mode, unit, epsilon, delta, accountant)."""
+    path = run_dir / "privacy.json"
+    summary: dict[str, Any] = {"mode": mode}
+    if path.is_file():
+        try:
+            full = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return summary
+        summary.update({k: full[k] for k in PRIVACY_SUMMARY_KEYS if k in full})
+    return summary
+
+
+def save_run_model(run_dir: str | Path) -> Path | None:
+    """Write ``model.safetensors`` and ``users.json`` of a run (needs its data once).
+
+    Returns the model file, or ``None`` when the run finished no round (nothing to save).
+    """
+    path = Path(run_dir)
+    if load_checkpoint(path) is None:
+        return None
+    model = _from_checkpoint(path)
+    write_private_json(path / USERS_JSON, list(model.user_ids))
+    return save_model(path / MODEL_FILE, model.exported)
+
+
+def finish_run(run_dir: str | Path) -> Path:
+    """The end of every run: its self-contained model file, then ``report.md``."""
+    from simulations.report import write_report
+
+    save_run_model(run_dir)
+    return write_report(Path(run_dir))
+
+
+def write_private_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON, readable by the owner only (0600), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, path)
 
 
 def load_run_model(run_dir: str | Path) -> RunModel:
-    """Load ``run_dir``'s final checkpoint and split (raises :class:`DataError`).
+    """Load ``run_dir``'s final model (raises :class:`DataError`).
 
-    A federated-EASE run (``model = "ease"``) loads as a :class:`GramRunModel`.
+    Reads ``model.safetensors`` when the run wrote one (no data needed), else the
+    checkpoint and the data. A federated-EASE run loads as a :class:`GramRunModel`.
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise DataError(
             "run directory not found", where=str(path), fix="pass the --out of a fedrec simulate"
         )
+    if not (path / MODEL_FILE).is_file() or not (path / USERS_JSON).is_file():
+        return _from_checkpoint(path)
+    settings, _ = _settings(path)
+    exported = load_model(path / MODEL_FILE)
+    users = json.loads((path / USERS_JSON).read_text(encoding="utf-8"))
+    kind = _model_class(exported.kind)
+    return kind(path, settings, exported, int(exported.source.get("round", 0)), tuple(users))
+
+
+def _model_class(kind: str) -> type[RunModel]:
+    if kind in ITEM_ITEM_KINDS:
+        return GramRunModel
+    return PopularityRunModel if kind == "popularity" else RunModel
+
+
+def save_baseline_model(
+    run_dir: Path, kind: str, arrays: Arrays, split: Split, *, seed: int
+) -> Path:
+    """Write a centralized baseline's model file and ``users.json`` into ``run_dir``."""
+    settings = RunSettings(seed=seed)
+    exported = export_model(
+        kind=kind,
+        settings=settings,
+        arrays=arrays,
+        split=split,
+        privacy={"mode": "none"},
+        source={"round": 0, "run": run_dir.name, "trained": "centralized"},
+    )
+    write_private_json(run_dir / USERS_JSON, [str(u) for u in split.data.user_ids.tolist()])
+    return save_model(run_dir / MODEL_FILE, exported)
+
+
+def _baseline_settings(path: Path) -> RunSettings | None:
+    """A centralized baseline run's data and split settings (``None``: not a baseline)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("command") != "baseline":
+        return None
+    return RunSettings(
+        data=str(config["data"]),
+        min_rating=config.get("min_rating"),
+        k_core=config.get("k_core"),
+        split=str(config.get("split", "random")),
+        test_fraction=float(config.get("test_fraction", 0.2)),
+        seed=int(config["seeds"][0]),
+        run_dir=str(path),
+    )
+
+
+def _settings(path: Path) -> tuple[RunSettings, bool]:
+    baseline = _baseline_settings(path)
+    if baseline is not None:
+        return baseline, False
     flat = read_flat(path)
     gram_run = flat.get("model") == MODEL_KIND
-    settings = GramSettings.from_flat(flat).base if gram_run else resume_settings(path)
+    return (GramSettings.from_flat(flat).base if gram_run else resume_settings(path)), gram_run
+
+
+def _from_checkpoint(path: Path) -> RunModel:
+    if _baseline_settings(path) is not None:
+        raise DataError(
+            "this baseline run saved no model file (the trained twins mf, cdae and multvae "
+            "keep no device model)",
+            where=str(path / MODEL_FILE),
+            fix="serve a popularity, ease or itemknn baseline, or a federated run",
+        )
+    settings, gram_run = _settings(path)
     ckpt = load_checkpoint(path)
     if ckpt is None or ckpt.round < 1:
         raise DataError(
@@ -210,6 +417,7 @@ def load_run_model(run_dir: str | Path) -> RunModel:
             where=str(path / "checkpoint.npz"),
             fix="let the run finish at least one round (fedrec simulate --resume RUN_DIR)",
         )
+    kind_cls = GramRunModel if gram_run else RunModel
     split = _load_split(path, settings)
     if int(ckpt.item_arrays[0].shape[0]) != split.n_items:
         raise DataError(
@@ -217,16 +425,44 @@ def load_run_model(run_dir: str | Path) -> RunModel:
             where=str(path / "checkpoint.npz"),
             fix="the run's data changed since the run; restore it or start a new run",
         )
-    kind = GramRunModel if gram_run else RunModel
-    return kind(path, settings, split, ckpt.item_arrays, ckpt.round)
+    kind = MODEL_KIND if gram_run else settings.model.kind
+    exported = export_model(
+        kind=kind,
+        settings=settings,
+        arrays=ckpt.item_arrays,
+        split=split,
+        privacy=privacy_summary(path, settings.privacy.mode),
+        source={"round": ckpt.round, "run": path.name, "trained": "federated"},
+    )
+    users = tuple(str(u) for u in split.data.user_ids.tolist())
+    return kind_cls(path, settings, exported, ckpt.round, users, split)
 
 
-def _load_split(path: Path, settings: RunSettings) -> Split:
+def _load_split(run_dir: Path, settings: RunSettings) -> Split:
     try:
         return load_split(settings)
     except FedrecError as err:
         raise DataError(
             f"cannot rebuild the run's split ({err})",
-            where=f"{path / 'config.json'}: data",
+            where=f"{run_dir / 'config.json'}: data",
             fix="make the run's data available at the recorded path",
         ) from err
+
+
+def _device_items(run_dir: Path, user: int, missing: DataError) -> npt.NDArray[np.int64]:
+    """``user``'s items from its simulated device store (item ids are catalog rows)."""
+    from clients.sim_store import device_path
+    from clients.store import DeviceStore
+
+    store_path = device_path(run_dir / CLIENTS_DIR, user)
+    if not store_path.is_file():
+        raise DataError(
+            f"user {user} has no device store in this run, and {missing.what}",
+            where=str(store_path),
+            fix="make the run's data available at the recorded path",
+        )
+    store = DeviceStore.open(store_path)
+    try:
+        return np.array([int(r.item) for r in store.interactions()], dtype=np.int64)
+    finally:
+        store.close()

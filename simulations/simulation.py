@@ -7,6 +7,11 @@ reach the ``ServerApp`` directly (:func:`server.server_app.make_server_app`) and
 clients through each message's config, because ``run_simulation`` has no run-config
 argument.
 
+Security: Ray's GCS, raylet and workers listen on every network interface, so every
+Ray cluster started here uses Ray's token authentication with a token made for the run
+(:mod:`fedrec.ray_auth`); the in-process engine (:mod:`simulations.inprocess`, the
+default of ``fedrec simulate``) opens no sockets at all.
+
 Resources: the Ray backend runs ``os.cpu_count() / cpus_per_client`` client actors;
 on 2 cores one CPU per client (2 actors) was as fast as 0.5 (4 actors) and faster
 than 2 (1 actor) for 100-client rounds, so ``cpus_per_client=1`` is the default.
@@ -77,10 +82,16 @@ def run_apps(
     verbose: bool = False,
     cpus_per_client: float = 1.0,
 ) -> None:
-    """Run ``server_app`` against ``n_nodes`` fedrec client nodes in the simulation engine."""
+    """Run ``server_app`` against ``n_nodes`` fedrec client nodes in the simulation engine.
+
+    Ray runs with token authentication (:func:`fedrec.ray_auth.ray_token_auth`): its
+    ports, open on every interface, refuse any client without this run's token.
+    """
     from flwr.simulation import run_simulation
 
-    with quiet_flower(verbose):
+    from fedrec.ray_auth import ray_token_auth
+
+    with quiet_flower(verbose), ray_token_auth():
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -104,12 +115,19 @@ def simulate(
     written to ``metrics.json``; renders ``report.md`` when :mod:`simulations.report`
     is available.
     """
+    from simulations.evaluation import device_evaluator
+    from simulations.inprocess import simulated_ledgers
     from simulations.run_dir import read_metrics
 
     settings = absolute(settings)
     n_users = load_split(settings).n_users
     run_apps(
-        make_server_app(settings, on_round),
+        make_server_app(
+            settings,
+            on_round,
+            device_ledgers=simulated_ledgers(settings),
+            evaluator=device_evaluator(settings),  # runs in this (the driver) process
+        ),
         n_users,
         verbose=verbose,
         cpus_per_client=cpus_per_client,
@@ -120,11 +138,10 @@ def simulate(
 
 
 def _write_report(run_dir: Path) -> None:
-    try:
-        from simulations.report import write_report
-    except ImportError:
-        return
-    write_report(run_dir)
+    """The end of a run: its self-contained model file, then ``report.md``."""
+    from simulations.run_model import finish_run
+
+    finish_run(run_dir)
 
 
 def time_noop_vs_train(

@@ -35,6 +35,8 @@ TRAINED = ("mf", "cdae", "multvae")
 MODELS = (*BASELINES, *TRAINED)
 
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+MAX_DENSE_ITEMS = 20_000
+"""Item-kNN's similarity is saved densely (a model file) only up to this many items."""
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,42 @@ def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:
 
 def fit_scores(config: BaselineConfig, split: Split, seed: int) -> ScoreFn:
     """Fit ``config.model`` on ``split.train`` and return its score function."""
+    return fit_model(config, split, seed)[0]
+
+
+def fit_model(
+    config: BaselineConfig, split: Split, seed: int
+) -> tuple[ScoreFn, list[npt.NDArray[np.float32]] | None]:
+    """Fit ``config.model``; its score function and the arrays a model file holds.
+
+    The arrays are ``[counts]`` (popularity), ``[B]`` (EASE) or ``[S]`` (item-kNN, dense;
+    ``None`` above :data:`MAX_DENSE_ITEMS` items), and ``None`` for the trained twins,
+    whose centralized user embeddings a device model file would not carry.
+    """
     if config.model in TRAINED:
         from fedrec.training.centralized import central_preset, train_centralized
 
         model_cfg, train_cfg = central_preset(config.model)
-        return train_centralized(model_cfg, train_cfg, split, seed=seed, epochs=config.epochs)
+        scorer = train_centralized(model_cfg, train_cfg, split, seed=seed, epochs=config.epochs)
+        return scorer, None
     options: dict[str, object] = {}
     if config.model == "ease":
         options["lam"] = config.ease_lambda
     elif config.model == "itemknn":
         options["k"] = config.knn_k
-    return make_baseline(config.model, **options).fit(split.train).score
+    fitted = make_baseline(config.model, **options).fit(split.train)
+    return fitted.score, _model_arrays(fitted, split.n_items)
+
+
+def _model_arrays(fitted: object, n_items: int) -> list[npt.NDArray[np.float32]] | None:
+    if hasattr(fitted, "weights"):  # EASE's B
+        return [np.asarray(fitted.weights, dtype=np.float32)]
+    if hasattr(fitted, "counts"):  # popularity
+        return [np.asarray(fitted.counts, dtype=np.float32).reshape(-1)]
+    similarity = getattr(fitted, "similarity", None)
+    if similarity is not None and n_items <= MAX_DENSE_ITEMS:
+        return [np.asarray(similarity.toarray(), dtype=np.float32)]
+    return None
 
 
 def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metrics:
@@ -132,13 +159,27 @@ def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metr
 def run(args: argparse.Namespace) -> int:
     config = BaselineConfig.from_args(args)
     data = load_data(args)
+    kept: list[tuple[Split, list[npt.NDArray[np.float32]] | None]] = []
+
+    def one_seed(seed: int) -> Metrics:
+        split = make_split(data, config, seed)
+        scorer, arrays = fit_model(config, split, seed)
+        if not kept:  # the first seed's model is the run's model
+            kept.append((split, arrays))
+        return evaluate_scores(scorer, split)
+
     # Enter first: a bad --out fails before the work, and a failure leaves nothing behind.
     with prepare_output_dir(args.out) as tmp:
         start = time.monotonic()
-        summary = run_seeds(config.seeds, lambda seed: evaluate_seed(config, data, seed))
+        summary = run_seeds(config.seeds, one_seed)
         elapsed = time.monotonic() - start
         _write_json(Path(tmp) / "config.json", _config_json(config, data, elapsed))
         _write_json(Path(tmp) / "metrics.json", _metrics_json(summary))
+        split, arrays = kept[0]
+        if arrays is not None:
+            from simulations.run_model import save_baseline_model
+
+            save_baseline_model(Path(tmp), config.model, arrays, split, seed=config.seeds[0])
     print(format_table(config, summary))
     print(f"wrote {args.out}/metrics.json ({elapsed:.1f} s)")
     return 0

@@ -118,7 +118,7 @@ def recommendations(
         diversify.check(k)
     model = load_run_model(run_dir)
     user = model.user_index(user_id)
-    history = model.split.train_items(user)
+    history = model.train_items(user)
     fallback = len(history) < min_interactions
     scores = model.popularity() if fallback else model.user_scores(user)
     top = 3 if explain else 0
@@ -129,7 +129,7 @@ def recommendations(
     else:
         recs = _diversified(model, scores, history, k=k, top=top, diversify=diversify)
     out = []
-    for rec in with_original_ids(recs, model.split.data.item_ids):
+    for rec in with_original_ids(recs, np.array(model.item_ids, dtype=object)):
         row: dict[str, Any] = {"item": rec.item, "score": rec.score, "fallback": fallback}
         if explain:
             row["because"] = [{"item": j, "weight": w} for j, w in rec.because]

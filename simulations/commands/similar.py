@@ -38,7 +38,7 @@ def similar(run_dir: Path, item_id: str, *, k: int) -> list[dict[str, Any]]:
     if k < 1:
         raise ConfigError(f"must be >= 1, got {k}", where="--k")
     model = load_run_model(run_dir)
-    ids = model.split.data.item_ids.tolist()
+    ids = list(model.item_ids)
     neighbours = model.similar(model.item_index(item_id), k)
     return [{"item": ids[j], "similarity": cos} for j, cos in neighbours]
 

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.federated.presets import default_rounds
@@ -24,6 +25,7 @@ from fedrec.privacy.accounting import ACCOUNTANTS
 from fedrec.privacy.config import PRIVACY_MODES
 from fedrec.training.allocator import ENV as ALLOCATOR_ENV
 from fedrec.training.allocator import steady_allocator
+from server.checkpoint import headcount
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
@@ -81,9 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=("ray", "inprocess"),
-        default="ray",
-        help="Flower's Ray simulation engine, or the same apps in one process (small runs)",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="inprocess (default): the apps in this process, no sockets; ray: Flower's Ray "
+        "simulation engine with token authentication (docs/SECURITY.md)",
     )
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per actor")
     parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
@@ -198,39 +201,77 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def prepare_settings(settings: RunSettings) -> RunSettings:
+def prepare_settings(settings: RunSettings, split: Split | None = None) -> RunSettings:
     """Resolve delta and (central) the noise multiplier, so config.json records them."""
     if not settings.privacy.enabled:
         return settings
     from server.privacy_run import resolve_settings
-    from server.settings import load_split
 
-    return resolve_settings(settings, load_split(settings))
+    return resolve_settings(settings, split if split is not None else load_split(settings))
+
+
+ENGINES = {
+    "inprocess": "in-process (no Ray, no network sockets)",
+    "ray": "Ray (token authentication, a token made for this run)",
+}
+
+
+def engine_line(engine: str) -> str:
+    """The line that says which engine runs (and how Ray is secured)."""
+    from fedrec.ray_auth import user_token_configured
+
+    if engine == "ray" and user_token_configured():
+        return "engine: Ray (token authentication, your RAY_AUTH_MODE/RAY_AUTH_TOKEN settings)"
+    return f"engine: {ENGINES[engine]}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulations.inprocess import simulate_in_process
-    from simulations.run_dir import create_run_dir, finished_round, resume_settings
-    from simulations.simulation import simulate
-
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
+    umask = os.umask(0o077)  # run files hold user data: private, in Ray's workers too
+    try:
+        return _run(args)
+    finally:
+        os.umask(umask)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulations.inprocess import simulate_in_process
+    from simulations.run_dir import (
+        acquire_run_dir,
+        check_fingerprint,
+        finished_round,
+        open_new_run_dir,
+        resume_settings,
+    )
+    from simulations.simulation import simulate
+
     steady_allocator()  # device models' large tensors: reuse heap memory, no page faults
     os.environ.update(ALLOCATOR_ENV)  # and in Ray's worker processes, started later
     if _is_gram_run(args):  # federated EASE has its own one-round server (server.gram_app)
         return _run_gram(args)
     if args.resume is not None:
-        settings = resume_settings(Path(args.resume).resolve())
-        done = finished_round(Path(settings.run_dir))
-    else:
-        settings = prepare_settings(settings_from_args(args))
-        create_run_dir(Path(settings.run_dir), settings)
+        run_dir = Path(args.resume).resolve()
+        settings = resume_settings(run_dir)
+        lock = acquire_run_dir(run_dir)  # before reading anything the run will change
+        try:
+            check_fingerprint(run_dir, load_split(settings), settings)
+        except BaseException:
+            lock.release()
+            raise
+        done = finished_round(run_dir)
+    else:  # everything that can refuse the run comes before its directory exists
+        settings = settings_from_args(args)
+        split = load_split(settings)
+        settings = prepare_settings(settings, split)
+        lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0
-    with Progress(settings.rounds - done, "rounds") as bar:
+    print(engine_line(args.engine))
+    with lock, Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
             metrics = record.get("metrics") or {}
-            fields = {"round": record["round"], "failed": len(record["failed"])}
+            fields = {"round": record["round"], "failed": headcount(record["failed"])}
             if metrics.get("ndcg@10") is not None:
                 fields["ndcg@10"] = float(metrics["ndcg@10"])
             if isinstance(record.get("epsilon"), float):
@@ -267,8 +308,8 @@ def _run_gram(args: argparse.Namespace) -> int:
     from server.checkpoint import CONFIG_JSON, atomic_write_json
     from server.gram_app import GramSettings, make_gram_server_app, resolve, run_gram_server
     from simulations.inprocess import InProcessGrid
-    from simulations.report import write_report
-    from simulations.run_dir import config_payload, create_run_dir, read_metrics
+    from simulations.run_dir import config_payload, fingerprint, open_new_run_dir, read_metrics
+    from simulations.run_model import finish_run
     from simulations.simulation import absolute, run_apps
 
     if args.resume is not None:
@@ -288,9 +329,12 @@ def _run_gram(args: argparse.Namespace) -> int:
     split = load_split(settings.base)
     settings = resolve(settings, split)
     run_dir = Path(settings.base.run_dir)
-    create_run_dir(run_dir, settings.base)  # checks the directory; config.json rewritten:
-    atomic_write_json(run_dir / CONFIG_JSON, settings.config_payload(config_payload(settings.base)))
-    with Progress(1, "rounds") as bar:
+    lock = open_new_run_dir(run_dir, settings.base, split)  # config.json rewritten:
+    payload = config_payload(settings.base)
+    payload["fingerprint"] = fingerprint(split, settings.base)
+    atomic_write_json(run_dir / CONFIG_JSON, settings.config_payload(payload))
+    print(engine_line(args.engine))
+    with lock, Progress(1, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
             bar.update(1, ndcg=float((record.get("metrics") or {}).get("ndcg@10", 0.0)))
@@ -301,7 +345,7 @@ def _run_gram(args: argparse.Namespace) -> int:
             server_app = make_gram_server_app(settings, on_round)
             run_apps(server_app, split.n_users, verbose=args.verbose,
                      cpus_per_client=args.cpus_per_client)  # fmt: skip
-    write_report(run_dir)
+    finish_run(run_dir)
     metrics = read_metrics(run_dir)
     refs = metrics.get("reference", {})
     print(
@@ -336,6 +380,7 @@ __all__ = [
     "NAME",
     "add_arguments",
     "add_privacy_arguments",
+    "engine_line",
     "parse_sets",
     "prepare_settings",
     "privacy_flat",
