@@ -193,3 +193,85 @@ def test_unknown_download_name(run_cli) -> None:  # type: ignore[no-untyped-def]
     code, err = run_cli("download", "ml-7")
     assert code == 2
     assert_one_line(err, "unknown data set 'ml-7'", "ml-100k")
+
+
+# --- values out of range, non-UTF-8 bytes (issue 15, item 8) ---------------------------
+
+TWENTY_DIGITS = "12345678901234567890"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("log.csv", f"user,item,timestamp\n1,2,4\n1,3,{TWENTY_DIGITS}\n", "timestamp is out of"),
+        ("log.csv", "user,item,timestamp\n1,2,4\n1,3,1700000000000000000\n", "timestamp is out"),
+        ("log.csv", "user,item,timestamp\n1,2,4\n1,3,1e300\n", "timestamp is out of range"),
+        ("log.csv", "user,item,rating\n1,2,4\n1,3,-1e308\n", "rating is out of range"),
+        ("log.csv", "user,item,rating\n1,2,4\n1,3,nan\n", "rating is not a number"),
+        ("log.csv", "user,item,rating\n1,2,4\n1,3,-inf\n", "rating is infinite"),
+        ("log.csv", "user,item,rating\n1,2,4\n1,3,x\n", "non-numeric rating 'x'"),
+        ("u.data", f"1\t2\t3\t4\n1\t3\t4\t{TWENTY_DIGITS}\n", "timestamp is out of range"),
+        ("u.data", "1\t2\t3\t4\n1\t3\t-1e308\t5\n", "rating is out of range"),
+        ("u.data", "1\t2\t3\t4\n1\t3\tnan\t5\n", "rating is not a number"),
+        ("u.data", "1\t2\t3\t4\n1\t3\tinf\t5\n", "rating is infinite"),
+        ("ratings.dat", "1::2::3::4\n1::3::1e308::5\n", "rating is out of range"),
+        ("ratings.dat", f"1::2::3::4\n1::3::4::-{TWENTY_DIGITS}\n", "timestamp is out of range"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n1,3,nan,5\n", "rating is not a"),
+    ],
+)
+def test_absurd_ratings_and_timestamps_are_refused_with_their_line(
+    tmp_path: Path, name: str, text: str, needle: str
+) -> None:
+    # Prepare: the bad value is always on the last line (line 3 after a header, else 2)
+    (tmp_path / name).write_text(text)
+    line = 3 if text.startswith(("user", "userId")) else 2
+    # Execute / Assert: refused consistently (never wrapped to -2^63 or kept as -1e308)
+    with pytest.raises(DataError, match=rf"{name}:{line}: {needle}") as info:
+        load_interactions(tmp_path / name if name.endswith(".csv") else tmp_path)
+    assert info.value.fix
+
+
+def test_limits_keep_real_values(tmp_path: Path) -> None:
+    # Prepare: millisecond and microsecond timestamps, negative and large ratings
+    (tmp_path / "log.csv").write_text(
+        "user,item,rating,timestamp\n1,2,-10,1700000000000\n1,3,250000,1700000000000000\n"
+    )
+    # Execute
+    data = load_interactions(tmp_path / "log.csv")
+    # Assert
+    assert data.timestamp is not None and data.rating is not None
+    assert data.timestamp.tolist() == [1_700_000_000_000, 1_700_000_000_000_000]
+    assert data.rating.tolist() == [-10.0, 250_000.0]
+
+
+def test_parquet_datetime_column_becomes_unix_seconds(tmp_path: Path) -> None:
+    # Prepare: a datetime column (nanoseconds inside), one of them timezone-aware
+    import pandas as pd
+
+    stamps = pd.to_datetime(["2020-01-01T00:00:00", "2021-01-01T00:00:00"])
+    frame = pd.DataFrame({"user": [1, 2], "item": [3, 4], "timestamp": stamps})
+    frame.to_parquet(tmp_path / "naive.parquet")
+    frame["timestamp"] = stamps.tz_localize("Europe/Paris")
+    frame.to_parquet(tmp_path / "aware.parquet")
+    # Execute
+    naive = load_interactions(tmp_path / "naive.parquet").timestamp
+    aware = load_interactions(tmp_path / "aware.parquet").timestamp
+    # Assert: seconds, not nanoseconds (which the range check would refuse)
+    assert naive is not None and naive.tolist() == [1_577_836_800, 1_609_459_200]
+    assert aware is not None and aware.tolist() == [1_577_833_200, 1_609_455_600]
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.csv.gz"])
+def test_non_utf8_byte_reports_its_line(tmp_path: Path, name: str, run_cli) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: an invalid byte on line 4, column 3
+    import gzip
+
+    raw = b"user,item\n1,2\n1,3\n2,\xff\n3,4\n"
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    # Execute / Assert
+    with pytest.raises(DataError, match=rf"{name}:4: not UTF-8 text \(byte 0xff at column 3\)"):
+        load_interactions(tmp_path / name)
+    code, err = run_cli("split", "--data", str(tmp_path / name), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line(err, f"{name}:4", "save the file as UTF-8")
+    assert "position 0" not in err

@@ -8,6 +8,7 @@ re-reads the file line by line to say exactly which line is malformed.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,34 @@ from fedrec.errors import DataError
 _COLUMNS = ("user", "item", "rating", "timestamp")
 _KINDS = ("user id", "item id", "rating", "timestamp")
 _FIX = "fix or remove that line, or convert the file to a generic user,item CSV"
+
+MAX_RATING = 1e9
+"""Largest accepted ``|rating|``: far beyond any rating scale or count; larger is corruption."""
+MAX_TIMESTAMP = 2**53
+"""Largest accepted ``|timestamp|``: exact in float64 (where device stores keep it); covers
+Unix seconds, milliseconds and microseconds, refuses a value that would wrap in int64."""
+RATING_FIX = f"give every row a finite rating within +-{MAX_RATING:g}, or drop the column"
+TIMESTAMP_FIX = (
+    f"use Unix seconds (or milliseconds) or ISO dates; |timestamp| must be at most "
+    f"2^53 = {MAX_TIMESTAMP}"
+)
+
+
+def value_problem(value: float, name: str, limit: float) -> str | None:
+    """Why ``value`` is not a usable ``name`` (NaN, infinite, beyond ``limit``), or ``None``."""
+    if isinstance(value, float) and math.isinf(value):
+        return f"{name} is infinite"
+    if abs(value) > limit:  # compared exactly, also for an int beyond float's range
+        return f"{name} is out of range (|{name}| at most {limit:.4g})"
+    if isinstance(value, float) and math.isnan(value):
+        return f"{name} is not a number"
+    return None
+
+
+def first_bad_value(values: npt.NDArray[np.float64], limit: float) -> int | None:
+    """Index of the first value that is NaN, infinite or beyond ``limit``, or ``None``."""
+    bad = np.flatnonzero(~(np.abs(values) <= limit))
+    return int(bad[0]) if len(bad) else None
 
 
 @dataclass(frozen=True)
@@ -59,11 +88,24 @@ def _bad_line(lines: Sequence[str], sep: str, path: Path, first_line: int = 1) -
             return DataError(what, where=f"{path}:{no}", fix=_FIX)
         for kind, value in zip(_KINDS, fields, strict=True):
             try:
-                float(value) if kind == "rating" else int(value)
+                number = float(value) if kind == "rating" else int(value)
             except ValueError:
                 what = f"non-numeric {kind} {value.strip()!r} (MovieLens ids are integers)"
                 return DataError(what, where=f"{path}:{no}", fix=_FIX)
+            problem = _field_problem(kind, number)
+            if problem:
+                return DataError(f"{problem}: {value.strip()!r}", where=f"{path}:{no}", fix=_FIX)
     return DataError("malformed file", where=str(path), fix=_FIX)
+
+
+def _field_problem(kind: str, number: float) -> str | None:
+    if kind == "rating":
+        return value_problem(number, "rating", MAX_RATING)
+    if kind == "timestamp":
+        return value_problem(number, "timestamp", MAX_TIMESTAMP)
+    if not -(2**63) <= number < 2**63:
+        return f"{kind} does not fit a 64-bit integer"
+    return None
 
 
 def _parse(raw: bytes, sep: str, path: Path, orig_sep: str, header: bool) -> pd.DataFrame:
@@ -79,7 +121,11 @@ def _parse(raw: bytes, sep: str, path: Path, orig_sep: str, header: bool) -> pd.
         )
     except (ValueError, OverflowError) as err:
         raise _diagnose(raw, sep, orig_sep, path, header) from err
-    if frame.isna().to_numpy().any():
+    if (
+        frame.isna().to_numpy().any()
+        or first_bad_value(frame["rating"].to_numpy(np.float64), MAX_RATING) is not None
+        or first_bad_value(frame["timestamp"].to_numpy(np.float64), MAX_TIMESTAMP) is not None
+    ):
         raise _diagnose(raw, sep, orig_sep, path, header)
     return frame
 
