@@ -9,21 +9,20 @@ Message contract (``ConfigRecord`` ``"config"``: the keys of the run's client co
 
 - ``train`` -> ``{"arrays": ArrayRecord([packed])}``: the dense packed upper triangle
   of ``x x^T`` (float32, ``I (I + 1) / 2`` values), normalized to norm 1 in central
-  mode. Nothing else: no count, no loss.
-- ``evaluate`` (``{"arrays": ArrayRecord([B])}``, ``B`` float32 ``I x I``) ->
-  ``{"metrics": MetricRecord}``: per-user metrics and ``top10`` of the ranking
-  ``x_u B`` over all items but the train items (simulation only; not DP).
+  mode. Nothing else is sent (no loss), but the upload itself names the user's items:
+  its diagonal is ``x``, or ``x / |x|^2`` in central mode, which also gives their number.
+  The server sees it in the clear (central mode trusts the server; docs/PRIVACY.md).
+- ``evaluate``: refused. Federated EASE exists only in simulation and is measured by
+  the harness (:func:`simulations.evaluation.gram_evaluator`), outside the messages.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_config import fail_users, load_split
-from fedrec.federated.gram import check_privacy_mode, client_contribution, score_user
-from fedrec.metrics.evaluate import evaluate_user
+from fedrec.errors import ConfigError
+from fedrec.federated.gram import check_privacy_mode, client_contribution
 
 MODEL_KIND = "ease"
 
@@ -46,6 +45,10 @@ def train(msg: Message, context: Context) -> Message:
     """Upload this user's packed Gram contribution (dense)."""
     user, config = _begin(msg, context)
     mode = str(config.get("privacy", "none"))
+    if mode == "distributed":  # masked SecAgg+ uploads only, never the plain one
+        from clients import gram_secagg
+
+        return gram_secagg.train(msg, context)
     check_privacy_mode(mode)
     split = load_split(config)
     upload = client_contribution(
@@ -55,15 +58,16 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rank all items by ``x_u B`` on the device; reply with per-user metrics."""
-    user, config = _begin(msg, context)
-    (weights,) = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    split = load_split(config)
-    train_items = split.train_items(user)
-    scores = torch.from_numpy(score_user(np.asarray(weights, dtype=np.float32), train_items))
-    metrics, top = evaluate_user(scores, train_items, split.test_items(user))
-    record = MetricRecord({**metrics, "top10": [int(i) for i in top]})
-    return Message(RecordDict({"metrics": record}), reply_to=msg)
+    """Refuse: federated EASE is measured by the simulation's harness, never by messages.
+
+    (:func:`simulations.evaluation.gram_evaluator`; no metric or list leaves a device.)
+    """
+    del msg, context
+    raise ConfigError(
+        "federated EASE answers no evaluate message",
+        where="evaluate",
+        fix="measure it with the simulation harness (fedrec simulate --model ease)",
+    )
 
 
 __all__ = ["MODEL_KIND", "evaluate", "handles", "train"]

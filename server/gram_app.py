@@ -5,11 +5,15 @@ Design rule: this module only wires. Every eligible user (all users with train i
 one float64 sum as they arrive and dropped (a bounded window of messages is in flight,
 through ``Grid.push_messages`` / ``pull_messages``; a grid without them, such as the
 in-process one, gets windows of ``send_and_receive``), so the server never holds all
-uploads (ml-100k: 943 x 5.7 MB). The sum is released (central: one Gaussian
-mechanism, history ``[[z, 1.0, 1]]``), EASE is solved once, and ``B`` goes to every
-test user, who ranks on the device and replies with its metrics; the server averages
-uniformly. ``B`` rather than the released Gram matrix is sent because the solve is
-``O(I^3)``: once on the server instead of once per device, for twice the download.
+uploads (ml-100k: 943 x 5.7 MB). Each reply names its user's items (its diagonal is
+``x`` or ``x / |x|^2``): the server sees every user's item set in the clear, which is
+why central mode must trust it (docs/PRIVACY.md). The sum is released (central: one Gaussian
+mechanism, history ``[[z, 1.0, 1]]``) and EASE is solved once. Federated EASE exists
+only in simulation, so it is measured by the harness (``evaluator``,
+:func:`simulations.evaluation.gram_evaluator`): each test user's ranking ``x_u B``
+scored outside the federated messages; no evaluate message is sent and no list leaves
+a device. A device would receive ``B`` rather than the released Gram matrix because
+the solve is ``O(I^3)``: once on the server instead of once per device.
 
 The run directory is the one of every run (:mod:`server.checkpoint`): ``rounds.jsonl``
 with its one round, ``checkpoint.npz`` holding ``B`` and the released diagonal of ``G``
@@ -28,15 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.baselines import reference_metrics
 from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.federated import gram
-from fedrec.metrics import aggregate
-from fedrec.privacy.accounting import PrivacyAccount
+from fedrec.privacy.accounting import PrivacyAccount, default_delta
 from fedrec.privacy.noise import secure_rng
 from fedrec.privacy.report import central_report, none_report, write_privacy_json
 from server.checkpoint import (
@@ -50,34 +53,55 @@ from server.gram_settings import GramSettings
 from server.privacy_run import PRIVACY_JSON, eligible_users, resolve_settings
 from server.sampling import discover_users
 from server.settings import load_split
-from server.strategies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, TOP_KEY
+from server.strategies import ARRAYS_KEY, CONFIG_KEY
 
 RoundCallback = Callable[[dict[str, Any]], None]
 OnReply = Callable[[int, Message], None]
+GramEvaluator = Callable[[Any], dict[str, Any] | None]
+"""Simulation only: the harness's measurement of the EASE weights ``B`` (no message)."""
+SERVER_SEES = (
+    "the server itself: each device's upload names the user's exact item set and its "
+    "size (diagonal x / |x|^2); central mode trusts the server with them"
+)
 WINDOW = 32
 """Messages in flight at once (bounds the server's memory to ~WINDOW uploads)."""
 log = logging.getLogger("fedrec.server")
 
 
 def resolve(settings: GramSettings, split: Split) -> GramSettings:
-    """Check the catalog and mode; fill in delta and ``z`` (one release at ``q = 1``)."""
+    """Check the catalog and mode; fill in delta, ``z`` and the accountant; idempotent.
+
+    Central mode: one Gaussian release at ``q = 1``, so ``z`` is calibrated with the
+    accountant that needs the least noise (or, with ``z`` given, the accountant that
+    certifies the smaller epsilon is used): :func:`fedrec.federated.gram.gram_calibration`.
+    The configured ``--accountant`` is replaced by that choice.
+    """
     gram.check_privacy_mode(settings.base.privacy.mode)
     gram.check_catalog(split.n_items, settings.ease.max_items)
     n_clients = len(eligible_users(split))
     base = dataclasses.replace(settings.base, rounds=1, clients_per_round=max(n_clients, 1))
-    base = resolve_settings(base, split)
     privacy = base.privacy
-    if privacy.enabled and privacy.target_epsilon is not None:
-        assert privacy.noise_multiplier is not None and privacy.delta is not None
-        account = PrivacyAccount(accountant=privacy.accountant)
-        account.record_release(gram.gram_release(privacy.noise_multiplier))
-        if account.epsilon(privacy.delta) > privacy.target_epsilon * (1 + 1e-9):
+    if privacy.mode == "central":
+        delta = privacy.delta if privacy.delta is not None else default_delta(split.n_users)
+        if privacy.noise_multiplier is None:
+            calibration = gram.gram_calibration(delta, target_epsilon=privacy.target_epsilon)
+        else:
+            calibration = gram.gram_calibration(delta, noise_multiplier=privacy.noise_multiplier)
+        target = privacy.target_epsilon
+        if target is not None and calibration.epsilon > target * (1 + 1e-9):
             raise ConfigError(
-                f"noise multiplier {privacy.noise_multiplier} spends more than the target "
-                f"epsilon {privacy.target_epsilon}",
+                f"noise multiplier {privacy.noise_multiplier} spends epsilon "
+                f"{calibration.epsilon:.4g} > the target epsilon {target}",
                 where="--noise-multiplier",
                 fix="drop --noise-multiplier to calibrate it, or raise it",
             )
+        privacy = dataclasses.replace(
+            privacy,
+            delta=delta,
+            noise_multiplier=calibration.noise_multiplier,
+            accountant=calibration.accountant,
+        )
+    base = resolve_settings(dataclasses.replace(base, privacy=privacy), split)
     return dataclasses.replace(settings, base=base)
 
 
@@ -176,36 +200,29 @@ def _check_upload(content: RecordDict, shape: tuple[int, ...]) -> str:
 
 
 def _evaluate(
-    grid: Grid, settings: GramSettings, split: Split, nodes: dict[int, int], weights: Any
-) -> tuple[dict[str, Any] | None, dict[int, str]]:
-    config = ConfigRecord(settings.client_config())
-    config["server-round"] = 1
-    record = RecordDict({ARRAYS_KEY: ArrayRecord([weights]), CONFIG_KEY: config})
-    user_of = {nodes[int(u)]: int(u) for u in split.test_users() if int(u) in nodes}
-    per_user: dict[int, tuple[dict[str, float], Any]] = {}
-    failed: dict[int, str] = {}
-
-    def on_reply(node: int, reply: Message) -> None:
-        if reply.has_error():
-            failed[user_of[node]] = _reason(reply)
-            return
-        m = reply.content.metric_records[METRICS_KEY]
-        metrics = {k: float(v) for k, v in m.items() if k != TOP_KEY}  # type: ignore[arg-type]
-        per_user[user_of[node]] = (metrics, np.asarray(m[TOP_KEY], dtype=np.int64))
-
-    messages = (Message(record, node, MessageType.EVALUATE) for node in user_of)
-    stream(grid, messages, on_reply, timeout=settings.base.round_timeout)
-    if not per_user:
-        return None, failed
-    order = sorted(per_user)
-    summary = aggregate([per_user[u][0] for u in order], [per_user[u][1] for u in order], split)
-    return {k: v for k, v in summary.items() if v is not None}, failed
+    evaluator: GramEvaluator | None, split: Split, weights: Any
+) -> tuple[dict[str, Any] | None, int]:
+    """The harness's measurement of ``B`` and how many test users it left out."""
+    if evaluator is None:
+        log.warning("no evaluation: federated EASE is measured by the simulation's harness")
+        return None, 0
+    metrics = evaluator(weights)
+    evaluated = 0 if metrics is None else int(metrics.get("users_evaluated", 0))
+    return metrics, len(split.test_users()) - evaluated
 
 
 def run_gram_server(
-    grid: Grid, settings: GramSettings, on_round: RoundCallback | None = None
+    grid: Grid,
+    settings: GramSettings,
+    on_round: RoundCallback | None = None,
+    *,
+    evaluator: GramEvaluator | None = None,
 ) -> dict[str, Any]:
-    """Run the one round of federated EASE; write the run directory; return the metrics."""
+    """Run the one round of federated EASE; write the run directory; return the metrics.
+
+    ``evaluator`` is the simulation harness's measurement of ``B``
+    (:func:`simulations.evaluation.gram_evaluator`); no evaluate message is sent.
+    """
     run_dir = Path(settings.base.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(settings.base)
@@ -213,33 +230,49 @@ def run_gram_server(
     privacy = settings.base.privacy
     nodes = discover_users(grid, split.n_users, timeout=settings.base.round_timeout)
     t0 = time.perf_counter()
-    total, added, failed = _collect_sum(grid, settings, split, nodes)
+    distributed = None
+    if privacy.mode == "distributed":  # SecAgg+: the server only ever sees the noisy sum
+        from server.gram_secagg import collect_gram
+
+        distributed = collect_gram(grid, settings, split, nodes, stream)
+        packed, added, failed = distributed.packed, distributed.added, distributed.failed
+    else:
+        total, added, failed = _collect_sum(grid, settings, split, nodes)
+        packed = total.total
+        del total
     account = PrivacyAccount(accountant=privacy.accountant)
     z = privacy.noise_multiplier if privacy.mode == "central" else None
-    packed = total.total
     if z is not None:
         packed = gram.release(
             packed, noise_multiplier=z, rng=secure_rng(privacy.insecure_noise_seed)
         )
         account.record_release(gram.gram_release(z))
-    del total
     matrix = gram.unpack(packed, split.n_items)
-    weights, lam, rank = gram.solve_release(matrix, z, settings.ease)
+    z_release = distributed.noise_std if distributed is not None else z
+    weights, lam, rank = gram.solve_release(matrix, z_release, settings.ease)
     popularity = np.diag(matrix).astype(np.float32)  # released: a DP popularity signal
     del matrix, packed
     t_eval = time.perf_counter()
-    metrics, eval_failed = _evaluate(grid, settings, split, nodes, weights)
+    metrics, eval_failed = _evaluate(evaluator, split, weights)
     epsilon = account.epsilon(privacy.delta) if z is not None and privacy.delta else None
+    if distributed is not None:
+        epsilon = float(distributed.record["epsilon"])
     record = {"round": 1, "metrics": metrics, "participants": added, "failed": sorted(failed),
               "failures": {str(u): why for u, why in failed.items()}, "budget_exhausted": [],
               "refused": {}, "seconds": round(time.perf_counter() - t0, 4),
               "eval_seconds": round(time.perf_counter() - t_eval, 4), "epsilon": epsilon,
               "train_loss": None, "lambda": lam, "rank": rank,
-              "eval_failed": len(eval_failed)}  # fmt: skip
+              "eval_failed": eval_failed}  # fmt: skip
     append_round(run_dir, record)
     state = {"account": account.to_json(), "lambda": lam, "rank": rank, "noise_multiplier": z}
     save_checkpoint(run_dir, Checkpoint(1, [weights, popularity], {}, state))
-    write_privacy_json(run_dir / PRIVACY_JSON, _privacy_report(settings, account))
+    if distributed is not None:
+        from server.gram_secagg import distributed_report
+
+        report = distributed_report(settings, distributed)
+    else:
+        report = _privacy_report(settings, account)
+    write_privacy_json(run_dir / PRIVACY_JSON, report)
     if on_round is not None:
         on_round(record)
     out: dict[str, Any] = dict(metrics or {})
@@ -252,8 +285,15 @@ def _privacy_report(settings: GramSettings, account: PrivacyAccount) -> dict[str
     privacy = settings.base.privacy
     if privacy.mode != "central":
         return none_report()
-    assert privacy.delta is not None
-    out = central_report(account, delta=privacy.delta)
+    delta = privacy.delta
+    assert delta is not None
+    out = central_report(account, delta=delta)
+    z, target = privacy.noise_multiplier, privacy.target_epsilon
+    calibration = None if target is None else gram.gram_calibration(delta, target_epsilon=target)
+    if calibration is None or calibration.noise_multiplier != z:  # z was given, not calibrated
+        calibration = gram.gram_calibration(delta, noise_multiplier=z)
+    out["calibration"] = calibration.record()
+    out["not_protected"] = [*out["not_protected"], SERVER_SEES]
     out.update(noise_multiplier=privacy.noise_multiplier, clip_norm=1.0,
                target_epsilon=privacy.target_epsilon,
                insecure_noise_seed=privacy.insecure_noise_seed,
@@ -263,15 +303,19 @@ def _privacy_report(settings: GramSettings, account: PrivacyAccount) -> dict[str
 
 
 def make_gram_server_app(
-    settings: GramSettings, on_round: RoundCallback | None = None
+    settings: GramSettings,
+    on_round: RoundCallback | None = None,
+    *,
+    evaluator: GramEvaluator | None = None,
 ) -> ServerApp:
-    """A ``ServerApp`` running federated EASE with ``settings``."""
+    """A ``ServerApp`` running federated EASE with ``settings`` (``evaluator``: the
+    harness's measurement, run in the ServerApp's process)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         del context
-        run_gram_server(grid, settings, on_round)
+        run_gram_server(grid, settings, on_round, evaluator=evaluator)
 
     return server_app
 

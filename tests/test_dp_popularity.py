@@ -83,7 +83,8 @@ def test_calibrated_release_spends_at_most_epsilon(epsilon: float) -> None:
     assert release.account.history == [[release.noise_multiplier, 1.0, 1]]
     assert release.epsilon <= epsilon
     assert release.epsilon == pytest.approx(epsilon, rel=0.05)
-    assert epsilon_from_history([[release.noise_multiplier, 1.0, 1]], 1e-5) == release.epsilon
+    history = [[release.noise_multiplier, 1.0, 1]]
+    assert epsilon_from_history(history, 1e-5, release.accountant) == release.epsilon
 
 
 def test_release_is_recorded_in_privacy_json_and_verifies(tmp_path: Path) -> None:

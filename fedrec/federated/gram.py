@@ -8,11 +8,17 @@ once and sends ``B`` back; a device scores ``x_u B`` locally.
 
 Design rules kept here:
 
-- **Dense upload.** A contribution is the *packed upper triangle* (diagonal included,
-  row-major, ``I (I + 1) / 2`` float32 values), never a sparse list: the positions of
-  non-zeros would name the user's items. Off-diagonal entries are multiplied by
-  ``sqrt(2)``, an isometric packing: the vector's L2 norm equals the Frobenius norm of
-  the matrix (:func:`unpack` undoes it).
+- **What the server sees: each user's exact item set.** A contribution is the *packed
+  upper triangle* (diagonal included, row-major, ``I (I + 1) / 2`` float32 values), a
+  dense vector of the same length for every user, with off-diagonal entries multiplied
+  by ``sqrt(2)``: an isometric packing, the vector's L2 norm equals the Frobenius norm of
+  the matrix (:func:`unpack` undoes it). Dense does **not** hide the items: the upload
+  is a deterministic function of the item set, and its diagonal names it. Without
+  privacy the diagonal is ``x`` itself; in central mode it is ``x / |x|^2``, which also
+  gives the count ``|x|^2`` (tested: ``tests/test_gram_upload_exposure.py``). Central
+  mode therefore trusts the server with every user's full item set; only what the
+  server *releases* is protected. Dense fixed-length vectors are kept because they sum
+  coordinate-wise, which secure aggregation (issue 16) needs to hide the uploads.
 - **User-level central DP** (the Gaussian mechanism on a Gram matrix with row
   normalization, as in Dwork, Talwar, Thakurta & Zhang, "Analyze Gauss", STOC 2014).
   A private device uploads ``x x^T / |x|^2``, whose Frobenius norm is exactly 1: the
@@ -21,8 +27,10 @@ Design rules kept here:
   adds ``N(0, z^2)`` to every packed coordinate of the *sum* from a secret generator
   (:func:`fedrec.privacy.noise.secure_rng`); in matrix form the noise is symmetric,
   std ``z`` on the diagonal and ``z / sqrt(2)`` off it. That is one Gaussian mechanism
-  with every user included (``q = 1``): history ``[[z, 1.0, 1]]``. EASE's solve, the
-  regularization rule and the devices' scoring are post-processing.
+  with every user included (``q = 1``): history ``[[z, 1.0, 1]]``, its ``z`` calibrated
+  with the tighter of Opacus's accountants (:mod:`fedrec.privacy.calibration`). EASE's
+  solve, the regularization rule and the devices' scoring are post-processing. The
+  guarantee holds against everyone who sees the release, not against the server.
 - **Denoising before the solve** (post-processing; :mod:`fedrec.federated.gram_solve`):
   as in Analyze Gauss, keep the eigenpairs of the released matrix above the edge of the
   noise's Wigner semicircle, ``tau * 2 (z / sqrt 2) sqrt(I)``, and solve EASE on that
@@ -49,7 +57,8 @@ from fedrec.federated.gram_solve import (
     solve_release,
     spectral_denoise,
 )
-from fedrec.privacy.accounting import Release, calibrate_noise
+from fedrec.privacy.accounting import Release
+from fedrec.privacy.calibration import OneShot, calibrate_one_shot, one_shot_epsilon
 from fedrec.privacy.central import central_release, clip_update
 from fedrec.privacy.noise import gaussian
 
@@ -93,6 +102,10 @@ def _offsets(n_items: int) -> npt.NDArray[np.int64]:
 
 def client_contribution(train_items: npt.ArrayLike, n_items: int, *, normalize: bool) -> F32:
     """A device's dense upload: the packed upper triangle of ``x x^T`` (float32).
+
+    The upload names the user's items: its diagonal is ``x`` (``normalize=False``) or
+    ``x / |x|^2`` (``normalize=True``), so whoever receives it learns the item set and
+    its size. Only the noisy sum of all uploads is protected.
 
     Parameters
     ----------
@@ -200,11 +213,25 @@ def similar_items(weights: F32, item: int, *, k: int = 10) -> list[tuple[int, fl
     return [(int(j), float(row[j])) for j in order[order != item][: max(k, 0)]]
 
 
-def gram_noise_multiplier(target_epsilon: float, delta: float, accountant: str = "rdp") -> float:
-    """``z`` of one Gaussian release with every user included (Opacus, ``q = 1``)."""
-    return calibrate_noise(
-        target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant
-    )
+def gram_calibration(
+    delta: float, *, target_epsilon: float | None = None, noise_multiplier: float | None = None
+) -> OneShot:
+    """The Gram release's ``z`` and accountant: one Gaussian release, every user (``q = 1``).
+
+    Exactly one of ``target_epsilon`` (``z`` calibrated with the accountant needing the
+    least noise) and ``noise_multiplier`` (the accountant certifying the smaller epsilon
+    is chosen); see :mod:`fedrec.privacy.calibration`.
+    """
+    if (target_epsilon is None) == (noise_multiplier is None):
+        raise ConfigError(
+            "give exactly one of target_epsilon and noise_multiplier",
+            where="gram_calibration",
+            fix="pass --target-epsilon E to calibrate, or --noise-multiplier Z",
+        )
+    if target_epsilon is not None:
+        return calibrate_one_shot(float(target_epsilon), float(delta))
+    assert noise_multiplier is not None
+    return one_shot_epsilon(float(noise_multiplier), float(delta))
 
 
 def gram_release(noise_multiplier: float) -> Release:
@@ -223,7 +250,7 @@ __all__ = [
     "ease_from_gram",
     "ease_from_spectrum",
     "explain",
-    "gram_noise_multiplier",
+    "gram_calibration",
     "gram_release",
     "noise_scale",
     "packed_size",
