@@ -1,0 +1,411 @@
+"""Distributed DP for a secure sum: the Skellam mechanism (Agarwal, Kairouz & Liu, NeurIPS 2021).
+
+Each device turns its real vector ``x`` (L2 norm at most ``clip``) into integers in the
+ring ``Z_{2^bits}`` and adds its own share of the noise, so that the *sum* the server
+decodes after secure aggregation (:mod:`fedrec.secagg`) is a Skellam mechanism; no
+party ever holds the noise-free sum. Following Kairouz, Liu & Steinke (ICML 2021) and
+Agarwal et al. (2021), a device
+
+1. clips ``x`` to L2 norm ``clip`` and zero-pads it to ``D = 2^m`` coordinates;
+2. rotates it with the public randomized Hadamard transform ``H diag(signs) / sqrt(D)``
+   (flattens every coordinate to about ``|x| sqrt(2 ln(D) / D)``, which bounds the
+   modular sum; an orthogonal map, so the L2 norm is unchanged);
+3. scales by ``s`` and rounds each coordinate stochastically (unbiased), *conditionally*:
+   it redraws the rounding until the integer vector's L2 norm is at most ``gamma``
+   (Kairouz et al., "conditional randomized rounding"), so ``gamma`` is the integer
+   L2 sensitivity and ``gamma * min(sqrt(D), gamma)`` the L1 sensitivity;
+4. adds ``Sk(lam) = Poisson(lam / 2) - Poisson(lam / 2)`` to every coordinate (variance
+   ``lam``) from a secret generator, and reduces modulo ``2^bits``.
+
+The Skellam family is closed under sums, so ``n3`` surviving devices give exactly
+``Sk(n3 lam)``. Accounting, per user (one device's whole vector, "zero-out"
+neighbours: the device still takes part): the protected device's own share is not
+counted, so the noise is ``Sk((n3 - 1) lam)``; the mechanism is calibrated for the
+declared minimum of survivors ``n_min`` and the server refuses to release with fewer.
+Its Renyi DP is Agarwal et al.'s bound (:func:`skellam_rdp`, the one formula written
+here), converted to ``(epsilon, delta)`` by Opacus's maintained RDP conversion (Balle et
+al. 2020, :func:`opacus.accountants.analysis.rdp.get_privacy_spent`).
+
+Modular wrap-around is a utility matter only (the reduction mod ``2^bits`` is
+post-processing of the noisy sum): :func:`wrap_bound` is a bound that holds with
+probability at least ``1 - wrap_beta`` on every coordinate of the decoded sum, and the
+plan picks the largest scale ``s`` that keeps it below ``2^(bits - 1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from opacus.accountants.analysis.rdp import get_privacy_spent
+
+from fedrec.errors import ConfigError
+
+F64 = npt.NDArray[np.float64]
+U64 = npt.NDArray[np.uint64]
+ORDERS: tuple[int, ...] = (*range(2, 129), 160, 192, 256, 384, 512, 1024)
+"""Integer RDP orders (the Skellam bound holds for integer ``alpha > 1``)."""
+MECHANISM = "skellam"
+ROUNDING_BETA = math.exp(-0.5)
+"""Kairouz et al.'s choice: each conditional-rounding draw is accepted w.p. >= 1 - beta."""
+MAX_ROUNDING_TRIES = 1000
+
+
+def refuse_for_model(model: str) -> None:
+    """Distributed DP covers the one-shot Gram sum of ``--model ease`` only."""
+    raise ConfigError(
+        f"--privacy distributed is implemented for --model ease only, not {model!r} "
+        "(multi-round training under secure aggregation is future work)",
+        where="--privacy distributed",
+        fix="use --model ease, or --privacy central / local for this model",
+    )
+
+
+def skellam_rdp(alpha: int, l2: float, l1: float, mu: float) -> float:
+    """RDP of order ``alpha`` of the Skellam mechanism (Agarwal, Kairouz & Liu, NeurIPS 2021,
+    Theorem 3.5 / Corollary 3.6).
+
+    ``eps(alpha) <= alpha l2^2 / (2 mu) + min(((2 alpha - 1) l2^2 + 6 l1) / (4 mu^2),
+    3 l1 / (2 mu))`` for integer ``alpha > 1``, integer-valued queries of L2 / L1
+    sensitivity ``l2`` / ``l1``, and ``Sk(mu)`` noise (variance ``mu``) per coordinate.
+    The first term is the Gaussian mechanism's RDP with variance ``mu``.
+    """
+    if alpha < 2 or int(alpha) != alpha:
+        raise ValueError(f"the Skellam RDP bound needs an integer order > 1, got {alpha}")
+    if not (mu > 0 and l2 >= 0 and l1 >= 0):
+        raise ValueError("need mu > 0 and non-negative sensitivities")
+    a = float(alpha)
+    return a * l2**2 / (2 * mu) + min(
+        ((2 * a - 1) * l2**2 + 6 * l1) / (4 * mu**2), 3 * l1 / (2 * mu)
+    )
+
+
+def skellam_epsilon(l2: float, l1: float, mu: float, delta: float) -> tuple[float, int]:
+    """``(epsilon, best order)`` of one Skellam release (Opacus's RDP -> DP conversion)."""
+    rdp = [skellam_rdp(a, l2, l1, mu) for a in ORDERS]
+    with warnings.catch_warnings():  # an extreme order is expected while calibrating
+        warnings.simplefilter("ignore", UserWarning)
+        eps, order = get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=delta)
+    return float(eps), int(order)
+
+
+def rounded_l2_bound(norm: float, dim: int, beta: float = ROUNDING_BETA) -> float:
+    """L2 bound ``gamma`` for conditional randomized rounding of a vector of norm ``norm``
+    in ``dim`` coordinates (Kairouz, Liu & Steinke 2021): a draw is accepted with
+    probability at least ``1 - beta``:
+    ``min(norm + sqrt(dim), sqrt(norm^2 + dim / 4 + sqrt(2 ln(1 / beta)) (norm + sqrt(dim) / 2)))``.
+    """
+    loose = norm + math.sqrt(dim)
+    tight = math.sqrt(
+        norm**2 + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (norm + math.sqrt(dim) / 2)
+    )
+    return min(loose, tight)
+
+
+def padded_dim(dim: int) -> int:
+    """``D``: the next power of two (the Hadamard transform's length)."""
+    return 1 << max(0, (dim - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedPlan:
+    """Public parameters of one distributed-DP sum; everything needed to recompute epsilon.
+
+    Attributes
+    ----------
+    dim, padded
+        Length of the real vector and of the rotated one (``D``, a power of two).
+    bits
+        Ring ``Z_{2^bits}`` per coordinate (SecAgg's modulus).
+    clip
+        L2 bound of every device's real vector.
+    scale
+        ``s``: integers per unit.
+    l2, l1
+        Integer L2 / L1 sensitivity (``gamma`` of conditional rounding and
+        ``gamma * min(sqrt(D), gamma)``).
+    devices, min_survivors
+        Devices asked, and the fewest survivors for which the noise meets the target.
+    device_variance
+        ``lam``: Skellam variance each device adds per coordinate.
+    target_epsilon, delta
+        The calibration target.
+    rotation_seed
+        Public seed of the rotation's random signs.
+    wrap_beta
+        Failure probability of :func:`wrap_bound`.
+    """
+
+    dim: int
+    padded: int
+    bits: int
+    clip: float
+    scale: float
+    l2: float
+    l1: float
+    devices: int
+    min_survivors: int
+    device_variance: float
+    target_epsilon: float
+    delta: float
+    rotation_seed: int
+    wrap_beta: float = 1e-9
+
+    def noise_variance(self, survivors: int) -> float:
+        """Accounted Skellam variance with ``survivors`` devices: all but the protected one's."""
+        return max(survivors - 1, 0) * self.device_variance
+
+    def epsilon(self, survivors: int) -> float:
+        """Epsilon of the release with ``survivors`` devices (``inf`` below 2)."""
+        if survivors < 2:
+            return math.inf
+        return skellam_epsilon(self.l2, self.l1, self.noise_variance(survivors), self.delta)[0]
+
+    def release_noise_std(self, survivors: int) -> float:
+        """Std of the noise on each decoded real coordinate (all survivors' shares)."""
+        return math.sqrt(survivors * self.device_variance) / self.scale
+
+    def check_survivors(self, survivors: int) -> None:
+        """Refuse to release with fewer survivors than the plan's minimum."""
+        if survivors < self.min_survivors:
+            raise ConfigError(
+                f"{survivors} devices survived secure aggregation, fewer than the "
+                f"{self.min_survivors} the noise was calibrated for (epsilon would be "
+                f"{self.epsilon(survivors):.3g} > {self.target_epsilon}): nothing is released",
+                where="--privacy distributed",
+                fix="rerun when more devices are online, or lower secagg.min-survivors",
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DistributedPlan:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def wrap_bound(
+    *, scale: float, clip: float, devices: int, device_variance: float, padded: int, beta: float
+) -> float:
+    """With probability ``>= 1 - beta``, every coordinate of the (centred) decoded sum
+    of ``devices`` encodings is below this in absolute value.
+
+    Three terms, each at ``beta / 3`` over ``padded`` coordinates (union bound): the
+    rotated signal (Hoeffding over the random signs: ``|sum x| <= devices clip``), the
+    rounding errors (Hoeffding, each in ``(-1, 1)``, width 1), the Skellam noise
+    (Bernstein, variance ``devices * device_variance``, unit jumps).
+    """
+    log = math.log(6 * padded / beta)
+    signal = scale * clip * devices * math.sqrt(2 * log / padded)
+    rounding = math.sqrt(devices * log / 2)
+    variance = devices * device_variance
+    noise = log / 3 + math.sqrt(log**2 / 9 + 2 * log * variance)
+    return signal + rounding + noise
+
+
+def _calibrate_variance(l2: float, l1: float, target: float, delta: float) -> float:
+    """The smallest Skellam variance (to 1e-6 relative) with epsilon <= ``target``."""
+    lo, hi = l2**2 * 1e-6, l2**2 * 1e6
+    if skellam_epsilon(l2, l1, hi, delta)[0] > target:
+        raise ConfigError(f"epsilon {target} is out of reach", where="--target-epsilon")
+    while hi / lo > 1 + 1e-6:
+        mid = math.sqrt(lo * hi)
+        if skellam_epsilon(l2, l1, mid, delta)[0] <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def plan_distributed(
+    *,
+    target_epsilon: float,
+    delta: float,
+    dim: int,
+    devices: int,
+    min_survivors: int,
+    bits: int = 20,
+    clip: float = 1.0,
+    rotation_seed: int = 0,
+    wrap_beta: float = 1e-9,
+) -> DistributedPlan:
+    """Calibrate the mechanism: the largest scale ``s`` whose :func:`wrap_bound` fits the
+    ring, and the per-device variance that meets ``target_epsilon`` with
+    ``min_survivors`` devices (so the accounted noise is ``(min_survivors - 1) lam``)."""
+    if not 2 <= min_survivors <= devices:
+        raise ConfigError(
+            f"minimum survivors {min_survivors} must lie in [2, {devices}]",
+            where="secagg.min-survivors",
+            fix="use a fraction such as 0.9",
+        )
+    if not 8 <= bits <= 62:
+        raise ConfigError(f"bits must lie in [8, 62], got {bits}", where="secagg.bits")
+    padded = padded_dim(dim)
+    half = 2.0 ** (bits - 1)
+    scale = half / (devices * clip * math.sqrt(2 * math.log(6 * padded / wrap_beta) / padded))
+    for _ in range(200):
+        l2 = rounded_l2_bound(scale * clip, padded)
+        l1 = l2 * min(math.sqrt(padded), l2)
+        mu = _calibrate_variance(l2, l1, target_epsilon, delta)
+        lam = mu / (min_survivors - 1)
+        bound = wrap_bound(
+            scale=scale,
+            clip=clip,
+            devices=devices,
+            device_variance=lam,
+            padded=padded,
+            beta=wrap_beta,
+        )
+        if bound < half:
+            return DistributedPlan(
+                dim=dim,
+                padded=padded,
+                bits=bits,
+                clip=clip,
+                scale=scale,
+                l2=l2,
+                l1=l1,
+                devices=devices,
+                min_survivors=min_survivors,
+                device_variance=lam,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                rotation_seed=rotation_seed,
+                wrap_beta=wrap_beta,
+            )
+        scale *= 0.97 * half / bound
+    raise ConfigError(
+        f"no scale fits {devices} devices into {bits} bits",
+        where="secagg.bits",
+        fix="raise secagg.bits",
+    )
+
+
+def _hadamard(x: F64) -> F64:
+    """Unnormalized fast Walsh-Hadamard transform (length a power of two), in place."""
+    h, n = 1, x.size
+    while h < n:
+        view = x.reshape(-1, 2, h)
+        first = view[:, 0, :].copy()
+        view[:, 0, :] += view[:, 1, :]
+        view[:, 1, :] = first - view[:, 1, :]
+        h *= 2
+    return x
+
+
+def _signs(plan: DistributedPlan) -> F64:
+    rng = np.random.default_rng(plan.rotation_seed)  # public randomness
+    return rng.integers(0, 2, plan.padded).astype(np.float64) * 2.0 - 1.0
+
+
+def rotate(x: npt.ArrayLike, plan: DistributedPlan) -> F64:
+    """``H diag(signs) pad(x) / sqrt(D)``: an orthogonal map (public signs)."""
+    v = np.zeros(plan.padded, dtype=np.float64)
+    arr = np.asarray(x, dtype=np.float64)
+    v[: arr.size] = arr
+    v *= _signs(plan)
+    return _hadamard(v) / math.sqrt(plan.padded)
+
+
+def unrotate(y: npt.ArrayLike, plan: DistributedPlan) -> F64:
+    """The inverse of :func:`rotate`, truncated to ``dim``."""
+    v = _hadamard(np.array(y, dtype=np.float64)) / math.sqrt(plan.padded)
+    v *= _signs(plan)
+    return v[: plan.dim]
+
+
+def conditional_round(y: F64, bound: float, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Unbiased stochastic rounding, redrawn until the L2 norm is at most ``bound``."""
+    low = np.floor(y)
+    frac = y - low
+    for _ in range(MAX_ROUNDING_TRIES):
+        out = (low + (rng.random(y.size) < frac)).astype(np.int64)
+        if float(np.dot(out.astype(np.float64), out.astype(np.float64))) <= bound**2:
+            return out
+    raise RuntimeError(f"conditional rounding failed {MAX_ROUNDING_TRIES} times (bound too tight)")
+
+
+def skellam_noise(size: int, variance: float, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """``Sk(variance)`` per coordinate: the difference of two ``Poisson(variance / 2)``."""
+    a = rng.poisson(variance / 2, size)
+    b = rng.poisson(variance / 2, size)
+    return (a - b).astype(np.int64)
+
+
+def encode(x: npt.ArrayLike, plan: DistributedPlan, rng: np.random.Generator) -> U64:
+    """A device's ring vector: clip, rotate, scale, round conditionally, add its Skellam
+    share, reduce mod ``2^bits``. ``rng`` must be secret
+    (:func:`fedrec.privacy.noise.secure_rng`)."""
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    if arr.size != plan.dim:
+        raise ValueError(f"vector of length {arr.size}, the plan is for {plan.dim}")
+    norm = float(np.linalg.norm(arr))
+    if norm > plan.clip:
+        arr = arr * (plan.clip / norm)
+    ints = conditional_round(rotate(arr, plan) * plan.scale, plan.l2, rng)
+    ints += skellam_noise(plan.padded, plan.device_variance, rng)
+    out: U64 = ints.astype(np.uint64) & np.uint64((1 << plan.bits) - 1)  # two's complement mod
+    return out
+
+
+def centre(residues: U64, bits: int) -> npt.NDArray[np.int64]:
+    """Residues of ``Z_{2^bits}`` as integers in ``[-2^(bits-1), 2^(bits-1))``."""
+    r = np.asarray(residues, dtype=np.uint64).astype(np.int64)
+    half = 1 << (bits - 1)
+    return np.where(r >= half, r - (1 << bits), r)
+
+
+def decode(total: U64, plan: DistributedPlan) -> F64:
+    """The released real sum: centre the ring sum, un-rotate, divide by ``s``."""
+    return unrotate(centre(total, plan.bits).astype(np.float64), plan) / plan.scale
+
+
+def privacy_record(plan: DistributedPlan, survivors: int) -> dict[str, Any]:
+    """What ``privacy.json`` records so epsilon can be recomputed (:func:`epsilon_from_record`)."""
+    mu = plan.noise_variance(survivors)
+    eps, order = skellam_epsilon(plan.l2, plan.l1, mu, plan.delta)
+    return {
+        "mechanism": MECHANISM,
+        "survivors": survivors,
+        "noise_devices": max(survivors - 1, 0),
+        "noise_variance": mu,
+        "epsilon": eps,
+        "best_order": order,
+        "orders": list(ORDERS),
+        "plan": plan.to_json(),
+        "release_noise_std": plan.release_noise_std(survivors),
+    }
+
+
+def epsilon_from_record(record: dict[str, Any]) -> float:
+    """Recompute epsilon from a :func:`privacy_record` (its plan and survivors only)."""
+    plan = DistributedPlan.from_json(dict(record["plan"]))
+    return plan.epsilon(int(record["survivors"]))
+
+
+__all__ = [
+    "MECHANISM",
+    "ORDERS",
+    "DistributedPlan",
+    "centre",
+    "conditional_round",
+    "decode",
+    "encode",
+    "epsilon_from_record",
+    "padded_dim",
+    "plan_distributed",
+    "privacy_record",
+    "refuse_for_model",
+    "rotate",
+    "rounded_l2_bound",
+    "skellam_epsilon",
+    "skellam_noise",
+    "skellam_rdp",
+    "unrotate",
+    "wrap_bound",
+]
