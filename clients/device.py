@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from clients.device_eval import EvalReport, report_metrics
 from clients.device_round import (
     NO_DATA,
     OK,
@@ -47,6 +48,7 @@ from clients.serving import HeldGlobal, catalog_rows, measure_recommend_latency,
 from clients.store import DeviceStore, ItemId
 from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
+from fedrec.metrics.private import PrivateEvaluation
 from fedrec.models.base import get_user_state, item_side, set_user_state, user_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model
@@ -55,8 +57,15 @@ from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledge
 from fedrec.recommend.explain import explain as cite_history
 from fedrec.recommend.types import Recommendation
 from fedrec.training.local import refit_user, user_examples
+from fedrec.training.negatives import check_key, new_device_key
 
 GLOBAL, TRAIN, TRAIN_PREV, SERVE = "global", "train", "train.prev", "serve"
+TITLES = "item_titles"
+"""Store meta key of the held catalog's titles, ``[[item id, title], ...]`` (model files)."""
+DEVICE_KINDS = ("mf", "cdae", "multvae")
+"""Model kinds a device trains and serves (a model file of another kind is refused)."""
+NEGATIVE_KEY = "negative_key"
+"""Store meta key of the device's secret negative-sampling key (hex)."""
 Row = ItemId | tuple[Any, ...]
 """A row of :meth:`DeviceClient.record_many`: an item, or ``(item[, rating[, timestamp]])``."""
 
@@ -181,6 +190,10 @@ class DeviceClient:
         Persist the received global parameters (default). A simulated device, which
         receives them with every message, passes ``False``: its store then holds only
         the user's own data, states and ledger (small, for thousands of devices).
+
+    The device's secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`)
+    lives in the store's meta ``negative_key`` (see :meth:`open`); it never leaves the
+    device. Without one the device uses the public key, as the reference loop does.
     """
 
     def __init__(
@@ -199,7 +212,12 @@ class DeviceClient:
         self.seed = seed
         self.min_interactions = min_interactions
         self.refresh_steps = refresh_steps
+        key = store.get_meta(NEGATIVE_KEY)
+        self.negative_key = None if key is None else check_key(bytes.fromhex(str(key)))
         self._items: list[ItemId] = [r.item for r in store.interactions()]
+        self._titles: dict[ItemId, str] = {
+            item_id(i): str(t) for i, t in store.get_meta(TITLES) or []
+        }
         self._global = self._load_global()
         self._seen = np.zeros(0, dtype=np.int64)
         self._sync()
@@ -219,11 +237,16 @@ class DeviceClient:
         refresh_steps: int = 5,
         keep_global: bool = True,
         durable: bool = True,
+        secret_negatives: bool = True,
     ) -> DeviceClient:
         """Open (or create) the device store at ``path`` (see the class for the options).
 
         ``durable=False`` skips the fsync of each commit (:mod:`clients.store`): only
-        for a simulated device that never trains privately.
+        for a simulated device that never trains privately. ``secret_negatives``: keep
+        a secret key for MF's negatives in the store (drawn from :mod:`secrets` on first
+        open); a simulated device passes ``False`` and uses the public key, so its run
+        equals the Flower-free reference loop (the DP guarantee holds for any key chosen
+        independently of the data).
 
         Raises
         ------
@@ -237,6 +260,9 @@ class DeviceClient:
                 with store.transaction():
                     store.set_meta("user_id", user_id)
                     store.set_meta("created", time.time())
+            if secret_negatives and store.get_meta(NEGATIVE_KEY) is None:
+                with store.transaction():
+                    store.set_meta(NEGATIVE_KEY, new_device_key().hex())
             elif user_id is not None and store.get_meta("user_id") != user_id:
                 raise StoreError(
                     f"store belongs to user {store.get_meta('user_id')!r}, not {user_id!r}",
@@ -359,7 +385,9 @@ class DeviceClient:
         rows = top_k(scores, self._seen if exclude_seen else None, k)
         becauses = self._because(g, rows) if explain else [[] for _ in rows]
         return [
-            Recommendation(g.ids[r], float(scores[r]), because, fallback)
+            Recommendation(
+                g.ids[r], float(scores[r]), because, fallback, self._titles.get(g.ids[r])
+            )
             for r, because in zip(rows, becauses, strict=True)
         ]
 
@@ -368,6 +396,37 @@ class DeviceClient:
         """Hold new global item parameters (e.g. a model download) without training."""
         self._receive(global_arrays, config)
         self._refresh()
+
+    def load_model(self, path: str | Path) -> None:
+        """Hold the global model of a model file (``fedrec export``), without a round.
+
+        The file is verified (format, version, checksum; :func:`fedrec.modelfile.load_model`)
+        before anything is stored. Its item ids align the rows with the device's own
+        interactions; its titles, where present, label :meth:`recommend`'s items. Raises
+        :class:`~fedrec.errors.DataError` for a bad file and
+        :class:`~fedrec.errors.ConfigError` for a model kind a device does not serve.
+        """
+        from fedrec.modelfile import load_model
+
+        model = load_model(path)
+        if model.kind not in DEVICE_KINDS:
+            raise ConfigError(
+                f"a {model.kind} model file cannot be served on a device",
+                where=str(path),
+                fix=f"export a run of one of {', '.join(DEVICE_KINDS)}",
+            )
+        config = RoundConfig(
+            model=ModelConfig(**model.model),
+            train=LocalTrainConfig(**model.train),
+            round=max(1, int(model.source.get("round", 1))),
+            item_ids=model.item_ids,
+        )
+        self.set_global(model.arrays, config)
+        titles = (
+            None if model.titles is None else dict(zip(model.item_ids, model.titles, strict=True))
+        )
+        self._store.set_meta(TITLES, None if titles is None else list(titles.items()))
+        self._titles = titles or {}
 
     def fit_round(self, global_arrays: Sequence[npt.NDArray[Any]], config: RoundConfig) -> FitReply:
         """One local update for the server (what a Flower ``ClientApp`` ``train`` does).
@@ -387,12 +446,20 @@ class DeviceClient:
         state = self._train_state_before(config.round, private=private)
         if config.privacy is None:
             model = config.model.at_round(config.round)
-            fit = client_fit(model, config.train, g.arrays, state, train_items, seed=config.seed)
+            fit = client_fit(
+                model,
+                config.train,
+                g.arrays,
+                state,
+                train_items,
+                seed=config.seed,
+                key=self.negative_key,
+            )
             self._keep_states(fit.user_state, config.round, private=False)
             return FitReply(OK, fit.item_arrays, fit.num_examples, fit.train_loss)
         ledger = self._ledger(config.privacy)
         reply, new_state = fit_private_round(
-            ledger, config, config.privacy, g.arrays, state, train_items
+            ledger, config, config.privacy, g.arrays, state, train_items, key=self.negative_key
         )
         if new_state is not None:  # the ledger is already durable
             self._keep_states(new_state, config.round, private=True)
@@ -404,12 +471,13 @@ class DeviceClient:
         config: RoundConfig,
         test_items: Iterable[ItemId],
     ) -> EvalReply:
-        """Rank the catalog for held-out ``test_items`` (simulation only).
+        """Rank the catalog for held-out ``test_items``; metrics and top-10 stay here.
 
         Uses :func:`fedrec.federated.client.client_evaluate` with the newest training
         state written in a round ``<= config.round``; stored state is not changed. The
-        metrics and top-10 are what a simulation sends back; a deployment should not
-        (they describe the user).
+        result describes the user: only the simulation harness, which owns the device,
+        reads it (:mod:`simulations.evaluation`). What may leave a deployed device is
+        :meth:`report_evaluation`'s answer.
         """
         g = self._receive(global_arrays, config)
         wanted = [item_id(i) for i in test_items]
@@ -430,6 +498,36 @@ class DeviceClient:
             seed=config.seed,
         )
         return EvalReply(metrics, top, [g.ids[int(r)] for r in top if r >= 0])
+
+    def report_evaluation(
+        self,
+        global_arrays: Sequence[npt.NDArray[Any]],
+        config: RoundConfig,
+        test_items: Iterable[ItemId],
+        *,
+        mode: str,
+        mechanism: PrivateEvaluation | None,
+    ) -> EvalReport:
+        """A deployed device's answer to an evaluation request: never its top-10.
+
+        :meth:`evaluate_round`, then :func:`clients.device_eval.report_metrics`: the
+        per-user metrics (mode ``none``), their clipped vector (``central``: the trusted
+        server adds the noise), or that vector plus Gaussian noise spent from this
+        device's ledger before it is returned (``local``; refused, nothing spent, when
+        the release would exceed ``config.privacy.epsilon_budget``).
+        """
+        if mode != "none" and mechanism is None:  # refuse before touching the data
+            return report_metrics({}, mode=mode, mechanism=None)
+        result = self.evaluate_round(global_arrays, config, test_items)
+        private = config.privacy
+        return report_metrics(
+            result.metrics,
+            mode=mode,
+            mechanism=mechanism,
+            ledger=None if private is None else self._ledger(private),
+            privacy=private,
+            round=config.round,
+        )
 
     def privacy_spent(self) -> Spent:
         """The device's privacy statement: epsilon at delta for its unit and accountant.
@@ -616,6 +714,7 @@ class DeviceClient:
 __all__ = [
     "DeviceClient",
     "EvalReply",
+    "EvalReport",
     "FitReply",
     "LocalPrivacy",
     "RoundConfig",

@@ -219,17 +219,18 @@ class PopularityRunModel(RunModel):
 
     @cached_property
     def item_vectors(self) -> FloatArray:
-        raise DataError(
-            "a popularity model has no item vectors",
-            where=str(self.run_dir),
-            fix="use a run of a model with item vectors (mf, cdae, multvae, ease, itemknn)",
-        )
+        """One feature per item, its count: no item space to explain or compare in."""
+        return self.item_arrays[0].astype(np.float64).reshape(-1, 1)
 
     def explain(self, history: npt.NDArray[np.int64], items: list[int], top: int) -> Citations:
         return [[] for _ in items]  # popularity is not explained by the user's items
 
     def similar(self, item: int, k: int) -> list[tuple[int, float]]:
-        return similar_items(self.item_vectors, item, k=k)
+        raise DataError(
+            "a popularity model has no item space to find similar items in",
+            where=str(self.run_dir),
+            fix="use a run of mf, cdae, multvae, ease or itemknn",
+        )
 
 
 ITEM_ITEM_KINDS = (MODEL_KIND, "itemknn")

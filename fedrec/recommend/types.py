@@ -31,12 +31,15 @@ class Recommendation:
     fallback
         ``True`` when no history item supports the item (empty ``because``), e.g. a
         user without history: the item is shown without a "because".
+    title
+        The item's title from public catalog metadata, when the model carries titles.
     """
 
     item: ItemId
     score: float
     because: list[tuple[ItemId, float]] = field(default_factory=list)
     fallback: bool = False
+    title: str | None = None
 
 
 def with_original_ids(
