@@ -16,7 +16,13 @@ from fedrec.models.config import ModelConfig
 from fedrec.models.registry import build_model
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy import local_dp
-from fedrec.privacy.fast_dp import GhostClipper, GhostDPStep, secret_normal
+from fedrec.privacy.fast_dp import (
+    SMALL_DRAW,
+    GhostClipper,
+    GhostDPStep,
+    box_muller_radius,
+    secret_normal,
+)
 from fedrec.privacy.local_dp import dp_train, interaction_units
 from fedrec.privacy.mf_clip import MFClipper
 from fedrec.privacy.noise import secure_rng
@@ -377,6 +383,35 @@ def test_secret_normal_is_standard_normal_and_reproducible_only_with_a_seed() ->
     torch.testing.assert_close(
         wide, 3.0 * secret_normal(10, 1.0, secure_rng(3), dtype=torch.float64)
     )
+
+
+class _WorstUniforms:
+    """A stand-in generator whose 53-bit uniforms all lie in ``[2**-53, 2**-26]``: every
+    Box-Muller ``1 - u`` is within ``2**-26`` of 1, where a float32 cast rounds to 1."""
+
+    def random(self, n: int, dtype: type = np.float64) -> np.ndarray:
+        if dtype == np.float32:
+            return np.full(n, 0.25, dtype=np.float32)
+        return np.geomspace(2.0**-53, 2.0**-26, n)
+
+
+def test_box_muller_radius_of_a_uniform_near_one_is_not_zero() -> None:
+    # Prepare: the worst case of the float32 cast, and the smallest uniform
+    u = np.array([1.0 - 2.0**-30, 1.0 - 2.0**-52, 2.0**-53])
+    # Execute
+    radius = box_muller_radius(u, 1.0)
+    # Assert: finite, non-zero, and the float64 value cast once
+    expected = np.sqrt(-2.0 * np.log(u)).astype(np.float32)
+    assert radius.dtype == torch.float32 and bool((radius > 0).all())
+    np.testing.assert_allclose(radius.numpy(), expected, rtol=1e-6)
+    assert float(radius[2]) == pytest.approx(8.57, abs=0.01)  # the 53-bit tail
+
+
+def test_secret_normal_has_no_exact_zero_from_uniforms_near_one() -> None:
+    # Execute: a large draw (Box-Muller path) from the worst-case uniforms
+    x = secret_normal(2 * SMALL_DRAW + 2, 1.0, _WorstUniforms())  # type: ignore[arg-type]
+    # Assert: a float32 cast of u before the log would make every draw exactly 0
+    assert bool((x != 0).all()) and bool(torch.isfinite(x).all())
 
 
 class _Normed(TrainableRecommender):

@@ -36,14 +36,45 @@ def test_bce_examples_are_positives_then_k_uniform_negatives() -> None:
     assert i[:2].tolist() == [4, 7] and bool(((i >= 0) & (i < 10)).all())
 
 
-def test_negatives_do_not_depend_on_the_users_data() -> None:
-    # Prepare: two users with different items, same generator state
+def _negatives(model: MatrixFactorization, items: list[int], key: bytes | None = None) -> dict:
+    """Each interaction's negatives, by item, of one device user (slot 0)."""
+    users = np.zeros(len(items), dtype=np.int64)
+    ex = model.make_examples(users, np.array(items), generator=_gen(), key=key)
+    k = model.cfg.negatives
+    neg = ex.inputs[1][len(items) :].reshape(len(items), k)
+    return {item: neg[j].tolist() for j, item in enumerate(items)}
+
+
+def test_each_interactions_negatives_depend_on_its_own_item_only() -> None:
+    # Prepare: a user's interactions, then the same minus the first, reordered, extended
     model = _mf(negatives=5)
+    items = [0, 1, 2, 3, 6]
     # Execute
-    a = model.make_examples(np.array([0] * 4), np.array([0, 1, 2, 3]), generator=_gen())
-    b = model.make_examples(np.array([1] * 4), np.array([6, 7, 8, 9]), generator=_gen())
-    # Assert: the negatives are the same draws (a negative equal to a positive is kept)
-    assert torch.equal(a.inputs[1][4:], b.inputs[1][4:])
+    full = _negatives(model, items)
+    neighbours = [
+        _negatives(model, items[1:]),
+        _negatives(model, items[:2] + items[3:]),
+        _negatives(model, items[::-1]),
+        _negatives(model, [*items, 9]),
+    ]
+    # Assert: every remaining interaction keeps exactly its negatives (no position, no
+    # dependence on the other items, no rejection of the user's positives)
+    for other in neighbours:
+        for item, negs in other.items():
+            if item in full:
+                assert negs == full[item]
+    drawn = [n for negs in full.values() for n in negs]
+    assert set(drawn) & set(items), "a negative equal to a positive must be kept"
+
+
+def test_the_device_key_changes_the_negatives() -> None:
+    # Prepare
+    model = _mf(negatives=5)
+    items = list(range(10))
+    # Execute
+    public, a, b = (_negatives(model, items, key) for key in (None, b"a" * 32, b"b" * 32))
+    # Assert
+    assert public != a != b and a == _negatives(model, items, b"a" * 32)
 
 
 def test_bpr_examples_are_pairs_and_loss_is_mean() -> None:

@@ -97,6 +97,7 @@ def client_fit(
     *,
     seed: int,
     fast: bool = True,
+    key: bytes | None = None,
 ) -> FitResult:
     """One local update: reconstruct the user state if needed, then train.
 
@@ -114,13 +115,18 @@ def client_fit(
     fast
         Take :func:`fedrec.training.mf_fast.fit` where it applies (MF): the same update
         without autograd; ``False`` forces the autograd reference path.
+    key
+        The device's secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`);
+        ``None``: the public key (reference loop, simulated devices).
     """
     if fast and mf_fast.supports(model_cfg, train_cfg):
-        r = mf_fast.fit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+        r = mf_fast.fit(
+            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
+        )
         return FitResult(r.item_arrays, r.user_state, len(train_items), r.train_loss)
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    examples = user_examples(model, train_items)
+    examples = user_examples(model, train_items, key=key)
     if user_state is None or train_cfg.refit_every_round:
         refit_user(model, train_cfg.for_refit(first=user_state is None), examples, generator=gen)
     optimizer = update_optimizer(model, train_cfg)

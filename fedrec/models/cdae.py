@@ -134,8 +134,10 @@ class CDAE(TrainableRecommender):
         items: npt.NDArray[np.int64],
         *,
         generator: torch.Generator,
+        key: bytes | None = None,
     ) -> Examples:
         """One example per user slot, with a fresh dropout corruption from ``generator``."""
+        del key  # no keyed choice: one example per user
         slots, history = user_rows(users, items, self.n_items)
         return Examples((slots, corrupt(history, self.dropout, generator)), history)
 

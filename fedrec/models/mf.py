@@ -13,9 +13,11 @@ client actually used (untouched rows upload unchanged, unlike optimizer weight d
 scales with the data like the loss, and is clipped with the example under DP-SGD.
 
 - ``"bce"``: each positive plus ``negatives`` items drawn uniformly from *all* items,
-  independently of the user's data. A negative that happens to be a positive of the
-  user is kept as a negative: filtering it would make the example set depend on the
-  user's other interactions, which breaks the per-interaction DP unit.
+  keyed by the interaction's own item, the device key and the epoch
+  (:func:`fedrec.training.negatives.keyed_negatives`), never by its position among
+  the user's interactions. A negative that happens to be a positive of the user is
+  kept as a negative: filtering it would make the example set depend on the user's
+  other interactions, which breaks the per-interaction DP unit.
 - ``"bpr"`` (Rendle et al. 2009): one (positive, negative) pair per sampled negative,
   ``-log sigmoid(x_up - x_un)``.
 """
@@ -30,6 +32,7 @@ from torch.nn import functional as F
 
 from fedrec.models.config import ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.training.negatives import keyed_negatives
 
 
 class MatrixFactorization(TrainableRecommender):
@@ -72,12 +75,19 @@ class MatrixFactorization(TrainableRecommender):
         items: npt.NDArray[np.int64],
         *,
         generator: torch.Generator,
+        key: bytes | None = None,
     ) -> Examples:
-        """Positives with uniform negatives (BCE) or (positive, negative) pairs (BPR)."""
+        """Positives with uniform negatives (BCE) or (positive, negative) pairs (BPR).
+
+        The negatives of interaction ``j`` are a function of ``(users[j], items[j])``,
+        ``key`` and the epoch nonce drawn from ``generator`` only
+        (:func:`fedrec.training.negatives.keyed_negatives`).
+        """
         u = torch.as_tensor(np.asarray(users, dtype=np.int64))
         i = torch.as_tensor(np.asarray(items, dtype=np.int64))
         k = self.cfg.negatives
-        neg = torch.randint(0, self.n_items, (len(i) * k,), generator=generator)
+        drawn = keyed_negatives(generator, key, u.numpy(), i.numpy(), k, self.n_items)
+        neg = torch.from_numpy(drawn.reshape(-1))
         if self.cfg.loss == "bpr":
             pairs = torch.stack([i.repeat_interleave(k), neg], dim=1)
             return Examples((u.repeat_interleave(k), pairs), torch.ones(len(pairs)))

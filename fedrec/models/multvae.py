@@ -92,8 +92,10 @@ class MultVAE(TrainableRecommender):
         items: npt.NDArray[np.int64],
         *,
         generator: torch.Generator,
+        key: bytes | None = None,
     ) -> Examples:
         """One example per user: corrupted row and standard-normal noise from ``generator``."""
+        del key  # no keyed choice: one example per user
         _, history = user_rows(users, items, self.n_items)
         x = corrupt(history, self.dropout, generator)
         noise = torch.randn((len(history), self.latent), generator=generator)

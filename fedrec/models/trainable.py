@@ -61,12 +61,15 @@ class TrainableRecommender(Recommender):
         items: npt.NDArray[np.int64],
         *,
         generator: torch.Generator,
+        key: bytes | None = None,
     ) -> Examples:
         """Examples for one epoch from positive pairs ``(users[j], items[j])``.
 
         ``users`` are user *slots* of this model (all ``0`` on a device). Any random
         choice (negatives, corruption) draws from ``generator`` only, so a call is
-        reproducible; call again each epoch for fresh negatives.
+        reproducible; call again each epoch for fresh negatives. ``key``: the device's
+        secret key of keyed choices (MF negatives,
+        :mod:`fedrec.training.negatives`); ``None`` a public one; other models ignore it.
         """
 
     @abstractmethod

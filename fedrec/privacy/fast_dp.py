@@ -23,8 +23,9 @@ rescaling, same clip factor ``min(1, C / (norm + 1e-6))``; tested).
 :mod:`fedrec.privacy.noise` (its raw 64-bit words are the only entropy), turned into
 normals by Box-Muller in torch on the parameter's device: about 2x faster than
 NumPy's float64 ziggurat on one core (more with threads or a GPU), and the radius
-uses 53-bit uniforms so the tails reach 8.6 standard deviations (float32
-``torch.randn`` stops at 5.8, which would cost delta).
+uses 53-bit uniforms, in float64, so the tails reach 8.6 standard deviations (float32
+``torch.randn`` stops at 5.8, which would cost delta) and no pair is exactly 0 but
+with probability ``2**-53``.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def secret_normal(
     Up to :data:`SMALL_DRAW` draws come straight from NumPy's float64 ziggurat
     (Marsaglia and Tsang 2000). Beyond, Box-Muller (1958): per pair, a 53-bit uniform
     ``u`` in ``(0, 1]`` (NumPy's float64 ``random``) gives the radius ``sqrt(-2 ln u)``
-    and a 24-bit uniform the angle. ``rng`` supplies every random bit
-    (:func:`fedrec.privacy.noise.secure_rng`), so an insecure test seed reproduces the
-    draws exactly; the transform runs on ``device``.
+    (in float64, :func:`box_muller_radius`) and a 24-bit uniform the angle. ``rng``
+    supplies every random bit (:func:`fedrec.privacy.noise.secure_rng`), so an
+    insecure test seed reproduces the draws exactly; the transform runs on ``device``.
     """
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
@@ -76,8 +77,7 @@ def secret_normal(
     uniform = rng.random(pairs)
     np.subtract(1.0, uniform, out=uniform)  # (0, 1]: the radius is finite
     turns = rng.random(pairs, dtype=np.float32)
-    radius = torch.from_numpy(uniform).to(device, work)
-    radius = radius.log_().mul_(-2.0 * std * std).sqrt_()
+    radius = box_muller_radius(uniform, std, device=device, dtype=work)
     angle = torch.from_numpy(turns)
     if (angle.device, angle.dtype) != (torch.device(device), work):
         angle = angle.to(device, work)
@@ -86,6 +86,25 @@ def secret_normal(
     torch.cos(angle, out=out[:pairs]).mul_(radius)
     torch.sin(angle, out=out[pairs:]).mul_(radius)
     return out[:numel] if work == dtype else out[:numel].to(dtype)
+
+
+def box_muller_radius(
+    uniform: np.ndarray[tuple[int], np.dtype[np.float64]],
+    std: float,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Box-Muller's radius ``std sqrt(-2 ln u)`` of 53-bit uniforms ``u`` in ``(0, 1]``.
+
+    Computed in float64 and cast once to ``dtype``: casting ``u`` to float32 first
+    would round every ``u > 1 - 2**-25`` to 1 and make a pair exactly 0 with
+    probability ``2**-25`` (and truncate the small radii); in float64 only ``u = 1``
+    (probability ``2**-53``) gives 0.
+    """
+    radius = torch.from_numpy(uniform).to(device, torch.float64).log()  # ``uniform`` kept
+    radius = radius.mul_(-2.0 * std * std).sqrt_()
+    return radius if dtype == torch.float64 else radius.to(dtype)
 
 
 @dataclass(frozen=True)

@@ -123,14 +123,23 @@ def train_epochs(
 
 
 def user_examples(
-    model: TrainableRecommender, train_items: npt.NDArray[np.int64]
+    model: TrainableRecommender,
+    train_items: npt.NDArray[np.int64],
+    *,
+    key: bytes | None = None,
 ) -> Callable[[torch.Generator], Examples]:
-    """Example builder for one device user (user slot 0) with items ``train_items``."""
+    """Example builder for one device user (user slot 0) with items ``train_items``.
+
+    ``key``: the device key of MF's keyed negatives (:mod:`fedrec.training.negatives`);
+    ``None``: the public key.
+    """
     items = np.asarray(train_items, dtype=np.int64)
     users = np.zeros(len(items), dtype=np.int64)
 
     def build(generator: torch.Generator) -> Examples:
-        return model.make_examples(users, items, generator=generator)
+        if key is None:
+            return model.make_examples(users, items, generator=generator)
+        return model.make_examples(users, items, generator=generator, key=key)
 
     return build
 

@@ -3,8 +3,9 @@
 Design rule: :func:`fit` and :func:`refit` are a numerical twin of
 :func:`fedrec.federated.client.client_fit` and :func:`fedrec.training.local.refit_user`
 on :class:`fedrec.models.mf.MatrixFactorization` (non-private). They make *the same
-``torch.Generator`` calls in the same order* (``randint`` negatives, then ``randperm``
-minibatches, per epoch; the fresh user vector from the model's initialization stream),
+``torch.Generator`` calls in the same order* (the epoch nonce of the keyed negatives of
+:mod:`fedrec.training.negatives`, then ``randperm`` minibatches, per epoch; the fresh
+user vector from the model's initialization stream),
 so results agree with autograd to float rounding (``tests/test_mf_fast.py``). A device
 holds one user and a few hundred examples: torch's per-op autograd and optimizer
 overhead dominated, so the forward/backward here is closed form in numpy.
@@ -33,6 +34,7 @@ import torch
 
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.training.negatives import keyed_negatives
 
 F32 = npt.NDArray[np.float32]
 USER_KEY = "user_emb.weight"
@@ -86,12 +88,16 @@ class _Examples:
 
 
 def _examples(
-    model_cfg: ModelConfig, pos: torch.Tensor, n_items: int, gen: torch.Generator
+    model_cfg: ModelConfig,
+    pos: torch.Tensor,
+    n_items: int,
+    gen: torch.Generator,
+    key: bytes | None,
 ) -> _Examples:
     """:meth:`MatrixFactorization.make_examples`, with the same generator call."""
     k = model_cfg.negatives
-    neg = torch.randint(0, n_items, (len(pos) * k,), generator=gen).numpy()
     p = pos.numpy()
+    neg = keyed_negatives(gen, key, np.zeros(len(p), dtype=np.int64), p, k, n_items).reshape(-1)
     if model_cfg.loss == "bpr":
         pairs = np.stack([np.repeat(p, k), neg], axis=1)
         return _Examples(pairs, np.ones(len(pairs), dtype=np.float32))
@@ -223,11 +229,12 @@ class _Loop:
     train_bias: bool = False
     mu: float = 0.0
     anchor: tuple[F32, F32] | None = None
+    key: bytes | None = None
 
     def epochs(self, m: _Model, n: int) -> float:
         total, steps = 0.0, 0
         for _ in range(n):
-            ex = _examples(self.cfg, self.pos, m.q.shape[0], self.gen)
+            ex = _examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
             perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
             for start in range(0, len(perm), self.batch_size):
                 i = perm[start : start + self.batch_size]
@@ -265,7 +272,9 @@ def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: _Model, loop: _Loop
     if cfg.refit_steps == 0:
         return
     opt = _Optimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
-    _Loop(model_cfg, loop.pos, loop.gen, cfg.batch_size, opt).epochs(m, cfg.refit_steps)
+    _Loop(model_cfg, loop.pos, loop.gen, cfg.batch_size, opt, key=loop.key).epochs(
+        m, cfg.refit_steps
+    )
 
 
 def _start(
@@ -275,12 +284,14 @@ def _start(
     user_state: dict[str, F32] | None,
     train_items: npt.NDArray[np.int64],
     seed: int,
+    key: bytes | None,
 ) -> tuple[_Model, _Loop]:
     """The one-user model and the seeded example loop a fit or a refit starts from."""
     m = _load(model_cfg, global_items, user_state, seed)
     pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
     gen = torch.Generator().manual_seed(seed)
-    return m, _Loop(model_cfg, pos, gen, train_cfg.batch_size, _Optimizer("sgd", 1.0, 0.0))
+    opt = _Optimizer("sgd", 1.0, 0.0)
+    return m, _Loop(model_cfg, pos, gen, train_cfg.batch_size, opt, key=key)
 
 
 @dataclass(frozen=True)
@@ -300,9 +311,13 @@ def fit(
     train_items: npt.NDArray[np.int64],
     *,
     seed: int,
+    key: bytes | None = None,
 ) -> FastFit:
-    """:func:`fedrec.federated.client.client_fit` for MF, without autograd."""
-    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed)
+    """:func:`fedrec.federated.client.client_fit` for MF, without autograd.
+
+    ``key``: the device key of the keyed negatives (``None``: the public key).
+    """
+    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed, key)
     pos, gen = base.pos, base.gen
     if user_state is None or train_cfg.refit_every_round:
         _refit(model_cfg, train_cfg.for_refit(first=user_state is None), m, base)
@@ -317,6 +332,7 @@ def fit(
         train_bias=model_cfg.item_bias,
         mu=mu,
         anchor=(m.q.copy(), m.b.copy()) if mu > 0 else None,
+        key=key,
     )
     loss = loop.epochs(m, train_cfg.epochs)
     return FastFit([m.q, m.b], {USER_KEY: m.p.reshape(1, -1).copy()}, loss)
@@ -330,8 +346,9 @@ def refit(
     train_items: npt.NDArray[np.int64],
     *,
     seed: int,
+    key: bytes | None = None,
 ) -> F32:
     """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it."""
-    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed)
+    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed, key)
     _refit(model_cfg, train_cfg, m, base)
     return m.p.reshape(1, -1).copy()
