@@ -146,7 +146,8 @@ def clipped_sum(
         )
         # SGD at lr 1: p <- p - S_p / E, with E = q n = n expected units
         moved = [(b - p.detach()).reshape(-1) * n for b, p in zip(before, params, strict=True)]
-        return torch.cat(moved).numpy().astype(np.float64)
+        out: npt.NDArray[np.float64] = torch.cat(moved).numpy().astype(np.float64)
+        return out
 
 
 def default_removals(n: int, count: int | None) -> list[int]:
