@@ -1,12 +1,10 @@
 """What a training round asks of a device, what the device answers, and the private round.
 
-Design rule: **write before send, never refund.** A private round checks the budget
-against the spend it *will* make (:func:`fedrec.federated.private.planned_releases`,
-public quantities only) before it touches the data, trains with
-:func:`fedrec.federated.private.client_fit_private`, and appends every release to the
-device's durable ledger before anything is returned for sending
-(docs/PRIVACY.md, "Ledgers"). The ML lives in :mod:`fedrec.federated.private`; this
-module only wires the ledger around it.
+Design rule: **write before send, never refund.** The private round is
+:func:`fedrec.federated.private.private_round` (plan, budget check with
+``PrivacyLedger.would_exceed``, fit, reserve), the very function the Flower-free loop
+calls; here it runs over the device's durable ledger, so every release is on disk
+before anything is returned for sending (docs/PRIVACY.md, "Ledgers").
 """
 
 from __future__ import annotations
@@ -18,14 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from clients.store import ItemId
-from fedrec.errors import BudgetExhaustedError
 from fedrec.federated.client import UserState
-from fedrec.federated.private import (
-    LocalPrivacy,
-    client_fit_private,
-    planned_releases,
-    projected_epsilon,
-)
+from fedrec.federated.private import LocalPrivacy, private_round
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.privacy.ledger import PrivacyLedger, Spent
@@ -69,7 +61,9 @@ class FitReply:
     ``"budget_exhausted"`` (did not train; the server carries on without it) or
     ``"no_data"`` (no interaction on a catalog item). ``num_examples`` is private;
     ``train_loss`` is NaN under privacy (it describes the data). ``spent`` is the
-    ledger's statement after this round (private rounds).
+    ledger's statement after this round (private rounds). ``num_examples``, ``spent``
+    and ``message`` stay on the device: a local-DP reply carries only the status
+    (:class:`fedrec.privacy.record.PrivacyRecord`) and the arrays.
     """
 
     status: str
@@ -101,36 +95,26 @@ def fit_private_round(
     state: UserState | None,
     train_items: npt.NDArray[np.int64],
 ) -> tuple[FitReply, UserState | None]:
-    """Budget check, DP-SGD fit, ledger write; the reply and the state to keep.
+    """The device's private round (:func:`fedrec.federated.private.private_round`).
 
     Returns ``(reply, None)`` for a refusal (nothing trained, nothing written). The
     ledger is durable when this returns an ``"ok"`` reply: a crash after it keeps the
     spend.
     """
-    planned = planned_releases(
-        config.model,
+    outcome = private_round(
+        ledger,
+        config.model.at_round(config.round),
         config.train,
-        privacy.noise_multiplier,
-        len(train_items),
-        first=state is None,
+        privacy,
+        global_items,
+        state,
+        train_items,
+        round=config.round,
+        seed=config.seed,
     )
-    if privacy.epsilon_budget is not None:
-        epsilon = projected_epsilon(ledger.account, planned, privacy.delta)
-        if epsilon > privacy.epsilon_budget:
-            message = (
-                f"round {config.round} would spend epsilon {epsilon:.3f} > budget "
-                f"{privacy.epsilon_budget}; did not train"
-            )
-            return FitReply(BUDGET_EXHAUSTED, spent=ledger.spent(), message=message), None
-    model = config.model.at_round(config.round)
-    fit = client_fit_private(
-        model, config.train, privacy, global_items, state, train_items, seed=config.seed
-    )
-    try:  # write before send: a crash after this keeps the spend
-        for release in fit.releases:
-            ledger.reserve(release, round=config.round, budget_epsilon=privacy.epsilon_budget)
-    except BudgetExhaustedError as exc:  # only if the plan was wrong; the rest stays spent
-        return FitReply(BUDGET_EXHAUSTED, spent=ledger.spent(), message=str(exc)), None
+    if outcome.fit is None:
+        return FitReply(BUDGET_EXHAUSTED, spent=ledger.spent(), message=outcome.message), None
+    fit = outcome.fit
     reply = FitReply(OK, fit.item_arrays, len(train_items), float("nan"), ledger.spent())
     return reply, fit.user_state
 

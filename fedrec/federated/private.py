@@ -9,7 +9,13 @@ parameters with Gaussian noise on every coordinate (every item row, dense). What
 round will spend is a function of public quantities only (the settings and the
 device's number of privacy units), so a device can check its budget *before* it
 touches its data (:func:`planned_releases`), and the run's noise multiplier is
-calibrated once, for every client alike (:func:`local_noise_multiplier`).
+calibrated once, for every client alike (:func:`local_noise_multiplier`, called only
+by :func:`fedrec.privacy.central_setup.resolve_privacy` on the server side).
+
+One private round, the same for a device (:mod:`clients.device_round`) and the
+Flower-free loop (:mod:`fedrec.federated.loop`): :func:`private_round` plans the spend,
+checks it against the budget with :meth:`~fedrec.privacy.ledger.PrivacyLedger.would_exceed`,
+fits, and reserves every release in the ledger before anything is returned for sending.
 
 Batches: with ``n`` units and batch size ``B``, an epoch is ``k = ceil(n / B)`` steps
 and the device samples at ``q = ceil(n / k) / n`` (:func:`dp_batch_size`), i.e. about
@@ -29,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedrec.errors import ConfigError
+from fedrec.errors import BudgetExhaustedError, ConfigError
 from fedrec.federated.client import UserState, derive_seed, load_device_model
 from fedrec.models.base import Arrays, get_item_arrays, get_user_state, item_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
@@ -43,8 +49,10 @@ from fedrec.privacy.accounting import (
     check_delta,
 )
 from fedrec.privacy.config import PrivacyConfig
+from fedrec.privacy.ledger import PrivacyLedger
 from fedrec.privacy.local_dp import dp_train, interaction_units
 from fedrec.privacy.noise import secure_rng
+from fedrec.privacy.record import BUDGET_EXHAUSTED, TRAINED
 from fedrec.privacy.report import UNITS
 from fedrec.training.local import (
     Proximal,
@@ -211,6 +219,61 @@ def client_fit_private(
         opt = update_optimizer(model, train_cfg, item_lr=train_cfg.lr * run.item_lr_scale)
         releases.append(run.train(opt, train_cfg.epochs, proximal=proximal, clip_weights=weights))
     return PrivateFit(get_item_arrays(model), get_user_state(model), releases)
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    """The outcome of :func:`private_round`.
+
+    ``status`` is ``"trained"`` (``fit`` set; its releases are already in the ledger)
+    or ``"budget_exhausted"`` (nothing trained, nothing spent by this round).
+    ``message`` is for the device's own log only: it names epsilon values, which
+    depend on the device's size, and is never sent.
+    """
+
+    status: str
+    fit: PrivateFit | None = None
+    message: str = ""
+
+
+def private_round(
+    ledger: PrivacyLedger,
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    privacy: LocalPrivacy,
+    global_items: Arrays,
+    user_state: UserState | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    round: int,
+    seed: int,
+) -> PrivateRound:
+    """One local-DP round: plan, budget check, fit, reserve (write before send).
+
+    ``model_cfg`` is the round's configuration (``ModelConfig.at_round``). The spend is
+    planned from public quantities (:func:`planned_releases`) and checked with
+    ``ledger.would_exceed`` *before* the data is touched; a round over the budget is
+    refused. Otherwise the device fits (:func:`client_fit_private`) and appends every
+    release to ``ledger`` (durable for a device's store) before returning: a crash
+    after this keeps the spend, and a redo of the round pays again.
+    """
+    planned = planned_releases(
+        model_cfg, train_cfg, privacy.noise_multiplier, len(train_items), first=user_state is None
+    )
+    budget = privacy.epsilon_budget
+    if budget is not None and ledger.would_exceed(budget, privacy.delta, planned):
+        epsilon = projected_epsilon(ledger.account, planned, privacy.delta)
+        message = f"round {round} would spend epsilon {epsilon:.3f} > budget {budget}"
+        return PrivateRound(BUDGET_EXHAUSTED, message=message + "; did not train")
+    fit = client_fit_private(
+        model_cfg, train_cfg, privacy, global_items, user_state, train_items, seed=seed
+    )
+    try:  # write before send: a crash after this keeps the spend
+        for release in fit.releases:
+            ledger.reserve(release, round=round, budget_epsilon=budget)
+    except BudgetExhaustedError as exc:  # only if the plan was wrong; the rest stays spent
+        return PrivateRound(BUDGET_EXHAUSTED, message=str(exc))
+    return PrivateRound(TRAINED, fit)
 
 
 class _DPRun:
