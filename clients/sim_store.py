@@ -13,6 +13,7 @@ are not persisted (``keep_global=False``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy.typing as npt
 
 from clients.device import DeviceClient
 from clients.store import DeviceStore
+from fedrec.errors import StoreError
 from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
 
 _SHARD = 1000
@@ -66,16 +68,29 @@ def users(root: str | Path) -> list[int]:
     return sorted(int(p.stem.split("-", 1)[1]) for p in base.glob(f"*/user-*{SUFFIX}"))
 
 
-def read_ledgers(root: str | Path) -> dict[int, Spent]:
+def read_ledgers(
+    root: str | Path, only: Iterable[int] | None = None, *, skip_busy: bool = False
+) -> dict[int, Spent]:
     """Each device's privacy statement from its own ledger (devices with no release left out).
 
     The ledgers include spends that never reached the server (a crash after the
     ledger write), so they are the ground truth of a simulation's ``privacy.json``.
-    Call it when no client is running (each store is opened exclusively).
+    ``only``: these users (default: every device under ``root``). Each store is opened
+    exclusively: with ``skip_busy`` a store that is open elsewhere (a straggling
+    client) is left out, else that raises :class:`~fedrec.errors.StoreError`.
     """
     out: dict[int, Spent] = {}
-    for user in users(root):
-        store = DeviceStore.open(device_path(root, user))
+    chosen = users(root) if only is None else sorted(set(only))
+    for user in chosen:
+        path = device_path(root, user)
+        if only is not None and not path.exists():
+            continue
+        try:
+            store = DeviceStore.open(path)
+        except StoreError:
+            if skip_busy:
+                continue
+            raise
         try:
             client_id = str(store.get_meta("user_id"))
             records = ledger_records(store.conn, client_id)
@@ -91,3 +106,16 @@ def read_ledgers(root: str | Path) -> dict[int, Spent]:
         finally:
             store.close()
     return out
+
+
+def ledger_reader(root: str | Path) -> Callable[[Iterable[int] | None], dict[int, Spent]]:
+    """The simulation harness's reader of its devices' ledgers (``privacy.json``).
+
+    Passed to :func:`server.server_app.run_server` as ``device_ledgers`` by the harness,
+    which owns the simulated devices; no train reply carries a ledger.
+    """
+
+    def read(only: Iterable[int] | None) -> dict[int, Spent]:
+        return read_ledgers(root, only, skip_busy=True)
+
+    return read

@@ -12,6 +12,16 @@ DP-FedAvg accountant history and clip norm, or the local-DP clients' statements)
 line per finished round; on resume, lines past the checkpoint are dropped, so the log
 and the checkpoint always agree.
 
+Write ahead for central DP (:func:`reserve_release`): a round's noisy aggregate is a
+release the moment it can leave the server, which is before the round's checkpoint.
+So right after the aggregate is computed, and before any model derived from it is
+sent (evaluation, the next round's train messages), the server's privacy state
+*including* that release is written durably to ``privacy.reserved.json`` (fsync of the
+file and of the directory). A resume charges it (:func:`load_reservation`): the release
+stays spent, and the redo of the round is a new release that pays again. Both files
+hold private server state (central: how many rounds each user joined) and are
+created 0600.
+
 The file names are the run-directory layout of :mod:`simulations.run_dir`, which
 imports them from here (the server must not import ``simulations``).
 """
@@ -38,6 +48,7 @@ ROUNDS_JSONL = "rounds.jsonl"
 METRICS_JSON = "metrics.json"
 CONFIG_JSON = "config.json"
 CLIENTS_DIR = "clients"
+RESERVED_JSON = "privacy.reserved.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -53,6 +64,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -107,12 +128,50 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     )
 
 
+def reserve_release(run_dir: Path, round: int, privacy_state: dict[str, Any]) -> None:
+    """Durably record the privacy state *after* round ``round``'s release (write ahead).
+
+    Call it once the round's noisy aggregate exists and before anything computed from
+    it leaves the server. Returns only when the file and its directory entry are on
+    disk (``os.fsync``); the file is 0600.
+    """
+    payload = {"round": int(round), "privacy": privacy_state}
+    atomic_write_bytes(run_dir / RESERVED_JSON, json.dumps(payload).encode("utf-8"))
+
+
+def load_reservation(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    """``(round, privacy_state)`` of the last :func:`reserve_release`, or ``None``."""
+    path = run_dir / RESERVED_JSON
+    if not path.exists():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return int(payload["round"]), dict(payload["privacy"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreError(
+            f"unreadable privacy reservation ({err})",
+            where=str(path),
+            fix="do not resume this run: a release may be unaccounted; start a new run",
+        ) from err
+
+
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's record to ``rounds.jsonl`` (one JSON object per line)."""
-    with open(run_dir / ROUNDS_JSONL, "a", encoding="utf-8") as fh:
+    fd = os.open(run_dir / ROUNDS_JSONL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def headcount(value: Any) -> int:
+    """How many users a ``rounds.jsonl`` field names: a count (central mode, where the
+    cohort is secret) or a list / mapping of user ids (the other modes)."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    return len(value)
 
 
 def truncate_rounds(run_dir: Path, last_round: int) -> None:

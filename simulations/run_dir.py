@@ -7,10 +7,14 @@ Layout (file names from :mod:`server.checkpoint`, which the server writes throug
       rounds.jsonl      one line per round: round, metrics|null, participants, failed,
                         failures (user -> reason), budget_exhausted, refused (local DP
                         refusals: user -> status), seconds, epsilon so far (null: no
-                        privacy; central: the run's; local: {"median", "max"} over
-                        clients); a central run stopped by its budget ends with a line
+                        privacy or a local-DP deployment; central: the amplified one;
+                        local simulation: {"median", "max"} over the devices' ledgers);
+                        central mode writes COUNTS only (participants, failed,
+                        budget_exhausted, refused are ints, no failures): the cohort is
+                        secret; a central run stopped by its budget ends with a line
                         ``{"round": r, "stopped": why, ...}`` for the round not run
       privacy.json      the privacy statement (fedrec.privacy.report), every round
+      privacy.reserved.json  central: the accounting written ahead of each release (0600)
       metrics.json      final metrics (fedrec.metrics.METRIC_KEYS) of the federated model
                         on ALL test users, plus ``reference: {popularity, ease}``
       checkpoint.npz    global item arrays + server optimizer state after the last round

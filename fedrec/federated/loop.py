@@ -22,18 +22,13 @@ import torch
 from fedrec.data.split import Split
 from fedrec.federated.aggregation import ServerConfig, build_server_optimizer, sample_clients
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
-from fedrec.federated.private import (
-    LocalPrivacy,
-    PrivateFit,
-    client_fit_private,
-    planned_releases,
-    projected_epsilon,
-)
+from fedrec.federated.private import LocalPrivacy, PrivateFit, private_round
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
 from fedrec.privacy.accounting import PrivacyAccount
 from fedrec.privacy.central import DPFedAvg
+from fedrec.privacy.ledger import MemoryLedgerStore, PrivacyLedger
 
 EVAL_ROUND = -1
 """The ``round`` part of the evaluation seed ``derive_seed(seed, user, EVAL_ROUND)``."""
@@ -47,8 +42,13 @@ class FederatedResult:
     user_states: dict[int, UserState]
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
-    accounts: dict[int, PrivacyAccount] = field(default_factory=dict)
-    """Local DP: each device's composed releases (the in-memory stand-in of its ledger)."""
+    ledgers: dict[int, PrivacyLedger] = field(default_factory=dict)
+    """Local DP: each device's ledger (in memory: the stand-in of its durable store)."""
+
+    @property
+    def accounts(self) -> dict[int, PrivacyAccount]:
+        """Local DP: each device's composed releases."""
+        return {user: ledger.account for user, ledger in self.ledgers.items()}
 
 
 def evaluate_federated(
@@ -112,10 +112,11 @@ def run_federated(
         with train items) with its secret generator: the cohort, the clipping, the
         noise and the accounting are the mechanism's, exactly as in the Flower wrapper.
     local_dp
-        Local DP-SGD on every device (:func:`fedrec.federated.private.client_fit_private`)
-        with one privacy account per device in ``result.accounts``; a device whose
-        round would exceed ``local_dp.epsilon_budget`` does not train (counted in the
-        round's ``refused``). No training loss is reported.
+        Local DP-SGD on every device with the devices' own private round
+        (:func:`fedrec.federated.private.private_round`) over one in-memory ledger per
+        device in ``result.ledgers``; a device whose round would exceed
+        ``local_dp.epsilon_budget`` does not train (counted in the round's
+        ``refused``). No training loss is reported.
     """
     eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
     items = init_item_arrays(model_cfg, split.n_items, seed=seed)
@@ -138,8 +139,8 @@ def run_federated(
             for u in cohort:
                 if local_dp is not None:
                     private = _fit_private(
-                        local_dp, result.accounts, split, round_model, train_cfg, items, states,
-                        int(u), seed=derive_seed(seed, int(u), rnd),
+                        local_dp, result.ledgers, split, round_model, train_cfg, items, states,
+                        int(u), round=rnd + 1, seed=derive_seed(seed, int(u), rnd),
                     )  # fmt: skip
                     if private is None:
                         refused += 1
@@ -175,7 +176,7 @@ def run_federated(
             if local_dp is not None:
                 entry["refused"] = float(refused)
                 entry["epsilon_max"] = max(
-                    (a.epsilon(local_dp.delta) for a in result.accounts.values()), default=0.0
+                    (led.spent().epsilon for led in result.ledgers.values()), default=0.0
                 )
             if eval_every and (rnd + 1) % eval_every == 0 and rnd + 1 < rounds:
                 m = evaluate_federated(split, model_cfg, train_cfg, items, states, seed=seed)
@@ -192,7 +193,7 @@ def run_federated(
 
 def _fit_private(
     privacy: LocalPrivacy,
-    accounts: dict[int, PrivacyAccount],
+    ledgers: dict[int, PrivacyLedger],
     split: Split,
     model_cfg: ModelConfig,
     train_cfg: LocalTrainConfig,
@@ -200,20 +201,17 @@ def _fit_private(
     states: dict[int, UserState],
     user: int,
     *,
+    round: int,
     seed: int,
 ) -> PrivateFit | None:
-    """A device's private round with its budget check (``None``: refused, nothing spent)."""
-    train_items = split.train_items(user)
-    state = states.get(user)
-    account = accounts.get(user, PrivacyAccount(accountant=privacy.accountant))
-    planned = planned_releases(
-        model_cfg, train_cfg, privacy.noise_multiplier, len(train_items), first=state is None
-    )
-    budget = privacy.epsilon_budget
-    if budget is not None and projected_epsilon(account, planned, privacy.delta) > budget:
-        return None
-    fit = client_fit_private(model_cfg, train_cfg, privacy, items, state, train_items, seed=seed)
-    for release in fit.releases:
-        account.record_release(release)
-    accounts[user] = account
-    return fit
+    """A device's private round (``None``: refused at its budget, nothing spent)."""
+    if user not in ledgers:
+        store = MemoryLedgerStore()
+        ledgers[user] = PrivacyLedger(
+            store, accountant=privacy.accountant, delta=privacy.delta, unit=privacy.unit
+        )
+    outcome = private_round(
+        ledgers[user], model_cfg, train_cfg, privacy, items, states.get(user),
+        split.train_items(user), round=round, seed=seed,
+    )  # fmt: skip
+    return outcome.fit

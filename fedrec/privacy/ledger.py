@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +105,22 @@ class SqliteLedgerStore:
 
     def append(self, record: Record) -> None:
         ledger_append(self.conn, self.client_id, record)
+
+
+class MemoryLedgerStore:
+    """Records in a list: the Flower-free reference loop's stand-in for a device's store.
+
+    Not durable; for in-process simulations (:mod:`fedrec.federated.loop`) only.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[Record] = []
+
+    def records(self) -> list[Record]:
+        return list(self._records)
+
+    def append(self, record: Record) -> None:
+        self._records.append(record)
 
 
 class FileLedgerStore:
@@ -195,10 +212,17 @@ class PrivacyLedger:
         return PrivacyAccount.from_history(history, accountant=self.accountant)
 
     def would_exceed(
-        self, budget_epsilon: float, delta: float | None, next_release: Release
+        self,
+        budget_epsilon: float,
+        delta: float | None,
+        next_release: Release | Sequence[Release],
     ) -> bool:
-        """Whether recording ``next_release`` would take epsilon above the budget."""
-        after = self.account.after(next_release)
+        """Whether recording ``next_release`` (one release or a round's list) would take
+        epsilon at ``delta`` (``None``: the ledger's) above ``budget_epsilon``."""
+        releases = [next_release] if isinstance(next_release, Release) else list(next_release)
+        after = self.account
+        for release in releases:
+            after = after.after(release)
         return after.epsilon(self.delta if delta is None else delta) > budget_epsilon
 
     def reserve(

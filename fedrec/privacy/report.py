@@ -9,11 +9,23 @@ Layout::
     {"format": "fedrec-privacy", "version": 1,
      "mode": "none" | "local" | "central", "delta": float | null,
      "accountant": "rdp" | "prv" | null, "unit": str | null,
-     "epsilon": float | null,   # central: the run; local: the largest per client
+     "epsilon": float | null,   # central: the amplified one; local: the largest client
      "history": [[z, q, steps], ...],                                    # central
-     "clients": {user_id: {"epsilon", "rounds_participated", "history"}},  # local
+     "epsilon_valid_only_if": str,                                       # central
+     "worst_case_user": {"epsilon", "history": [[z, 1.0, rounds]],       # central
+                         "rounds_joined", "note"},
+     "clients": {user_id: {"epsilon", "rounds_participated", "history"}},  # local, simulation
+     "ledgers": "simulation: ..." | "on the devices: ...",               # local
      "other_releases": [{"name", "history", "epsilon", "note"}, ...],
      "not_protected": [str, ...]}
+
+Central mode states two numbers. ``epsilon`` is amplified by the secret Poisson
+sampling of the cohorts and holds only while nobody but the trusted server learns who
+was sampled. ``worst_case_user`` is what a user spent when the cohorts are known: the
+same Gaussian mechanism without amplification (``q = 1``) over the rounds that user's
+update joined, for the user who joined most. In local mode a simulation lists every
+device's ledger (read from the devices by the harness); a deployment states the
+per-client budget each device enforces, because the exact ledgers stay on the devices.
 """
 
 from __future__ import annotations
@@ -77,15 +89,49 @@ def other_release(name: str, account: PrivacyAccount, delta: float, note: str) -
     }
 
 
+SECRET_COHORTS = "the cohorts stay secret from everyone but the trusted server"
+"""The condition of central mode's amplified epsilon."""
+
+
+def worst_case_user(
+    noise_multiplier: float, rounds_joined: int, *, delta: float, accountant: str
+) -> dict[str, Any]:
+    """Central mode's per-user epsilon without amplification by sampling.
+
+    The history is ``[[z, 1.0, rounds_joined]]``: the Gaussian mechanism at ``q = 1``
+    over the rounds the user's update joined (docs/PRIVACY.md, central assumption 1).
+    """
+    account = PrivacyAccount(accountant=accountant)
+    if rounds_joined > 0:
+        account.record(noise_multiplier, 1.0, int(rounds_joined))
+    return {
+        "epsilon": account.epsilon(delta),
+        "history": account.history,
+        "rounds_joined": int(rounds_joined),
+        "note": (
+            "the largest epsilon of any user if the cohorts were known: q = 1 over the "
+            "rounds that user's update joined (the most any user joined)"
+        ),
+    }
+
+
 def central_report(
     account: PrivacyAccount,
     *,
     delta: float,
+    worst_case: Mapping[str, Any] | None = None,
     other_releases: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """``privacy.json`` for a central (DP-FedAvg) run from the server's account."""
+    """``privacy.json`` for a central run from the server's account.
+
+    ``worst_case`` (:func:`worst_case_user`) is added for a mechanism with secret
+    sampling (DP-FedAvg); a release over every user (``q = 1``) needs none.
+    """
     out = _base("central", delta, account.accountant, UNITS["central"])
     out.update(epsilon=account.epsilon(delta), history=account.history, clients={})
+    if worst_case is not None:
+        out["epsilon_valid_only_if"] = SECRET_COHORTS
+        out["worst_case_user"] = dict(worst_case)
     out["other_releases"] = [dict(r) for r in other_releases]
     out["not_protected"] = list(NOT_PROTECTED)
     return out
@@ -111,7 +157,38 @@ def local_report(
     }
     out["epsilon"] = max((float(c["epsilon"]) for c in per_client.values()), default=0.0)
     out.update(history=[], clients=per_client, other_releases=[dict(r) for r in other_releases])
-    out["not_protected"] = [*NOT_PROTECTED, "each client's number of examples (sets q, steps)"]
+    out["ledgers"] = LEDGERS_SIMULATED
+    out["not_protected"] = [*NOT_PROTECTED, LOCAL_TIMING]
+    return out
+
+
+LEDGERS_SIMULATED = (
+    "simulation: each device's own ledger, read from its store by the harness that owns "
+    "the simulated devices (no reply carries it)"
+)
+LEDGERS_ON_DEVICES = (
+    "on the devices: each device enforces the per-client budget with its own ledger; the "
+    "exact ledgers never leave the devices"
+)
+LOCAL_TIMING = (
+    "the round at which a device stops for a spent budget (with mini-batches it depends "
+    "on the device's number of examples)"
+)
+
+
+def local_budget_report(
+    *, target_epsilon: float | None, delta: float, accountant: str, unit: str
+) -> dict[str, Any]:
+    """``privacy.json`` of a deployed local-DP run: the budget each device enforces.
+
+    ``epsilon`` is the per-client target (``None``: no budget was set); no per-client
+    history is listed because the ledgers stay on the devices.
+    """
+    out = _base("local", delta, accountant, unit)
+    out.update(epsilon=target_epsilon, history=[], clients={}, other_releases=[])
+    out["epsilon_is"] = "the per-client budget every device enforces (an upper bound)"
+    out["ledgers"] = LEDGERS_ON_DEVICES
+    out["not_protected"] = [*NOT_PROTECTED, LOCAL_TIMING]
     return out
 
 
@@ -153,6 +230,19 @@ def verify_privacy_json(path: str | Path) -> list[str]:
     problems: list[str] = []
     if data["mode"] == "central":
         problems += _mismatch("run", data.get("epsilon"), data["history"], delta, accountant)
+        worst = data.get("worst_case_user")
+        if worst is not None:
+            problems += _mismatch(
+                "worst-case user", worst.get("epsilon"), worst["history"], delta, accountant
+            )
+            entries = worst["history"]
+            if any(float(e[1]) != 1.0 for e in entries) or sum(int(e[2]) for e in entries) != int(
+                worst["rounds_joined"]
+            ):
+                problems.append("worst-case user: history is not q = 1 over the rounds joined")
+    elif data.get("ledgers") == LEDGERS_ON_DEVICES:
+        if data["clients"]:
+            problems.append("a deployment's privacy.json lists no per-client ledger")
     else:
         worst = 0.0
         for user, c in data["clients"].items():

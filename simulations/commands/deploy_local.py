@@ -22,6 +22,7 @@ from typing import Any
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.models.config import MODEL_KIND_NAMES
+from server.checkpoint import headcount
 from server.settings import RunSettings
 from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         def on_round(record: dict[str, Any]) -> None:
             ndcg = (record.get("metrics") or {}).get("ndcg@10")
-            fields = {"round": record["round"], "failed": len(record["failed"])}
+            fields = {"round": record["round"], "failed": headcount(record["failed"])}
             bar.update(1, **fields, **({} if ndcg is None else {"ndcg@10": float(ndcg)}))
 
         metrics = deploy_local(
