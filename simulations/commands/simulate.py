@@ -205,9 +205,14 @@ def prepare_settings(settings: RunSettings, split: Split | None = None) -> RunSe
     """Resolve delta and (central) the noise multiplier, so config.json records them."""
     if not settings.privacy.enabled:
         return settings
+    from fedrec.federated.local_budget import check_first_round_affordable
     from server.privacy_run import resolve_settings
 
-    return resolve_settings(settings, split if split is not None else load_split(settings))
+    split = split if split is not None else load_split(settings)
+    resolved = resolve_settings(settings, split)
+    n_train = split.train.indptr[1:] - split.train.indptr[:-1]
+    check_first_round_affordable(resolved.privacy, resolved.model, resolved.train, n_train)
+    return resolved
 
 
 ENGINES = {
