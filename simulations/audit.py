@@ -26,7 +26,7 @@ import numpy.typing as npt
 from fedrec.audit.attacks import roc_curve
 from fedrec.audit.regenerate import AuditTarget
 from fedrec.audit.results import AttackResult, AuditOptions
-from fedrec.audit.runner import audit_run
+from fedrec.audit.runner import audit_run, unit_sensitivity
 from fedrec.data.split import Split
 from fedrec.errors import ConfigError, DataError
 from fedrec.privacy.central_setup import resolve_privacy
@@ -111,6 +111,7 @@ def run_audit(run_dir: Path, out: Path, *, clients: int, opts: AuditOptions) -> 
     train = {int(u): split.train_items(int(u)) for u in users}
     test = {int(u): split.test_items(int(u)) for u in users}
     results = audit_run(target, train, test, eps_accounted=accounted_epsilon(run_dir), opts=opts)
+    sensitivity = unit_sensitivity(target, train, opts)
     payload = {
         "format": "fedrec-audit",
         "version": 1,
@@ -123,6 +124,8 @@ def run_audit(run_dir: Path, out: Path, *, clients: int, opts: AuditOptions) -> 
         "options": dataclasses.asdict(opts),
         "regenerated": REGENERATED,
         "attacks": [r.to_json() for r in results],
+        # local-DP MF: one interaction's largest change of the clipped sum / clip norm
+        "unit_sensitivity": None if sensitivity is None else sensitivity.to_json(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, payload)

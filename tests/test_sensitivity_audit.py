@@ -120,3 +120,22 @@ def test_every_neighbour_of_a_1000_interaction_user_is_within_the_clip_norm() ->
     result = sensitivity_audit(CFG, items_tab, state, train, clip_norm=CLIP, seed=11, key=KEY)
     # Assert
     assert result.removed == 1000 and result.within
+
+
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_fedrec_audit_reports_the_unit_sensitivity_of_local_mf(mode: str) -> None:
+    # Prepare: the audit's target of a small private run (as tests/test_audit.py builds it)
+    from fedrec.audit.results import AuditOptions
+    from fedrec.audit.runner import unit_sensitivity
+    from fedrec.privacy.config import PrivacyConfig
+    from tests.test_audit import _target
+
+    target, train, _ = _target(PrivacyConfig(mode=mode, target_epsilon=2.0, delta=1e-4))
+    # Execute
+    result = unit_sensitivity(target, train, AuditOptions(seed=0), removals=6)
+    # Assert: local MF is audited (within the clip norm), central's unit is the user
+    if mode == "central":
+        assert result is None
+    else:
+        assert result is not None and result.within and result.removed >= 3
+        assert result.clip_norm == target.privacy.clip_norm

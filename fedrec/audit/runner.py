@@ -47,6 +47,7 @@ from fedrec.audit.results import (
     Items,
     item_inference,
 )
+from fedrec.audit.sensitivity import Sensitivity, default_removals, sensitivity_audit
 from fedrec.audit.shadow import popularity_proxy, shadow_profiles, train_row_classifier
 from fedrec.federated.client import derive_seed
 from fedrec.models.base import Arrays
@@ -203,6 +204,29 @@ def popularity_prior(
         note="reference: what public popularity alone predicts",
         scores=pooled,
         labels=labels,
+    )
+
+
+def unit_sensitivity(
+    target: AuditTarget, train: Items, opts: AuditOptions, *, removals: int = 16
+) -> Sensitivity | None:
+    """Local-DP MF: the sensitivity audit (:mod:`fedrec.audit.sensitivity`) of the
+    audited user with the most interactions, on the run's global items (``None``
+    in other modes and models, whose unit is the whole device or user)."""
+    if target.mode != "local" or target.model.kind != "mf" or not train:
+        return None
+    user = max(train, key=lambda u: (len(train[u]), -u))
+    items = train[user]
+    if len(items) < 2:
+        return None
+    return sensitivity_audit(
+        target.model,
+        target.global_items,
+        None,
+        items,
+        clip_norm=target.privacy.clip_norm,
+        seed=derive_seed(opts.seed, user, AUDIT_ROUND),
+        removals=default_removals(len(items), removals),
     )
 
 

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
             f"{entry['attack']:<40} auc={_f(entry['auc'])} p@k={_f(entry['precision_at_k'])} "
             f"eps_lb={_f(entry['epsilon_lower_bound'])} eps={_f(entry['epsilon_accounted'])}"
         )
+    if (sens := payload.get("unit_sensitivity")) is not None:
+        verdict = "within" if sens["within_clip_norm"] else "ABOVE"
+        print(f"{'unit_sensitivity':<40} change/clip={sens['ratio']:.6f} ({verdict} the clip norm)")
     if out.resolve().parent == args.run_dir.resolve() and (args.run_dir / "metrics.json").exists():
         from simulations.report import write_report
 
