@@ -23,7 +23,9 @@ distribution of per-step dense noise, from far fewer draws.
 Privacy unit: a *unit* groups example rows. MF (BCE) builds one positive row plus
 ``negatives`` negative rows per interaction; all of them form the interaction's unit
 (:func:`interaction_units`), so removing one interaction removes exactly one unit. The
-negatives are drawn uniformly from all items independently of the user's data. For the
+negatives are drawn uniformly from all items, keyed by the interaction's own item, the
+device key and the epoch (:mod:`fedrec.training.negatives`), never by position, so the
+other units stay unchanged; :mod:`fedrec.audit.sensitivity` measures it. For the
 autoencoders the only example is the user's whole vector: one unit, ``q = 1``, and the
 guarantee is user-level for that device (see docs/PRIVACY.md).
 
