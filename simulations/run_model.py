@@ -118,9 +118,9 @@ class RunModel:
         """The index of the original user id ``user_id`` (DataError when unknown)."""
         return self._lookup(self._user_index, user_id, "user", "--user")
 
-    def item_index(self, item_id: str) -> int:
-        """The index of the original item id ``item_id`` (DataError when unknown)."""
-        return self._lookup(self._item_index, item_id, "item", "--item")
+    def item_index(self, item_id: str, *, flag: str = "--item") -> int:
+        """The index of the original item id ``item_id`` (DataError naming ``flag``)."""
+        return self._lookup(self._item_index, item_id, "item", flag)
 
     def _lookup(self, table: dict[str, int], key: str, what: str, flag: str) -> int:
         if str(key) not in table:
@@ -139,15 +139,19 @@ class RunModel:
         except DataError as missing:
             return _device_items(self.run_dir, user, missing)
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` is an original user id of the run."""
+        return str(user_id) in self._user_index
+
     def user_scores(self, user: int) -> FloatArray:
         """``[n_items]`` scores of ``user``: user state reconstructed on the final items."""
+        seed = derive_seed(self.settings.seed, user, EVAL_ROUND)
+        return self.history_scores(self.train_items(user), seed=seed)
+
+    def history_scores(self, history: npt.NDArray[np.int64], *, seed: int = 0) -> FloatArray:
+        """``[n_items]`` scores of a user with ``history`` (catalog rows), e.g. a new user."""
         scores = client_scores(
-            self.settings.model,
-            self.settings.train,
-            self.item_arrays,
-            None,
-            self.train_items(user),
-            seed=derive_seed(self.settings.seed, user, EVAL_ROUND),
+            self.settings.model, self.settings.train, self.item_arrays, None, history, seed=seed
         )
         out: FloatArray = scores.double().numpy()
         return out
@@ -194,10 +198,10 @@ class GramRunModel(RunModel):
         """Rows of ``B`` (each item's one-item recommendation scores), for MMR features."""
         return self.weights.astype(np.float64)
 
-    def user_scores(self, user: int) -> FloatArray:
-        """``x_u B``: the sum of ``B``'s rows of the user's train items (float64)."""
-        items = np.unique(self.train_items(user))
-        out: FloatArray = self.weights[items].sum(axis=0, dtype=np.float64)
+    def history_scores(self, history: npt.NDArray[np.int64], *, seed: int = 0) -> FloatArray:
+        """``x_u B``: the sum of ``B``'s rows of the history's items (float64)."""
+        del seed
+        out: FloatArray = self.weights[np.unique(history)].sum(axis=0, dtype=np.float64)
         return out
 
     def explain(self, history: npt.NDArray[np.int64], items: list[int], top: int) -> Citations:
@@ -213,8 +217,8 @@ class GramRunModel(RunModel):
 class PopularityRunModel(RunModel):
     """A centralized popularity baseline: every user gets the train counts."""
 
-    def user_scores(self, user: int) -> FloatArray:
-        del user
+    def history_scores(self, history: npt.NDArray[np.int64], *, seed: int = 0) -> FloatArray:
+        del history, seed
         return self.item_arrays[0].astype(np.float64)
 
     @cached_property

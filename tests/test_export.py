@@ -91,12 +91,37 @@ def test_recommend_similar_report_and_export_work_without_the_data(
     assert export_code == 0 and load_model(tmp_path / "m.fedrec").n_items == N_ITEMS
 
 
-def test_an_unknown_user_of_a_moved_run_is_a_clear_error(
+def test_an_unknown_user_gets_the_cold_start_path_without_raw_counts(
     moved_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["recommend", str(moved_run), "--user", "no-such-user"])
+    # Execute
+    rows = _json_out(capsys, "recommend", str(moved_run), "--user", "no-such-user", "--k", "5")
+    # Assert: popularity order, marked, titled, and no count printed as a score
+    assert isinstance(rows, list) and len(rows) == 5
+    assert all(r["fallback"] and r["score"] is None for r in rows)
+    assert all(r["title"] == f"Movie {r['item']} (1995)" for r in rows)
+
+
+def test_a_new_users_history_gets_personal_recommendations_with_titles(
+    moved_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: a history inside group 1's third of the catalog (items 21-40)
+    rows = _json_out(capsys, "recommend", str(moved_run), "--items", "21,22,23,24,25", "--k", "5")
+    table_code = main(["recommend", str(moved_run), "--items", "21,22,23,24,25", "--k", "5"])
+    table = capsys.readouterr().out
+    # Assert
+    assert isinstance(rows, list) and len(rows) == 5
+    assert all(not r["fallback"] and isinstance(r["score"], float) for r in rows)
+    assert not {21, 22, 23, 24, 25} & {r["item"] for r in rows}
+    assert table_code == 0 and "title" in table.splitlines()[0] and "Movie " in table
+
+
+def test_an_unknown_item_in_a_new_users_history_is_a_clear_error(
+    moved_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["recommend", str(moved_run), "--items", "21,nope"])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown user id" in err and "--user" in err
+    assert code == 2 and "--items" in err and "unknown item id 'nope'" in err
 
 
 def test_a_device_loads_an_exported_model_and_recommends_with_titles(

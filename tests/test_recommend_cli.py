@@ -144,7 +144,7 @@ def test_similar_matches_item_vector_cosine(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["recommend", "{run}", "--user", "nobody"], "unknown user id 'nobody'"),
+        (["recommend", "{run}", "--items", "99999"], "unknown item id '99999'"),
         (["similar", "{run}", "--item", "99999"], "unknown item id '99999'"),
         (["recommend", "{missing}", "--user", "1"], "run directory not found"),
         (["similar", "{empty}", "--item", "1"], "no checkpoint"),
@@ -208,7 +208,7 @@ def test_diversify_makes_lists_more_genre_diverse_and_still_explains(
     items = [r["item"] for r in rows]
     assert len(items) == 10 and items != plain and not history & set(items)
     assert _diversity(items, genres) >= _diversity(plain, genres)
-    assert all(set(r) == {"item", "score", "fallback", "because"} for r in rows)
+    assert all(set(r) == {"item", "title", "score", "fallback", "because"} for r in rows)
     assert all(c["item"] in history and c["weight"] > 0 for r in rows for c in r["because"])
 
 

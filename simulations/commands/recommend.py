@@ -73,7 +73,13 @@ class Diversify:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
-    parser.add_argument("--user", required=True, metavar="U", help="original user id")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="U", help="original user id of the run")
+    who.add_argument(
+        "--items",
+        metavar="A,B,C",
+        help="a new user's history: original item ids, comma separated (no user id needed)",
+    )
     parser.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
     parser.add_argument("--explain", action="store_true", help="cite the user's items (because)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -102,25 +108,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recommendations(
     run_dir: Path,
-    user_id: str,
+    user_id: str | None,
     *,
     k: int,
     explain: bool,
     min_interactions: int,
     diversify: Diversify | None = None,
+    items: str | None = None,
+    model: RunModel | None = None,
 ) -> list[dict[str, Any]]:
-    """``[{"item", "score", "fallback"[, "because"]}]`` for ``user_id``, best (or MMR) first."""
+    """``[{"item", "score", "fallback"[, "title"][, "because"]}]``, best (or MMR) first.
+
+    The user is a user of the run (``user_id``) or a new user given by the original ids
+    of their ``items``. A user id the run does not know gets the cold-start path (no
+    history). Fallback rows carry ``score: null``: their order comes from the
+    popularity signal, whose values are not shown.
+    """
     from simulations.run_model import load_run_model
 
     if k < 1:
         raise ConfigError(f"must be >= 1, got {k}", where="--k")
     if diversify is not None:
         diversify.check(k)
-    model = load_run_model(run_dir)
-    user = model.user_index(user_id)
-    history = model.train_items(user)
-    fallback = len(history) < min_interactions
-    scores = model.popularity() if fallback else model.user_scores(user)
+    if model is None:
+        model = load_run_model(run_dir)
+    if items is not None:
+        history = _history(model, items)
+        scores = model.history_scores(history) if len(history) >= min_interactions else None
+    elif user_id is not None and model.knows_user(user_id):
+        user = model.user_index(user_id)
+        history = model.train_items(user)
+        scores = model.user_scores(user) if len(history) >= min_interactions else None
+    else:  # a user the run never saw: cold start
+        history, scores = np.zeros(0, dtype=np.int64), None
+    fallback = scores is None
+    if scores is None:
+        scores = model.popularity()
     top = 3 if explain else 0
     if diversify is None:
         recs = recommend_with_explanations(scores, history, model.item_vectors, k=k, top=0)
@@ -128,13 +151,32 @@ def recommendations(
         recs = [replace(r, because=list(b)) for r, b in zip(recs, because, strict=True)]
     else:
         recs = _diversified(model, scores, history, k=k, top=top, diversify=diversify)
+    titles = model.exported.titles
     out = []
-    for rec in with_original_ids(recs, np.array(model.item_ids, dtype=object)):
-        row: dict[str, Any] = {"item": rec.item, "score": rec.score, "fallback": fallback}
+    for index, rec in zip(
+        [int(r.item) for r in recs],
+        with_original_ids(recs, np.array(model.item_ids, dtype=object)),
+        strict=True,
+    ):
+        row: dict[str, Any] = {
+            "item": rec.item,
+            "score": None if fallback else rec.score,
+            "fallback": fallback,
+        }
+        if titles is not None:
+            row["title"] = titles[index]
         if explain:
             row["because"] = [{"item": j, "weight": w} for j, w in rec.because]
         out.append(row)
     return out
+
+
+def _history(model: RunModel, items: str) -> npt.NDArray[np.int64]:
+    """Catalog rows of a comma-separated list of original item ids (unknown ones refused)."""
+    ids = [part.strip() for part in items.split(",") if part.strip()]
+    if not ids:
+        raise ConfigError("no item id given", where="--items", fix="pass e.g. --items 50,172,181")
+    return np.unique(np.array([model.item_index(i, flag="--items") for i in ids], dtype=np.int64))
 
 
 def _diversified(
@@ -161,19 +203,32 @@ def _diversified(
 
 
 def _table(rows: list[dict[str, Any]], explain: bool) -> str:
-    lines = ["rank  item        score      " + ("because" if explain else "")]
+    titled = any("title" in row for row in rows)
+    head = "rank  item        " + ("title                           " if titled else "")
+    lines = [head + "score      " + ("because (weight)" if explain else "")]
     for rank, row in enumerate(rows, start=1):
         because = ", ".join(f"{c['item']} ({c['weight']:.3g})" for c in row.get("because", []))
-        lines.append(f"{rank:>4}  {row['item']!s:<10}  {row['score']:>9.4f}  {because}".rstrip())
+        title = f"{str(row.get('title', ''))[:30]:<30}  " if titled else ""
+        score = "-" if row["score"] is None else f"{row['score']:>9.4f}"
+        line = f"{rank:>4}  {row['item']!s:<10}  {title}{score:>9}  {because}"
+        lines.append(line.rstrip())
     if rows and rows[0]["fallback"]:
         lines.append(
-            "(fallback: too few interactions; ranked by popularity, DP under a privacy mode)"
+            "(cold start: too few known interactions; ranked by popularity, DP under a privacy "
+            "mode; scores not shown)"
         )
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from simulations.run_model import load_run_model
+
     diversify = None if args.diversify is None else Diversify(args.diversify, args.pool)
+    model = load_run_model(args.run_dir)
+    if args.user is not None and not model.knows_user(args.user):
+        print(f"user {args.user!r} is not in this run: cold-start recommendations", file=sys.stderr)
     rows = recommendations(
         args.run_dir,
         args.user,
@@ -181,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         explain=args.explain,
         min_interactions=args.min_interactions,
         diversify=diversify,
+        items=args.items,
+        model=model,
     )
     if args.json:
         print(json.dumps(rows))
