@@ -94,12 +94,14 @@ def fit_private_round(
     global_items: Arrays,
     state: UserState | None,
     train_items: npt.NDArray[np.int64],
+    *,
+    key: bytes | None = None,
 ) -> tuple[FitReply, UserState | None]:
     """The device's private round (:func:`fedrec.federated.private.private_round`).
 
     Returns ``(reply, None)`` for a refusal (nothing trained, nothing written). The
     ledger is durable when this returns an ``"ok"`` reply: a crash after it keeps the
-    spend.
+    spend. ``key``: the device's secret key of MF's negatives (``None``: public).
     """
     outcome = private_round(
         ledger,
@@ -111,6 +113,7 @@ def fit_private_round(
         train_items,
         round=config.round,
         seed=config.seed,
+        key=key,
     )
     if outcome.fit is None:
         return FitReply(BUDGET_EXHAUSTED, spent=ledger.spent(), message=outcome.message), None

@@ -190,6 +190,7 @@ def client_fit_private(
     train_items: npt.NDArray[np.int64],
     *,
     seed: int,
+    key: bytes | None = None,
 ) -> PrivateFit:
     """:func:`~fedrec.federated.client.client_fit` under local DP-SGD.
 
@@ -197,11 +198,13 @@ def client_fit_private(
     ``refit_every_round``) is a release of its own, clipped over the user-side
     parameters; the update clips over all parameters. FedProx's proximal term
     (Li et al. 2020) is added to the privatized gradient. ``seed`` drives the public
-    randomness (user init, negatives); the noise and sampling come from
-    :meth:`LocalPrivacy.rng`. The releases equal :func:`planned_releases` (tested).
+    randomness (user init, the epoch nonces of the negatives); ``key`` is the device's
+    secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`; ``None``: a
+    public key); the noise and sampling come from :meth:`LocalPrivacy.rng`. The
+    releases equal :func:`planned_releases` (tested).
     """
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
-    run = _DPRun(model, train_items, privacy, train_cfg.batch_size, seed)
+    run = _DPRun(model, train_items, privacy, train_cfg.batch_size, seed, key)
     releases = []
     if reconstructs(model_cfg, train_cfg, first=user_state is None):
         flags = freeze_except(model, model.USER_SIDE)
@@ -247,6 +250,7 @@ def private_round(
     *,
     round: int,
     seed: int,
+    key: bytes | None = None,
 ) -> PrivateRound:
     """One local-DP round: plan, budget check, fit, reserve (write before send).
 
@@ -266,7 +270,7 @@ def private_round(
         message = f"round {round} would spend epsilon {epsilon:.3f} > budget {budget}"
         return PrivateRound(BUDGET_EXHAUSTED, message=message + "; did not train")
     fit = client_fit_private(
-        model_cfg, train_cfg, privacy, global_items, user_state, train_items, seed=seed
+        model_cfg, train_cfg, privacy, global_items, user_state, train_items, seed=seed, key=key
     )
     try:  # write before send: a crash after this keeps the spend
         for release in fit.releases:
@@ -286,9 +290,11 @@ class _DPRun:
         privacy: LocalPrivacy,
         batch_size: int,
         seed: int,
+        key: bytes | None,
     ) -> None:
         self.model, self.privacy = model, privacy
-        self.examples = user_examples(model, train_items)
+        # MF negatives keyed per interaction (the device key, if any): one unit each
+        self.examples = user_examples(model, train_items, key=key)
         self.units = interaction_units(model, len(train_items))
         n = privacy_units(model.cfg, len(train_items))
         self.batch_size = dp_batch_size(n, batch_size)
