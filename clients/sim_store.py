@@ -46,11 +46,15 @@ def open_device(
     The feed is one transaction (all rows or none), so a crash during it is simply
     repeated at the next open. Item ids are the split's item indices. ``durable=False``
     (a run without local DP) skips fsync: a resume after a crash of the simulation
-    process stays exact, a power loss may lose the last rounds' user states.
+    process stays exact, a power loss may lose the last rounds' user states. A
+    simulated device holds no secret negative-sampling key (the public key, as the
+    reference loop: the runs are equal and reproducible from the run seed).
     """
     path = device_path(root, user)
     path.parent.mkdir(parents=True, exist_ok=True)
-    device = DeviceClient.open(path, user_id=user, seed=seed, keep_global=False, durable=durable)
+    device = DeviceClient.open(
+        path, user_id=user, seed=seed, keep_global=False, durable=durable, secret_negatives=False
+    )
     try:
         if len(train_items) and not device.n_interactions:
             device.record_many((int(i), None, float(t)) for t, i in enumerate(train_items))
