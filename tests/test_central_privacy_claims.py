@@ -224,3 +224,17 @@ def test_a_release_reserved_before_a_crash_is_charged_and_the_redo_pays_twice(
     assert [r["round"] for r in read_rounds(tmp_path)] == [1, 2, 3]
     assert verify_privacy_json(tmp_path / "privacy.json") == []
     assert watching.seen and all(done + 1 == reserved for done, reserved in watching.seen)
+
+
+def test_the_report_renders_the_counts(
+    central_run: tuple[Path, CohortGrid, list[logging.LogRecord]],
+) -> None:
+    # Prepare
+    from simulations.report import write_report
+
+    run_dir, grid, _ = central_run
+    failed = sum(len(c) - len(j) for c, j in zip(grid.cohorts, grid.joined, strict=True))
+    # Execute
+    text = write_report(run_dir).read_text()
+    # Assert
+    assert failed > 0 and f"{failed} client failures recorded" in text
