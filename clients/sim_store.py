@@ -13,6 +13,8 @@ are not persisted (``keep_global=False``).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,6 +35,17 @@ def device_path(root: str | Path, user: int) -> Path:
     return Path(root) / f"{user // _SHARD:05d}" / f"user-{user}{SUFFIX}"
 
 
+def _private_store(path: Path) -> None:
+    """Folders 0700 and the store file 0600 before SQLite opens it (its -wal and -shm
+    files take the store's mode), whatever the process's umask: a store is user data."""
+    if path.exists():
+        return
+    for folder in (path.parent.parent, path.parent):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # an empty file is an empty SQLite database
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def open_device(
     root: str | Path,
     user: int,
@@ -51,7 +64,7 @@ def open_device(
     reference loop: the runs are equal and reproducible from the run seed).
     """
     path = device_path(root, user)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_store(path)
     device = DeviceClient.open(
         path, user_id=user, seed=seed, keep_global=False, durable=durable, secret_negatives=False
     )

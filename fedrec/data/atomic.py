@@ -2,11 +2,14 @@
 
 Design rule: nothing half-written is ever left where a user looks. Files are written
 into a hidden temporary sibling of the target, which is renamed into place only when
-every file is written; on any failure the temporary directory is removed.
+every file is written; on any failure the temporary directory is removed. Outputs hold
+user data (splits, per-user recommendations), so the folder is private: 0700, and every
+file in it 0600 (:func:`make_private`), whatever the umask.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -14,6 +17,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedrec.errors import OutputError
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private(root: Path) -> None:
+    """Restrict ``root`` and everything under it: folders 0700, files 0600 (no symlinks)."""
+    os.chmod(root, PRIVATE_DIR)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE_DIR)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE_FILE)
 
 
 def check_output_dir(
@@ -46,7 +66,7 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
-        tmp.mkdir()  # unlike mkdtemp, keeps the user's umask for the final folder
+        tmp.mkdir(mode=PRIVATE_DIR)
     except OSError as err:
         raise OutputError(
             f"cannot write output directory ({err.strerror or err})",
@@ -55,6 +75,7 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
         ) from err
     try:
         yield tmp
+        make_private(tmp)
         check_output_dir(target)  # it may have appeared while we were writing
         if target.is_dir():
             target.rmdir()

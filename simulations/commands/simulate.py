@@ -119,8 +119,52 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if args.proximal_mu is not None:
         flat["train.proximal-mu"] = float(args.proximal_mu)
     flat.update(privacy_flat(args))
-    flat.update(parse_sets(args.set))
+    sets = parse_sets(args.set)
+    check_set_types(sets)
+    flat.update(sets)
+    if args.seed < 0:
+        raise ConfigError(f"must be >= 0, got {args.seed}", where="--seed")
+    if args.k_core is not None and args.k_core < 1:
+        raise ConfigError(f"must be at least 1, got {args.k_core}", where="--k-core")
     return RunSettings.from_run_config(flat)
+
+
+def check_set_types(sets: dict[str, Any]) -> None:
+    """Refuse a ``--set`` value of the wrong type (e.g. ``model.dim=1.5``) up front."""
+    from fedrec.federated.aggregation import ServerConfig
+    from fedrec.models.config import LocalTrainConfig, ModelConfig
+    from fedrec.privacy.config import PrivacyConfig
+
+    parts = {"model": ModelConfig(), "train": LocalTrainConfig(), "server": ServerConfig()}
+    parts["privacy"] = PrivacyConfig()
+    top = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunSettings)}
+    defaults = RunSettings()
+    for key, value in sets.items():
+        prefix, _, rest = key.partition(".")
+        if rest and prefix in parts:
+            default = getattr(parts[prefix], rest.replace("-", "_"), None)
+        elif key in top:
+            default = getattr(defaults, top[key].name)
+        else:
+            continue  # unknown keys: RunSettings names them
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True  # optional settings: checked where they are used
+        if not ok:
+            kind = type(default).__name__
+            article = "an" if kind == "int" else "a"
+            raise ConfigError(
+                f"expected {article} {kind}, got {value!r}",
+                where=f"--set {key}",
+                fix=f"give {article} {kind} value, e.g. {key}={default!r}",
+            )
 
 
 def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +249,10 @@ def prepare_settings(settings: RunSettings, split: Split | None = None) -> RunSe
     """Resolve delta and (central) the noise multiplier, so config.json records them."""
     if not settings.privacy.enabled:
         return settings
+    if settings.privacy.mode == "distributed":  # --model ease runs take _run_gram instead
+        from fedrec.privacy.distributed import refuse_for_model
+
+        refuse_for_model(settings.model.kind)
     from fedrec.federated.local_budget import check_first_round_affordable
     from server.privacy_run import resolve_settings
 
@@ -285,17 +333,36 @@ def _run(args: argparse.Namespace) -> int:
                 print(record["stopped"])
             bar.update(1, **fields)
 
-        if args.engine == "inprocess":
-            metrics = simulate_in_process(settings, on_round=on_round)
-        else:
-            metrics = simulate(
-                settings,
-                on_round=on_round,
-                verbose=args.verbose,
-                cpus_per_client=args.cpus_per_client,
-            )
+        try:
+            if args.engine == "inprocess":
+                metrics = simulate_in_process(settings, on_round=on_round)
+            else:
+                metrics = simulate(
+                    settings,
+                    on_round=on_round,
+                    verbose=args.verbose,
+                    cpus_per_client=args.cpus_per_client,
+                )
+        except Exception:
+            if args.resume is None:
+                remove_if_unstarted(Path(settings.run_dir))
+            raise
     _print_summary(settings, metrics)
     return 0
+
+
+def remove_if_unstarted(run_dir: Path) -> None:
+    """Remove a new run's directory when the run failed before finishing any round.
+
+    Such a directory holds nothing to resume from (no checkpoint, no round) and would
+    block a rerun with the same ``--out``.
+    """
+    import shutil
+
+    from simulations.run_dir import CHECKPOINT_JSON, ROUNDS_JSONL
+
+    if not (run_dir / CHECKPOINT_JSON).exists() and not (run_dir / ROUNDS_JSONL).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _is_gram_run(args: argparse.Namespace) -> bool:
@@ -312,6 +379,7 @@ def _run_gram(args: argparse.Namespace) -> int:
     """``--model ease``: settings, run directory, engine; the round is server.gram_app's."""
     from server.checkpoint import CONFIG_JSON, atomic_write_json
     from server.gram_app import GramSettings, make_gram_server_app, resolve, run_gram_server
+    from simulations.evaluation import gram_evaluator
     from simulations.inprocess import InProcessGrid
     from simulations.run_dir import config_payload, fingerprint, open_new_run_dir, read_metrics
     from simulations.run_model import finish_run
@@ -344,10 +412,11 @@ def _run_gram(args: argparse.Namespace) -> int:
         def on_round(record: dict[str, Any]) -> None:
             bar.update(1, ndcg=float((record.get("metrics") or {}).get("ndcg@10", 0.0)))
 
+        measure = gram_evaluator(settings.base)  # the harness's, outside the messages
         if args.engine == "inprocess":
-            run_gram_server(InProcessGrid(split.n_users), settings, on_round)
+            run_gram_server(InProcessGrid(split.n_users), settings, on_round, evaluator=measure)
         else:
-            server_app = make_gram_server_app(settings, on_round)
+            server_app = make_gram_server_app(settings, on_round, evaluator=measure)
             run_apps(server_app, split.n_users, verbose=args.verbose,
                      cpus_per_client=args.cpus_per_client)  # fmt: skip
     finish_run(run_dir)

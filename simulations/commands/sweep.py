@@ -9,6 +9,7 @@ with the frontier plot (:mod:`simulations.sweep`).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    umask = os.umask(0o077)  # run files hold user data: private, in Ray's workers too
+    try:
+        return _run(args)
+    finally:
+        os.umask(umask)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from server.settings import load_split
     from simulations.inprocess import simulate_in_process
     from simulations.report import references
-    from simulations.run_dir import create_run_dir
+    from simulations.run_dir import open_new_run_dir
     from simulations.simulation import simulate
     from simulations.sweep import parse_epsilons, summarize, sweep_settings, write_sweep
 
@@ -41,15 +51,22 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).resolve()
     args.target_epsilon = epsilons[0]  # validates the private settings once
     base = simulate_cmd.settings_from_args(args)
+    split = load_split(base)  # one data set and split for every run of the sweep
+    runs = [
+        (eps, simulate_cmd.prepare_settings(settings, split))
+        for eps, settings in sweep_settings(base, epsilons, out_dir)
+    ]  # every run's settings resolved (and so validated) before any directory exists
     rows: list[dict[str, Any]] = []
     refs: dict[str, Any] = {}
-    for eps, settings in sweep_settings(base, epsilons, out_dir):
-        settings = simulate_cmd.prepare_settings(settings)
-        create_run_dir(Path(settings.run_dir), settings)
-        if args.engine == "inprocess":
-            metrics = simulate_in_process(settings)
-        else:
-            metrics = simulate(settings, verbose=args.verbose, cpus_per_client=args.cpus_per_client)
+    print(simulate_cmd.engine_line(args.engine))
+    for eps, settings in runs:
+        with open_new_run_dir(Path(settings.run_dir), settings, split):
+            if args.engine == "inprocess":
+                metrics = simulate_in_process(settings)
+            else:
+                metrics = simulate(
+                    settings, verbose=args.verbose, cpus_per_client=args.cpus_per_client
+                )
         refs = references(metrics) or refs
         rows.append(summarize(eps, Path(settings.run_dir), metrics))
         print(
