@@ -1,0 +1,34 @@
+"""The command line's own manners: a version, and defaults visible in every --help."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.cli import COMMANDS, build_parser, main
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith("fedrec ") and out.strip() != "fedrec"
+
+
+@pytest.mark.parametrize("name", [c.replace("_", "-") for c in COMMANDS])
+def test_every_option_with_a_default_shows_it_in_help(name: str) -> None:
+    # Prepare
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    command = sub.choices[name]  # type: ignore[attr-defined]
+    # Execute
+    text = " ".join(command.format_help().split())
+    # Assert: every option whose default is a real value names it
+    for action in command._actions:
+        if not action.option_strings or action.help in (None, "==SUPPRESS=="):
+            continue
+        if action.default in (None, False) or action.dest == "help":
+            continue
+        assert "default" in (action.help or "") or f"(default: {action.default})" in text, (
+            name,
+            action.dest,
+        )
