@@ -112,8 +112,7 @@ def handle(msg: Message, context: Context, encode: Encoder) -> Message:
         masked = participant.masked_input(value, inbox)
         del value
         _save(context, participant)
-        wire = masked.astype(np.uint32) if participant.params.bits <= 32 else masked
-        return Message(RecordDict({"arrays": ArrayRecord([wire])}), reply_to=msg)
+        return Message(RecordDict({"arrays": ArrayRecord([masked])}), reply_to=msg)
     if stage == "unmask":
         shares = participant.unmask(_list(rec, "survivors", int))
         context.state.config_records.pop(RECORD, None)  # secrets are no longer needed

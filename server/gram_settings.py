@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.federated import gram
+from fedrec.secagg.config import SecAggConfig
 from server.settings import RunSettings, read_flat
 
 MODEL_KIND = "ease"
@@ -26,6 +27,14 @@ _EASE_KEYS = {
     "ease.b": "lambda_b",
     "ease.max-items": "max_items",
 }
+_SECAGG_KEYS = {
+    "secagg.neighbours": "neighbours",
+    "secagg.threshold": "threshold",
+    "secagg.bits": "bits",
+    "secagg.min-survivors": "min_survivors",
+    "secagg.drop-users": "drop_users",
+}
+"""``--privacy distributed`` (:mod:`server.gram_secagg`, docs/SECAGG.md)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +43,20 @@ class GramSettings:
 
     base: RunSettings
     ease: gram.GramConfig = dataclasses.field(default_factory=gram.GramConfig)
+    secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> GramSettings:
         """From flat kebab-case settings with ``model = "ease"`` and ``ease.*`` keys."""
         rest = {k: v for k, v in flat.items() if k != "model" and k not in _EASE_KEYS}
         rest = {k: v for k, v in rest.items() if not k.startswith(("model.", "train."))}
+        rest = {k: v for k, v in rest.items() if k not in _SECAGG_KEYS}
         ease = {_EASE_KEYS[k]: v for k, v in flat.items() if k in _EASE_KEYS}
+        secagg = {_SECAGG_KEYS[k]: v for k, v in flat.items() if k in _SECAGG_KEYS}
         rest["num-server-rounds"] = 1
-        return cls(RunSettings.from_run_config(rest), gram.GramConfig(**ease))
+        return cls(
+            RunSettings.from_run_config(rest), gram.GramConfig(**ease), SecAggConfig(**secagg)
+        )
 
     def to_flat(self) -> dict[str, Any]:
         """The flat form ``config.json`` stores (``from_flat`` reads it back)."""
@@ -53,6 +67,7 @@ class GramSettings:
         }
         flat["model"] = MODEL_KIND
         flat.update({k: getattr(self.ease, f) for k, f in _EASE_KEYS.items()})
+        flat.update({k: getattr(self.secagg, f) for k, f in _SECAGG_KEYS.items()})
         return flat
 
     def client_config(self) -> dict[str, Any]:
@@ -69,6 +84,8 @@ class GramSettings:
         """``config.json`` from the shared one (:func:`simulations.run_dir.config_payload`)."""
         out = {k: v for k, v in payload.items() if k not in ("train", "server")}
         out["model"] = {"kind": MODEL_KIND, **dataclasses.asdict(self.ease)}
+        if self.base.privacy.mode == "distributed":
+            out["secagg"] = dataclasses.asdict(self.secagg)
         out["strategy"] = "one-shot Gram sum"
         out["rounds"], out["settings"] = 1, self.to_flat()
         return out

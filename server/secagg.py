@@ -32,7 +32,7 @@ from fedrec.secagg.config import SecAggConfig
 from fedrec.secagg.graph import harary_graph
 from fedrec.secagg.protocol import Aggregator, SecAggAbort, SecAggParams
 
-U64 = npt.NDArray[np.uint64]
+U64 = npt.NDArray[np.unsignedinteger[Any]]
 STAGE_KEY = "secagg.stage"
 RECORD = "secagg"
 CONFIG_KEY = "config"
@@ -192,7 +192,7 @@ def secure_sum(
         (masked,) = reply.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
         if masked.dtype not in (np.uint32, np.uint64):
             raise ValueError(f"masked input must be unsigned integers, got {masked.dtype}")
-        agg.add_masked(i, masked.astype(np.uint64))
+        agg.add_masked(i, masked)
         return int(masked.nbytes)
 
     u3 = run_stage("masked", sorted(u2), masked_payload, accept_masked)

@@ -46,6 +46,8 @@ def resolve_privacy(
         return privacy
     delta = privacy.delta if privacy.delta is not None else default_delta(n_users)
     privacy = dataclasses.replace(privacy, delta=delta)
+    if privacy.mode == "distributed":  # planned per run (fedrec.privacy.distributed)
+        return privacy
     if privacy.noise_multiplier is not None:
         return privacy
     assert privacy.target_epsilon is not None  # PrivacyConfig guarantees a budget or a z

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -299,8 +300,15 @@ def _hadamard(x: F64) -> F64:
 
 
 def _signs(plan: DistributedPlan) -> F64:
-    rng = np.random.default_rng(plan.rotation_seed)  # public randomness
-    return rng.integers(0, 2, plan.padded).astype(np.float64) * 2.0 - 1.0
+    return _signs_of(plan.rotation_seed, plan.padded)
+
+
+@lru_cache(maxsize=2)
+def _signs_of(seed: int, padded: int) -> F64:
+    rng = np.random.default_rng(seed)  # public randomness
+    out = rng.integers(0, 2, padded).astype(np.float64) * 2.0 - 1.0
+    out.flags.writeable = False
+    return out
 
 
 def rotate(x: npt.ArrayLike, plan: DistributedPlan) -> F64:

@@ -222,10 +222,18 @@ def verify_privacy_json(path: str | Path) -> list[str]:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read privacy report ({exc})", where=str(path)) from exc
-    if data.get("format") != FORMAT or data.get("mode") not in ("none", "local", "central"):
+    modes = ("none", "local", "central", "distributed")
+    if data.get("format") != FORMAT or data.get("mode") not in modes:
         return [f"{path}: not a fedrec privacy report"]
     if data["mode"] == "none":
         return [] if data.get("epsilon") is None else ["mode none must state no epsilon"]
+    if data["mode"] == "distributed":  # Skellam RDP from the recorded plan and survivors
+        from fedrec.privacy.distributed import epsilon_from_record
+
+        again = epsilon_from_record(data["distributed"])
+        if math.isclose(float(data["epsilon"]), again, rel_tol=TOLERANCE, abs_tol=1e-9):
+            return []
+        return [f"run: stated epsilon {data['epsilon']} != recomputed {again:.6g}"]
     delta, accountant = float(data["delta"]), str(data["accountant"])
     problems: list[str] = []
     if data["mode"] == "central":

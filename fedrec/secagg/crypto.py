@@ -12,6 +12,7 @@ words and reduced modulo ``2^bits`` by masking the low bits: as ``2^bits`` divid
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-U64 = npt.NDArray[np.uint64]
+Ring = npt.NDArray[np.unsignedinteger[Any]]
+"""Residues of ``Z_{2^bits}`` in :func:`ring_dtype` words."""
 SEED_BYTES = 32
 """Length of self-mask seeds and derived keys (256 bits)."""
 NONCE_BYTES = 12
@@ -92,7 +94,14 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"ring bits must lie in [1, {MAX_BITS}], got {bits}")
 
 
-def expand_mask(seed: bytes, length: int, bits: int) -> U64:
+def ring_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
+    """``uint32`` words for rings up to ``2^32``, else ``uint64``: their wrap-around
+    arithmetic (mod ``2^32`` / ``2^64``) reduces exactly to ``Z_{2^bits}``."""
+    check_bits(bits)
+    return np.uint32 if bits <= 32 else np.uint64
+
+
+def expand_mask(seed: bytes, length: int, bits: int) -> Ring:
     """``length`` uniform residues of ``Z_{2^bits}`` from AES-256-CTR keyed by ``seed``.
 
     Each call starts the counter at zero: one seed, one mask (seeds are never reused).
@@ -100,11 +109,12 @@ def expand_mask(seed: bytes, length: int, bits: int) -> U64:
     check_bits(bits)
     if len(seed) != SEED_BYTES:
         raise ValueError(f"mask seeds are {SEED_BYTES} bytes, got {len(seed)}")
-    word = 4 if bits <= 32 else 8
+    dtype = ring_dtype(bits)
+    word = np.dtype(dtype).itemsize
     stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     raw = stream.update(bytes(word * length)) + stream.finalize()
-    words = np.frombuffer(raw, dtype="<u4" if word == 4 else "<u8")
-    out: U64 = words.astype(np.uint64) & np.uint64((1 << bits) - 1)
+    words = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    out: Ring = (words & dtype((1 << bits) - 1)).astype(dtype, copy=False)
     return out
 
 
@@ -122,4 +132,5 @@ __all__ = [
     "private_bytes",
     "private_from_bytes",
     "public_bytes",
+    "ring_dtype",
 ]

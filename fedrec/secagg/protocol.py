@@ -1,8 +1,9 @@
 """SecAgg+ (Bell, Bonawitz, Gascon, Lepoint & Raykova, CCS 2020) as two state machines.
 
 The protocol of Bonawitz et al. (CCS 2017) restricted to a ``k``-regular neighbour graph
-(:mod:`fedrec.secagg.graph`). All arithmetic is in the ring ``Z_{2^bits}`` (``uint64``
-words holding residues). Stages, server view in brackets:
+(:mod:`fedrec.secagg.graph`). All arithmetic is in the ring ``Z_{2^bits}`` (``uint32``
+words up to 32 bits, else ``uint64``, wrapping and reduced by the low-bit mask).
+Stages, server view in brackets:
 
 1. **advertise keys**: each node makes two X25519 key pairs, ``enc`` (to encrypt
    shares) and ``mask`` (to agree pairwise masks), and a 32-byte self-mask seed ``b``
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +45,7 @@ import numpy.typing as npt
 from fedrec.errors import FedrecError
 from fedrec.secagg import crypto
 
-U64 = npt.NDArray[np.uint64]
+Ring = crypto.Ring
 Split = Callable[[bytes, int, int], list[bytes]]
 """Shamir split: ``(secret, threshold, number of shares) -> shares``."""
 Combine = Callable[[list[bytes]], bytes]
@@ -84,8 +86,23 @@ class SecAggParams:
             raise ValueError("SecAgg needs length >= 1 and threshold >= 2")
 
     @property
-    def modulus_mask(self) -> np.uint64:
-        return np.uint64((1 << self.bits) - 1)
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
+        """Word type of the ring's residues (:func:`fedrec.secagg.crypto.ring_dtype`)."""
+        return crypto.ring_dtype(self.bits)
+
+    @property
+    def modulus_mask(self) -> np.unsignedinteger[Any]:
+        return self.dtype((1 << self.bits) - 1)
+
+    def residues(self, values: npt.ArrayLike, what: str) -> Ring:
+        """``values`` as ring words; refuses a wrong shape or values ``>= 2^bits``."""
+        arr = np.asarray(values)
+        if arr.shape != (self.length,) or arr.dtype not in (np.uint32, np.uint64):
+            raise ValueError(f"{what} must be unsigned integers of shape ({self.length},)")
+        if arr.size and int(arr.max()) > int(self.modulus_mask):
+            raise ValueError(f"{what} must lie in [0, 2^{self.bits})")
+        out: Ring = arr.astype(self.dtype, copy=True)
+        return out
 
     def info(self, purpose: str, a: int, b: int) -> bytes:
         """HKDF ``info``: purpose, round and the (sorted) pair of node ids."""
@@ -105,16 +122,17 @@ class SecAggParams:
         }
 
 
-def add_mod(total: U64, term: U64, params: SecAggParams, *, sign: int = 1) -> None:
-    """``total += sign * term (mod 2^bits)``, in place (residues stay below ``2^bits``)."""
+def add_mod(total: Ring, term: Ring, params: SecAggParams, *, sign: int = 1) -> None:
+    """``total += sign * term (mod 2^bits)``, in place, in ring words (unsigned
+    wrap-around mod ``2^32`` / ``2^64``, then the low ``bits`` kept)."""
     if sign >= 0:
-        total += term
+        np.add(total, term, out=total)
     else:
-        total += (params.modulus_mask + np.uint64(1)) - term  # -term mod 2^bits (< 2^63)
-    total &= params.modulus_mask
+        np.subtract(total, term, out=total)
+    np.bitwise_and(total, params.modulus_mask, out=total)
 
 
-def _pair_mask(params: SecAggParams, private: bytes, peer_public: bytes, u: int, v: int) -> U64:
+def _pair_mask(params: SecAggParams, private: bytes, peer_public: bytes, u: int, v: int) -> Ring:
     seed = crypto.agree(private, peer_public, params.info("mask", u, v))
     return crypto.expand_mask(seed, params.length, params.bits)
 
@@ -175,14 +193,10 @@ class Participant:
         return out
 
     # stage 3
-    def masked_input(self, value: U64, inbox: Mapping[int, bytes]) -> U64:
+    def masked_input(self, value: npt.ArrayLike, inbox: Mapping[int, bytes]) -> Ring:
         """``y_u``: the input plus self mask plus pairwise masks with every sender in ``inbox``."""
         self._expect("shared", "masked input")
-        value = np.asarray(value)
-        if value.shape != (self.params.length,) or value.dtype != np.uint64:
-            raise ValueError(f"input must be uint64 of shape ({self.params.length},)")
-        if value.size and int(value.max()) > int(self.params.modulus_mask):
-            raise ValueError(f"input residues must lie in [0, 2^{self.params.bits})")
+        out = self.params.residues(value, "the input")
         senders = sorted(int(v) for v in inbox)
         unknown = [v for v in senders if v not in self.neighbours]
         if unknown:
@@ -198,7 +212,6 @@ class Participant:
         self.inbox = {v: bytes(inbox[v]) for v in senders}
         for v in senders:  # authenticate now: a bad share aborts before any upload
             self._open(v)
-        out = value.copy()
         add_mod(
             out, crypto.expand_mask(self.seed, self.params.length, self.params.bits), self.params
         )
@@ -302,7 +315,7 @@ class Aggregator:
         self.outbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> ciphertext
         self.shared: set[int] = set()
         self.masked: set[int] = set()
-        self.total: U64 = np.zeros(params.length, dtype=np.uint64)
+        self.total: Ring = np.zeros(params.length, dtype=params.dtype)
         self.shares: dict[int, dict[str, list[bytes]]] = {}
 
     # stage 1
@@ -329,16 +342,11 @@ class Aggregator:
         return {v: c for v, c in self.outbox.get(node, {}).items() if v in self.shared}
 
     # stage 3
-    def add_masked(self, node: int, masked: U64) -> None:
+    def add_masked(self, node: int, masked: npt.ArrayLike) -> None:
         """Add one masked input to the running sum (the upload itself is not kept)."""
         if node not in self.shared or node in self.masked:
             raise ValueError(f"node {node} may not send a masked input")
-        masked = np.asarray(masked)
-        if masked.shape != self.total.shape or masked.dtype != np.uint64:
-            raise ValueError(f"masked input must be uint64 of shape {self.total.shape}")
-        if masked.size and int(masked.max()) > int(self.params.modulus_mask):
-            raise ValueError(f"masked input outside Z_2^{self.params.bits}")
-        add_mod(self.total, masked, self.params)
+        add_mod(self.total, self.params.residues(masked, "a masked input"), self.params)
         self.masked.add(node)
 
     def survivors(self) -> list[int]:
@@ -362,7 +370,7 @@ class Aggregator:
                 raise ValueError(f"node {node} sent an unexpected {kind} share for {v}")
             self.shares.setdefault(int(v), {SEED: [], KEY: []})[kind].append(bytes(share))
 
-    def unmasked_sum(self, combine: Combine) -> U64:
+    def unmasked_sum(self, combine: Combine) -> Ring:
         """``sum_{u in U3} x_u (mod 2^bits)``; :class:`SecAggAbort` if a secret cannot be
         rebuilt (fewer than ``t`` shares)."""
         t = self.params.threshold
