@@ -2,21 +2,31 @@
 
 Design rule: :func:`deploy_local` is a script, not a second engine. It starts exactly
 what a real deployment starts (``flower-superlink``, one ``flower-supernode`` per
-device, ``flwr run``), each as its own process bound to ``127.0.0.1`` only, with the
-same ``ServerApp`` and ``ClientApp`` as ``fedrec simulate``, and it stops every process
-it started, and their children, on success, error and Ctrl-C alike. Node ``i`` is user
-``i`` of the split (``--node-config partition-id=i``) and keeps its device state in its
-own folder ``RUN_DIR/clients/node-<i>`` (``store-dir`` in its node config).
+device, their ``flower-superexec``s, ``flwr run``), each as its own process bound to
+``127.0.0.1`` only, with the same ``ServerApp`` and ``ClientApp`` as ``fedrec simulate``,
+and it stops every process it started, and their children, on success, error, Ctrl-C,
+SIGTERM and SIGHUP alike; a watchdog (:mod:`simulations.deploy_watchdog`) does it if
+the deployment itself is killed. Node ``i`` is user ``i`` of the split
+(``--node-config partition-id=i``) and keeps its device state in its own folder
+``RUN_DIR/clients/node-<i>`` (``store-dir`` in its node config).
+
+Locked down as far as open-source Flower 1.42 allows (docs/SECURITY.md, "Deployment"),
+with credentials made per deployment (:mod:`simulations.deploy_credentials`): TLS on
+every API (SuperLink and SuperNode Runtime APIs), SuperNode authentication (each node's
+public key registered through the Control API before the node starts; unregistered
+keys are refused), and the SuperExec shared secret on every Runtime API (which needs
+``--isolation process``: the SuperExecs are started here, not by Flower). What stays
+open: the Control API authenticates no one, so any local account can submit a run.
 
 Flower 1.42 specifics (docs/DEPLOYMENT.md): the SuperLink serves its Fleet, Control
-and Runtime APIs on one HTTP port; each SuperNode serves its Runtime API (the old
-ClientAppIo address) on a port of its own; both spawn ``flower-superexec`` in a new
-session, which spawns one ``flwr-serverapp`` per run / one ``flwr-clientapp`` per
-message. ``flwr run`` reads its SuperLink address from ``$FLWR_HOME/config.toml`` and
-migrates (rewrites) a ``pyproject.toml`` that has ``[tool.flwr.federations]``, so the
-app is run from a temporary copy whose ``[tool.flwr.app.config]`` holds the run's
-settings (:meth:`server.settings.RunSettings.to_flat`; dotted keys are quoted), and
-every ``FLWR_HOME`` is a temporary folder: nothing under ``~`` or in the repo changes.
+and Runtime APIs on one HTTPS port; each SuperNode serves its Runtime API on a port of
+its own; each SuperExec spawns one ``flwr-serverapp`` per run / one ``flwr-clientapp``
+per message, in new sessions. ``flwr run`` reads its SuperLink address from
+``$FLWR_HOME/config.toml`` and migrates (rewrites) a ``pyproject.toml`` that has
+``[tool.flwr.federations]``, so the app is run from a temporary copy whose
+``[tool.flwr.app.config]`` holds the run's settings
+(:meth:`server.settings.RunSettings.to_flat`; dotted keys are quoted), and every
+``FLWR_HOME`` is a temporary folder: nothing under ``~`` or in the repo changes.
 """
 
 from __future__ import annotations
@@ -33,14 +43,16 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 from fedrec.errors import ConfigError, FedrecError
 from server.checkpoint import CLIENTS_DIR, METRICS_JSON
 from server.settings import RunSettings
+from simulations import deploy_watchdog
+from simulations.deploy_credentials import Credentials, create_credentials
 
 LOOPBACK = "127.0.0.1"
 CONNECTION = "fedrec-local"
@@ -50,6 +62,7 @@ TOKEN_VAR = "FEDREC_DEPLOYMENT"
 _REPO = Path(__file__).resolve().parents[1]
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _NODE_UP = "SuperNode ID:"
+SUPERLINK_UP = "Uvicorn running on https://"
 Status = Callable[[str], None]
 
 
@@ -88,11 +101,32 @@ def node_config(node: int, n_nodes: int, store: Path) -> str:
     return f'partition-id={node} num-partitions={n_nodes} store-dir="{text}"'
 
 
-def superlink_command(port: int) -> list[str]:
-    """``flower-superlink`` on ``127.0.0.1:port``; dependencies are never installed."""
+def _tls_server(creds: Credentials) -> list[str]:
+    return [
+        "--ssl-certfile",
+        str(creds.server_cert),
+        "--ssl-keyfile",
+        str(creds.server_key),
+        "--ssl-ca-certfile",
+        str(creds.ca_cert),
+    ]
+
+
+def superlink_command(port: int, creds: Credentials) -> list[str]:
+    """``flower-superlink`` on ``127.0.0.1:port``: TLS, SuperNode auth, SuperExec secret.
+
+    ``--isolation process``: Flower ignores the SuperExec secret when it starts the
+    SuperExec itself (``subprocess``), so :func:`superexec_command` starts it here.
+    Dependencies are never installed.
+    """
     return [
         "flower-superlink",
-        "--insecure",
+        *_tls_server(creds),
+        "--enable-supernode-auth",
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(creds.superexec_secret),
         "--host",
         LOOPBACK,
         "--port",
@@ -101,20 +135,55 @@ def superlink_command(port: int) -> list[str]:
     ]
 
 
-def supernode_command(superlink_port: int, port: int, config: str) -> list[str]:
-    """``flower-supernode`` connecting to the SuperLink, its Runtime API on ``port``."""
+def supernode_command(
+    superlink_port: int, port: int, config: str, creds: Credentials, node: int
+) -> list[str]:
+    """``flower-supernode`` ``node``: verifies the SuperLink's certificate, signs with its
+    key, serves its Runtime API on ``127.0.0.1:port`` over TLS behind the SuperExec secret.
+    """
     return [
         "flower-supernode",
-        "--insecure",
+        "--root-certificates",
+        str(creds.ca_cert),
+        "--auth-supernode-private-key",
+        str(creds.node_keys[node]),
         "--superlink",
         f"{LOOPBACK}:{superlink_port}",
         "--host",
         LOOPBACK,
         "--port",
         str(port),
+        *_tls_server(creds),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(creds.superexec_secret),
         "--node-config",
         config,
     ]
+
+
+def superexec_command(runtime_port: int, creds: Credentials, parent_pid: int) -> list[str]:
+    """``flower-superexec`` for the Runtime API on ``127.0.0.1:runtime_port`` (TLS, secret).
+
+    ``parent_pid``: the SuperLink or SuperNode it serves; it exits when that one does.
+    """
+    return [
+        "flower-superexec",
+        "--root-certificates",
+        str(creds.ca_cert),
+        "--runtime-api-address",
+        f"{LOOPBACK}:{runtime_port}",
+        "--superexec-auth-secret-file",
+        str(creds.superexec_secret),
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
+def register_command(public_key: Path) -> list[str]:
+    """``flwr supernode register``: the SuperLink accepts the node holding that key."""
+    return ["flwr", "supernode", "register", str(public_key), CONNECTION]
 
 
 def write_app(app_dir: Path, settings: RunSettings) -> Path:
@@ -139,33 +208,33 @@ def write_app(app_dir: Path, settings: RunSettings) -> Path:
     return app_dir
 
 
-def write_flower_config(flwr_home: Path, superlink_port: int) -> Path:
-    """``$FLWR_HOME/config.toml`` naming the local SuperLink as connection ``fedrec-local``."""
+def write_flower_config(flwr_home: Path, superlink_port: int, ca_cert: Path) -> Path:
+    """``$FLWR_HOME/config.toml``: connection ``fedrec-local``, TLS verified with ``ca_cert``."""
+    import tomli_w
+
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{LOOPBACK}:{superlink_port}"\ninsecure = true\n',
-        encoding="utf-8",
-    )
+    connection = {"address": f"{LOOPBACK}:{superlink_port}", "root-certificates": str(ca_cert)}
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
     return path
 
 
-def _proc_info(pid: int) -> tuple[int, int, str] | None:
-    """``(parent pid, start time, state)`` of ``pid`` from ``/proc``, None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[19]), fields[0]
+_proc_info = deploy_watchdog.proc_info
+_has_env = deploy_watchdog.has_env
 
 
-def _has_env(pid: int, marker: bytes) -> bool:
-    try:
-        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
+def _die_with_parent() -> None:
+    """In a child before ``exec``: SIGTERM when the thread that started it exits (Linux).
+
+    A first line of defence against SIGKILL of the deployment; the watchdog is the
+    second (it also reaches grandchildren in other sessions).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _command_name(pid: int) -> str:
@@ -188,13 +257,19 @@ class Processes:
     tracked processes whose start time still matches, so a reused pid is never hit.
     """
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], record: Path | None = None) -> None:
         self.token = secrets.token_hex(8)
         self.env = {**env, TOKEN_VAR: self.token}
         self.started: dict[str, subprocess.Popen[bytes]] = {}
         self.tracked: dict[int, int] = {}
         self.names: dict[int, str] = {}
+        self.record = record  # "pid start" lines for the watchdog
         self._logs: dict[str, tuple[IO[bytes], int]] = {}
+
+    @property
+    def marker(self) -> str:
+        """``FEDREC_DEPLOYMENT=<token>``: in the environment of every process started."""
+        return f"{TOKEN_VAR}={self.token}"
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         """Start ``cmd`` as ``name``, stdout and stderr to ``log``."""
@@ -207,6 +282,7 @@ class Processes:
             stdin=subprocess.DEVNULL,
             env={**self.env, **env},
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self.started[name] = proc
         self.track()
@@ -222,7 +298,8 @@ class Processes:
         """Record every live descendant of the started processes."""
         children: dict[int, list[int]] = {}
         todo = [p.pid for p in self.started.values()]
-        marker = f"{TOKEN_VAR}={self.token}".encode()
+        marker = self.marker.encode()
+        known = len(self.tracked)
         for entry in os.scandir("/proc"):
             if entry.name.isdigit() and (info := _proc_info(int(entry.name))) is not None:
                 children.setdefault(info[0], []).append(int(entry.name))
@@ -235,6 +312,11 @@ class Processes:
                 self.tracked[pid] = info[1]
                 self.names[pid] = _command_name(pid)
             todo.extend(children.get(pid, []))
+        if self.record is not None and len(self.tracked) > known:
+            lines = "".join(f"{pid} {start}\n" for pid, start in self.tracked.items())
+            tmp = self.record.with_suffix(".tmp")
+            tmp.write_text(lines, encoding="utf-8")
+            tmp.replace(self.record)
 
     def alive(self) -> list[int]:
         """Tracked pids still running (zombies count as stopped)."""
@@ -254,7 +336,23 @@ class Processes:
 
         ``record``: a JSON file that receives every tracked process (pid, start time
         in clock ticks since boot, command, whether it is still running afterwards).
+        Ctrl-C, SIGTERM and SIGHUP wait until the processes are stopped (blocked meanwhile).
         """
+        stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            self._stop(grace)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if record is not None:
+            live = set(self.alive())
+            rows = [
+                {"pid": pid, "start": start, "command": self.names[pid], "running": pid in live}
+                for pid, start in self.tracked.items()
+            ]
+            record.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+    def _stop(self, grace: float) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             signalled: set[int] = set()
             deadline = time.monotonic() + wait
@@ -273,13 +371,87 @@ class Processes:
                 proc.wait(timeout=1.0)
         for out, _ in self._logs.values():
             out.close()
-        if record is not None:
-            live = set(self.alive())
-            rows = [
-                {"pid": pid, "start": start, "command": self.names[pid], "running": pid in live}
-                for pid, start in self.tracked.items()
+
+
+class Watchdog:
+    """This deployment's watchdog process (:mod:`simulations.deploy_watchdog`).
+
+    Started before any Flower process, in its own session (SIGHUP and Ctrl-C of the
+    terminal do not reach it); its stdin is a pipe only this process holds, so it sees
+    this process die, SIGKILL included, the moment the pipe closes. :meth:`dismiss` ends
+    it after a normal stop.
+    """
+
+    def __init__(self, procs: Processes, folders: list[Path], log: Path) -> None:
+        me = _proc_info(os.getpid())
+        record = procs.record or Path(os.devnull)
+        cmd = [sys.executable, "-I", deploy_watchdog.__file__, procs.marker, str(os.getpid())]
+        cmd += [str(me[1] if me else 0), str(record), *map(str, folders)]
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def dismiss(self, clean: bool) -> None:
+        """End the watchdog and wait for it: ``clean``, everything was stopped here;
+        otherwise it does its own sweep first."""
+        stdin = self.proc.stdin
+        with suppress(OSError):
+            if stdin is not None:
+                if clean:
+                    stdin.write(deploy_watchdog.DONE)
+                stdin.close()
+        with suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10.0)
+
+
+def _wait_for_log(procs: Processes, logs: Path, name: str, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in procs.log_text(name):
+        _check_alive(procs, logs, allow=())
+        if time.monotonic() > deadline:
+            raise DeployError(f"{name} did not start in {timeout:.0f} s", where=str(logs))
+        time.sleep(0.1)
+
+
+def _register_nodes(
+    procs: Processes, creds: Credentials, cli_env: dict[str, str], log: Path, timeout: float
+) -> None:
+    """Register every node's public key with the SuperLink (a few at a time)."""
+    env = {**procs.env, **cli_env}
+    keys = [creds.node_public_key(i) for i in range(len(creds.node_keys))]
+    with open(log, "ab") as out:
+        for first in range(0, len(keys), 4):
+            batch = [
+                subprocess.Popen(
+                    register_command(key),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+                for key in keys[first : first + 4]
             ]
-            record.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+            codes = []
+            for proc in batch:
+                try:
+                    codes.append(proc.wait(timeout=timeout))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    codes.append(proc.wait())
+            if any(codes):
+                raise DeployError(
+                    f"the SuperLink refused to register a SuperNode key (exit codes {codes})",
+                    where=str(log),
+                    fix="read that log",
+                )
 
 
 def _wait_for_nodes(procs: Processes, logs: Path, n_nodes: int, timeout: float) -> None:
@@ -366,23 +538,46 @@ def deploy_local(
     logs = run_dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     say = status or (lambda _: None)
-    with tempfile.TemporaryDirectory(prefix="fedrec-deploy-") as tmp:
-        procs = Processes(flower_env())
-        try:
-            _start(procs, Path(tmp), settings, n_nodes, logs, say)
-            _wait_for_nodes(procs, logs, n_nodes, connect_timeout)
-            say(f"{n_nodes} SuperNodes connected; flwr run (logs in {logs})")
-            app = write_app(Path(tmp) / "app", settings)
-            cli_env = {"FLWR_HOME": str(Path(tmp) / "cli")}
-            run_cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]
-            procs.start("flwr-run", run_cmd, logs / "flwr-run.log", cli_env)
-            _wait_for_run(procs, run_dir, timeout, on_round)
-            _check_completed(procs, logs, cli_env)
-        finally:
-            procs.stop(record=logs / "processes.json")
-            say(f"stopped every process started ({logs / 'processes.json'})")
+    with supervised(logs, say) as (procs, tmp):
+        creds = create_credentials(tmp / "credentials", n_nodes)
+        cli_env = {"FLWR_HOME": str(tmp / "cli")}
+        _start(procs, tmp, creds, settings, n_nodes, logs, say, connect_timeout)
+        _wait_for_nodes(procs, logs, n_nodes, connect_timeout)
+        say(f"{n_nodes} SuperNodes connected; flwr run (logs in {logs})")
+        app = write_app(tmp / "app", settings)
+        run_cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]
+        procs.start("flwr-run", run_cmd, logs / "flwr-run.log", cli_env)
+        _wait_for_run(procs, run_dir, timeout, on_round)
+        _check_completed(procs, logs, cli_env)
     _write_report(run_dir)
     return read_metrics(run_dir)
+
+
+@contextmanager
+def supervised(logs: Path, say: Status | None = None) -> Iterator[tuple[Processes, Path]]:
+    """A temporary folder (0700) and the processes a deployment starts, under a watchdog.
+
+    On leaving, by any exit (an exception, Ctrl-C, or SIGTERM/SIGHUP turned into
+    KeyboardInterrupt by the command), every process is stopped (:meth:`Processes.stop`,
+    ``logs/processes.json``) and the folder removed; if this process is killed instead,
+    the watchdog does both (``logs/watchdog.log``).
+    """
+    watchdog: Watchdog | None = None
+    procs: Processes | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedrec-deploy-") as tmp_name:
+            tmp = Path(tmp_name)
+            procs = Processes(flower_env(), record=tmp / "processes.tracked")
+            watchdog = Watchdog(procs, [tmp], logs / "watchdog.log")
+            try:
+                yield procs, tmp
+            finally:
+                procs.stop(record=logs / "processes.json")
+                if say is not None:
+                    say(f"stopped every process started ({logs / 'processes.json'})")
+    finally:
+        if watchdog is not None:
+            watchdog.dismiss(clean=procs is not None and not procs.alive())
 
 
 def check_nodes(settings: RunSettings, n_nodes: int) -> None:
@@ -398,23 +593,38 @@ def check_nodes(settings: RunSettings, n_nodes: int) -> None:
 
 
 def _start(
-    procs: Processes, tmp: Path, settings: RunSettings, n_nodes: int, logs: Path, say: Status
+    procs: Processes,
+    tmp: Path,
+    creds: Credentials,
+    settings: RunSettings,
+    n_nodes: int,
+    logs: Path,
+    say: Status,
+    timeout: float,
 ) -> None:
+    """SuperLink, its SuperExec, the nodes' keys registered, then SuperNodes and theirs."""
     link_port, *node_ports = free_ports(n_nodes + 1)
-    write_flower_config(tmp / "cli", link_port)
+    cli_env = {"FLWR_HOME": str(tmp / "cli")}
+    write_flower_config(tmp / "cli", link_port, creds.ca_cert)
     link_env = {"FLWR_HOME": str(tmp / "superlink")}
-    procs.start("superlink", superlink_command(link_port), logs / "superlink.log", link_env)
-    say(f"SuperLink on {LOOPBACK}:{link_port}")
+    cmd = superlink_command(link_port, creds)
+    procs.start("superlink", cmd, logs / "superlink.log", link_env)
+    _wait_for_log(procs, logs, "superlink", SUPERLINK_UP, timeout)
+    say(
+        f"SuperLink on https://{LOOPBACK}:{link_port} "
+        "(TLS, SuperNode authentication, SuperExec secret; credentials made for this run)"
+    )
+    cmd = superexec_command(link_port, creds, procs.started["superlink"].pid)
+    procs.start("superexec-superlink", cmd, logs / "superexec-superlink.log", link_env)
+    _register_nodes(procs, creds, cli_env, logs / "register.log", timeout)
     for i, port in enumerate(node_ports):
         config = node_config(i, n_nodes, node_store(Path(settings.run_dir), i))
-        cmd = supernode_command(link_port, port, config)
-        procs.start(
-            f"supernode-{i}",
-            cmd,
-            logs / f"supernode-{i}.log",
-            {"FLWR_HOME": str(tmp / f"node-{i}")},
-        )
-    say(f"{n_nodes} SuperNodes, Runtime APIs on {LOOPBACK}:{node_ports[0]}..")
+        node_env = {"FLWR_HOME": str(tmp / f"node-{i}")}
+        cmd = supernode_command(link_port, port, config, creds, i)
+        procs.start(f"supernode-{i}", cmd, logs / f"supernode-{i}.log", node_env)
+        cmd = superexec_command(port, creds, procs.started[f"supernode-{i}"].pid)
+        procs.start(f"superexec-node-{i}", cmd, logs / f"superexec-node-{i}.log", node_env)
+    say(f"{n_nodes} SuperNodes registered, Runtime APIs on {LOOPBACK}:{node_ports[0]}..")
 
 
 def _wait_for_run(

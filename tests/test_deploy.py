@@ -2,9 +2,10 @@
 
 The fast tests check the pieces (commands bind loopback only, the node config, the app
 copy's run config round-trips through Flower's parser, the process tree is stopped).
-The deployment test starts real Flower processes; each ``flwr-clientapp`` is a fresh
-Python process per message: both deployment tests together take about 75 s on an idle
-2-core box, so they run in the default suite (select them alone with ``pytest -m deploy``).
+The deployment tests start real Flower processes; each ``flwr-clientapp`` is a fresh
+Python process per message, so a whole run takes minutes on a 2-core box: the full run
+is marked ``slow``; the timeout test stays in the default suite. The security settings
+and what happens when ``fedrec deploy-local`` is killed: tests/test_deploy_security.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +26,12 @@ from simulations.deploy import (
     _proc_info,
     free_ports,
     node_config,
+    superexec_command,
     superlink_command,
     supernode_command,
     write_app,
 )
+from simulations.deploy_credentials import create_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "synthetic:users=3,items=30,seed=0"
@@ -38,16 +42,22 @@ def _running(pid: int, start: int) -> bool:
     return info is not None and info[1] == start and info[2] != "Z"
 
 
-def test_commands_bind_loopback_only() -> None:
+def test_commands_bind_loopback_only(tmp_path: Path) -> None:
     # Prepare
     link_port, node_port = free_ports(2)
+    creds = create_credentials(tmp_path / "c", 1)
     # Execute
-    link = superlink_command(link_port)
-    node = supernode_command(link_port, node_port, node_config(0, 3, Path("/tmp/s")))
+    link = superlink_command(link_port, creds)
+    node = supernode_command(link_port, node_port, node_config(0, 3, Path("/s")), creds, 0)
+    execs = [superexec_command(p, creds, 1) for p in (link_port, node_port)]
     # Assert
     assert link[link.index("--host") + 1] == LOOPBACK
     assert node[node.index("--host") + 1] == LOOPBACK
     assert node[node.index("--superlink") + 1] == f"{LOOPBACK}:{link_port}"
+    assert [e[e.index("--runtime-api-address") + 1] for e in execs] == [
+        f"{LOOPBACK}:{link_port}",
+        f"{LOOPBACK}:{node_port}",
+    ]
     assert "--disable-runtime-dependency-installation" in link
     assert link_port != node_port
 
@@ -136,12 +146,18 @@ def test_stop_ends_orphans_by_their_inherited_token(tmp_path: Path) -> None:
     assert not any(_running(pid, start) for pid, start in orphans.items())
 
 
+@pytest.mark.slow
 @pytest.mark.flower
 @pytest.mark.deploy
-def test_deploy_local_three_nodes_two_rounds(tmp_path: Path) -> None:
+def test_deploy_local_three_nodes_two_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Prepare
     from simulations.cli import main
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "run"
     argv = ["deploy-local", "--data", TINY, "--nodes", "3", "--rounds", "2"]
     argv += ["--out", str(out), "--timeout", "600"]
@@ -163,7 +179,12 @@ def test_deploy_local_three_nodes_two_rounds(tmp_path: Path) -> None:
     rows = json.loads((out / "logs" / "processes.json").read_text())
     commands = {r["command"] for r in rows}
     assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= commands
+    assert {"flwr-serverapp", "flwr-clientapp"} <= commands
     assert not any(_running(r["pid"], r["start"]) for r in rows)
+    # Assert: the temporary folder (credentials, app copy, Flower homes) is gone, and
+    # the watchdog was dismissed without having to sweep anything
+    assert list(scratch.iterdir()) == []
+    assert (out / "logs" / "watchdog.log").read_text() == ""
     # Assert: the same result as the same apps in one process (no Flower processes)
     ref = tmp_path / "ref"
     argv = ["simulate", "--engine", "inprocess", "--data", TINY, "--rounds", "2"]
@@ -195,7 +216,7 @@ def test_a_run_past_its_timeout_stops_every_flower_process(tmp_path: Path) -> No
     )
     # Execute
     with pytest.raises(DeployError, match="did not finish"):
-        deploy_local(settings, 3, timeout=1.0)
+        deploy_local(settings, 1, timeout=1.0)
     # Assert: the whole tree was recorded, and none of it is running
     rows = json.loads((tmp_path / "run" / "logs" / "processes.json").read_text())
     commands = {r["command"] for r in rows}

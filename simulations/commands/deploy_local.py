@@ -3,7 +3,8 @@
 ``fedrec deploy-local --data PATH --nodes N --rounds R --out RUN_DIR`` starts one
 ``flower-superlink``, ``N`` ``flower-supernode`` processes (node ``i`` is user ``i``,
 with its own store under ``RUN_DIR/clients/node-<i>``) and ``flwr run``, waits for the
-run, and stops every process it started. ``RUN_DIR`` gets the files of
+run, and stops every process it started (also on Ctrl-C, SIGTERM and SIGHUP; a
+watchdog does it after SIGKILL). ``RUN_DIR`` gets the files of
 ``fedrec simulate`` plus ``logs/`` (docs/DEPLOYMENT.md). ``--resume RUN_DIR --nodes N``
 continues a stopped run from its checkpoint, with the node stores it left.
 """
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         check_nodes(settings, args.nodes)
         create_run_dir(Path(settings.run_dir), settings)
         done = 0
-    with _sigterm_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
+    with _signals_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
             ndcg = (record.get("metrics") or {}).get("ndcg@10")
@@ -126,18 +127,23 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     return prepare_settings(settings_from_args(ns))
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so that ``kill`` stops the deployment cleanly."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt: ``kill`` or a closed terminal stops
+    the deployment cleanly (every Flower process, the temporary folder), like Ctrl-C."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["HELP", "NAME", "add_arguments", "run"]
