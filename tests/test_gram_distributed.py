@@ -1,4 +1,4 @@
-"""--model ease --privacy distributed through Flower: what the server receives, dropouts, refusals."""
+"""--model ease --privacy distributed through Flower: the server's view, dropouts, refusals."""
 
 from __future__ import annotations
 
@@ -106,8 +106,8 @@ def test_cli_refuses_distributed_dp_for_other_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare
-    argv = ["simulate", "--model", "mf", "--engine", "inprocess", "--data", DATA,
-            "--privacy", "distributed", "--target-epsilon", "8", "--out", str(tmp_path / "r")]  # fmt: skip
+    argv = ["simulate", "--model", "mf", "--engine", "inprocess", "--data", DATA, "--privacy",
+            "distributed", "--target-epsilon", "8", "--out", str(tmp_path / "r")]  # fmt: skip
     # Execute
     code = main(argv)
     # Assert
