@@ -155,6 +155,7 @@ class RunSettings:
                 top[_TOP[key]] = value
             else:
                 raise ConfigError(f"unknown setting {key!r}", where="run config", fix="remove it")
+        _check_fields(parts)
         if isinstance(top.get("fail_users"), str):
             text = top["fail_users"].strip()
             top["fail_users"] = tuple(int(u) for u in text.split(",")) if text else ()
@@ -175,6 +176,28 @@ class RunSettings:
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
             train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)
         return cls(model=model, train=train, server=server, privacy=privacy, **top)
+
+
+_PART_TYPES: dict[str, type[Any]] = {
+    "model": ModelConfig,
+    "train": LocalTrainConfig,
+    "server": ServerConfig,
+    "privacy": PrivacyConfig,
+}
+
+
+def _check_fields(parts: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse an unknown ``model.x`` / ``train.x`` / ... key, listing the valid ones."""
+    for prefix, given in parts.items():
+        valid = {f.name for f in dataclasses.fields(_PART_TYPES[prefix])}
+        unknown = sorted(set(given) - valid)
+        if unknown:
+            names = ", ".join(f"{prefix}.{n.replace('_', '-')}" for n in sorted(valid))
+            raise ConfigError(
+                f"unknown setting {prefix}.{unknown[0].replace('_', '-')}",
+                where="--set / run config",
+                fix=f"valid {prefix} keys: {names}",
+            )
 
 
 def load_split(settings: RunSettings) -> Split:

@@ -32,3 +32,16 @@ def test_every_option_with_a_default_shows_it_in_help(name: str) -> None:
             name,
             action.dest,
         )
+
+
+@pytest.mark.parametrize(
+    ("flag", "listed"),
+    [("model.nope=3", "model.dim"), ("train.lr-x=1", "train.lr"), ("server.zzz=1", "server.")],
+)
+def test_an_unknown_set_key_is_one_line_listing_the_valid_keys(
+    flag: str, listed: str, tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", "--data", "synthetic", "--set", flag, "--out", f"{tmp_path}/r"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"unknown setting {flag.split('=')[0]}" in err and listed in err
