@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from simulations.cli import COMMANDS, build_parser, main
@@ -39,7 +41,7 @@ def test_every_option_with_a_default_shows_it_in_help(name: str) -> None:
     [("model.nope=3", "model.dim"), ("train.lr-x=1", "train.lr"), ("server.zzz=1", "server.")],
 )
 def test_an_unknown_set_key_is_one_line_listing_the_valid_keys(
-    flag: str, listed: str, tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    flag: str, listed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["simulate", "--data", "synthetic", "--set", flag, "--out", f"{tmp_path}/r"])
     err = capsys.readouterr().err.strip()
