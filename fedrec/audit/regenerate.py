@@ -15,7 +15,9 @@ updates to the run's own DP-FedAvg mechanism (:func:`make_dp_fedavg`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +86,11 @@ class AuditTarget:
 
     def mechanism(self) -> DPFedAvg:
         """A fresh instance of the run's DP-FedAvg mechanism (central mode)."""
+        return copy.deepcopy(self._mechanism)
+
+    @functools.cached_property
+    def _mechanism(self) -> DPFedAvg:
+        """Built once (:func:`make_dp_fedavg` builds a model); :meth:`mechanism` copies it."""
         return make_dp_fedavg(
             self.privacy,
             self.model,
