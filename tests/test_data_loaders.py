@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -11,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedrec.data import Interactions, load_interactions, resolve_data
 from fedrec.data import archives as download_module
-from fedrec.data import load_interactions, resolve_data
 from fedrec.data.archives import Archive
 
 
@@ -181,3 +182,148 @@ def test_known_archives_have_sha256() -> None:
     assert {"ml-100k", "ml-1m"} <= set(download_module.ARCHIVES)
     for name, archive in download_module.ARCHIVES.items():
         assert archive.url.endswith(f"/{name}.zip") and len(archive.sha256) == 64
+
+
+# --- your own data: column aliases and explicit columns (issue 18, item 2) --------------
+
+ROWS = [("u1", "i1", 4.0, 100), ("u2", "i1", 3.0, 200), ("u1", "i2", 5.0, 300)]
+
+
+def own_file(path: Path, header: tuple[str, ...]) -> Path:
+    """ROWS under ``header`` (as many columns as it names), as CSV or Parquet."""
+    frame = pd.DataFrame([r[: len(header)] for r in ROWS], columns=list(header))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def assert_rows(data: Interactions, with_rating: bool = True, with_time: bool = True) -> None:
+    pairs = [
+        (data.user_ids[u], data.item_ids[i]) for u, i in zip(data.user, data.item, strict=True)
+    ]
+    assert pairs == [(u, i) for u, i, _, _ in ROWS]
+    assert (data.rating is not None) == with_rating and (data.timestamp is not None) == with_time
+    if data.rating is not None:
+        assert data.rating.tolist() == [r for _, _, r, _ in ROWS]
+    if data.timestamp is not None:
+        assert data.timestamp.tolist() == [t for _, _, _, t in ROWS]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("user", "item", "rating", "timestamp"),
+        ("user_id", "item_id", "rating", "time"),
+        ("userId", "movieId", "rating", "timestamp"),
+        ("UserID", "ItemID", "Rating", "Time"),
+        ("user_id", "itemId"),
+    ],
+)
+def test_common_header_aliases_are_accepted(
+    tmp_path: Path, suffix: str, header: tuple[str, ...]
+) -> None:
+    # Prepare
+    path = own_file(tmp_path / f"mine{suffix}", header)
+    # Execute
+    data = load_interactions(path)
+    # Assert: ids, ratings and timestamps read from the aliased columns
+    assert_rows(data, with_rating=len(header) > 2, with_time=len(header) > 3)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_explicit_columns_by_spec_and_by_flags(tmp_path: Path, suffix: str) -> None:
+    # Prepare: names no alias knows, and an extra column named like an alias
+    from simulations.cli import build_parser
+
+    path = own_file(tmp_path / f"log{suffix}", ("who", "what", "stars", "when"))
+    spec = f"{path}#user=who,item=what,rating=stars,time=when"
+    flags = ["--time-col", "when", "--data", str(path), "--user-col", "who"]
+    flags += ["--item-col", "what", "--rating-col", "stars"]
+    # Execute
+    data = resolve_data(spec)
+    args = build_parser().parse_args(["split", *flags, "--out", str(tmp_path / "o")])
+    # Assert: the flags fold into the data spec in any order (so config.json records them)
+    assert_rows(data)
+    assert args.data == spec
+
+
+def test_explicit_column_wins_over_an_alias(tmp_path: Path) -> None:
+    # Prepare: an aliased 'user' column that is not the one wanted
+    write(tmp_path / "log.csv", "user,account,item\nx,u1,i1\nx,u2,i1\nx,u1,i2\n")
+    # Execute
+    data = resolve_data(f"{tmp_path / 'log.csv'}#user=account")
+    # Assert
+    assert data.user_ids.tolist() == ["u1", "u2"] and len(data) == 3
+
+
+def test_movielens_ratings_csv_keeps_its_reader_unless_columns_are_named(tmp_path: Path) -> None:
+    # Prepare
+    folder = tmp_path / "ml-latest-small"
+    write(folder / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n2,10,3.5,6\n")
+    write(folder / "movies.csv", "movieId,title,genres\n10,Ten (1990),Drama\n")
+    # Execute
+    movielens = load_interactions(folder)
+    generic = resolve_data(f"{folder / 'ratings.csv'}#user=userId,item=movieId")
+    # Assert: titles from movies.csv only with MovieLens's reader; the same rows either way
+    assert movielens.item_titles == ("Ten (1990)",) and generic.item_titles is None
+    assert movielens.user_ids.tolist() == generic.user_ids.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("header", "spec", "needle"),
+    [
+        ("who,what\n", "", "missing user and item column (found who, what)"),
+        ("user,what\n", "", "missing item column"),
+        ("user,user_id,item\n", "", "ambiguous user column: 'user' and 'user_id'"),
+        ("user,item,timestamp,time\n", "", "ambiguous timestamp column"),
+        ("user,item\n", "#user=uid", "no column 'uid' (given with --user-col"),
+        ("a,b\n", "#user=a,item=a", "column 'a' is given for both the user and the item"),
+        ("user,item\n", "#colour=red", "bad column option 'colour=red'"),
+    ],
+)
+def test_missing_or_ambiguous_columns_are_refused(
+    tmp_path: Path, header: str, spec: str, needle: str
+) -> None:
+    # Prepare
+    from fedrec.errors import FedrecError
+
+    path = write(tmp_path / "log.csv", header + ",".join(["1"] * header.count(",")) + ",2\n")
+    # Execute / Assert: one clear error naming the file (or spec) and what to do
+    with pytest.raises(FedrecError, match=re.escape(needle)) as info:
+        resolve_data(f"{path}{spec}")
+    assert "log.csv" in str(info.value) and info.value.fix
+
+
+def test_columns_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
+    # Prepare
+    from fedrec.errors import ConfigError
+
+    write(tmp_path / "ml" / "u.data", "1\t2\t3\t4\n")
+    # Execute / Assert: MovieLens files without a header, and synthetic data
+    with pytest.raises(ConfigError, match=r"--user-col: u\.data is a MovieLens file"):
+        resolve_data(f"{tmp_path / 'ml'}#user=a")
+    with pytest.raises(ConfigError, match="not to synthetic data"):
+        resolve_data("synthetic#item=b")
+
+
+def test_cli_split_reads_own_columns_and_errors_name_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from simulations.cli import main
+
+    path = own_file(tmp_path / "log.csv", ("who", "what", "stars", "when"))
+    base = ["split", "--data", str(path), "--item-col", "what"]
+    # Execute
+    ok = main([*base, "--user-col", "who", "--out", str(tmp_path / "o")])
+    capsys.readouterr()
+    bad = main([*base, "--user-col", "whom", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    # Assert
+    assert ok == 0 and (tmp_path / "o" / "train.csv").exists()
+    assert bad == 2 and err.count("\n") == 1 and "--user-col" in err and "'whom'" in err
+    assert not (tmp_path / "p").exists()

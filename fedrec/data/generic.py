@@ -1,14 +1,20 @@
 """Reader for a generic interaction file: CSV/TSV or Parquet with named columns.
 
-Columns: ``user``, ``item`` (required), ``rating``, ``timestamp`` (optional). Ids are
-read as strings and kept exactly as given (``"007"`` stays ``"007"``); a column becomes
-int64 only when every id in it is a canonical integer (see :mod:`fedrec.data.ids`).
+Columns: the user and item ids (required), a rating and a timestamp (optional). Each is
+found by its name or a common alias (:data:`ALIASES`; case, ``_``, ``-`` and spaces
+ignored, so ``user_id``, ``userId`` and ``UserID`` all name the user), or named
+explicitly (:class:`Columns`, the CLI's ``--user-col --item-col --rating-col
+--time-col``). A column that two names could claim, or a named column the file lacks,
+is refused. Ids are read as strings and kept exactly as given (``"007"`` stays
+``"007"``); a column becomes int64 only when every id in it is a canonical integer
+(see :mod:`fedrec.data.ids`).
 """
 
 from __future__ import annotations
 
 import gzip
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +34,102 @@ from fedrec.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
-_FIX = "the file needs a header with columns user,item and optionally rating,timestamp"
+_FIX = (
+    "the file needs a header naming the user and item columns (user,item or an alias such "
+    "as user_id,item_id or userId,movieId), or name them with --user-col and --item-col"
+)
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userId"),
+    "item": ("item", "item_id", "itemId", "movieId", "movie_id"),
+    "rating": ("rating",),
+    "timestamp": ("timestamp", "time"),
+}
+"""Column names recognised for each role (compared case-insensitively, ignoring ``_ -``)."""
+FLAGS = {"user": "--user-col", "item": "--item-col", "rating": "--rating-col"}
+FLAGS["timestamp"] = "--time-col"
 
 
-def read_generic(path: Path) -> RawLog:
+@dataclass(frozen=True)
+class Columns:
+    """Explicit column names of a generic file; ``None``: found by :data:`ALIASES`."""
+
+    user: str | None = None
+    item: str | None = None
+    rating: str | None = None
+    timestamp: str | None = None
+
+    def named(self) -> dict[str, str]:
+        """The roles given explicitly, by role."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+def read_generic(path: Path, columns: Columns | None = None) -> RawLog:
     """Read a generic interaction file (see module docstring)."""
     frame = _read_frame(path)
-    missing = [c for c in ("user", "item") if c not in frame.columns]
+    chosen = select_columns([str(c) for c in frame.columns], columns or Columns(), path)
+    frame.columns = [str(c) for c in frame.columns]
+    user, item = (_id_column(frame[chosen[r]], r, path) for r in ("user", "item"))
+    rating = None
+    if "rating" in chosen:
+        rating = _numeric(frame[chosen["rating"]], "rating", path, MAX_RATING, RATING_FIX)
+    timestamp = _timestamps(frame[chosen["timestamp"]], path) if "timestamp" in chosen else None
+    return RawLog(user=user, item=item, rating=rating, timestamp=timestamp, source=str(path))
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s_-]", "", name).lower()
+
+
+def select_columns(header: list[str], columns: Columns, path: Path) -> dict[str, str]:
+    """The file column of each role found in ``header`` (user and item required).
+
+    Explicit names must be in the header as given; the other roles take the one
+    column whose name is an alias of the role (none: the role is absent; several:
+    refused as ambiguous). One column never serves two roles.
+    """
+    found = ", ".join(header) or "none"
+    named = columns.named()
+    chosen: dict[str, str] = {}
+    for role, name in named.items():
+        if name not in header:
+            raise DataError(
+                f"no column {name!r} (given with {FLAGS[role]}; found {found})",
+                where=str(path),
+                fix=f"pass {FLAGS[role]} the exact name of a column in the header",
+            )
+        chosen[role] = name
+    taken = set(chosen.values())
+    for role, aliases in ALIASES.items():
+        if role in chosen:
+            continue
+        wanted = {_normal(a) for a in aliases}
+        hits = [c for c in header if _normal(c) in wanted and c not in taken]
+        if len(hits) > 1:
+            raise DataError(
+                f"ambiguous {role} column: {' and '.join(map(repr, hits))} could both be it",
+                where=str(path),
+                fix=f"name the one to use with {FLAGS[role]}",
+            )
+        if hits:
+            chosen[role] = hits[0]
+            taken.add(hits[0])
+    missing = [r for r in ("user", "item") if r not in chosen]
     if missing:
         raise DataError(
-            f"missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})",
+            f"missing {' and '.join(missing)} column (found {found})",
             where=str(path),
             fix=_FIX,
         )
-    user, item = (_id_column(frame[c], c, path) for c in ("user", "item"))
-    rating = None
-    if "rating" in frame.columns:
-        rating = _numeric(frame["rating"], "rating", path, MAX_RATING, RATING_FIX)
-    timestamp = _timestamps(frame["timestamp"], path) if "timestamp" in frame.columns else None
-    return RawLog(user=user, item=item, rating=rating, timestamp=timestamp, source=str(path))
+    doubled = [c for c in set(chosen.values()) if list(chosen.values()).count(c) > 1]
+    if doubled:
+        roles = [r for r, c in chosen.items() if c == doubled[0]]
+        raise DataError(
+            f"column {doubled[0]!r} is given for both the {roles[0]} and the {roles[1]}",
+            where=str(path),
+            fix="name a different column for each role",
+        )
+    return chosen
 
 
 def _read_frame(path: Path) -> pd.DataFrame:

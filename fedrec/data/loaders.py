@@ -9,6 +9,11 @@ Recognised inputs (a directory is recognised by the first file found, in this or
 ``interactions.csv|parquet``  generic file, columns user, item[, rating, timestamp]
 any other ``.csv``/``.parquet`` file given directly: generic
 ============================  =========================================================
+
+Generic files find their columns by name or alias, or by explicit names
+(:class:`~fedrec.data.generic.Columns`); with explicit names a ``ratings.csv`` is read
+as a generic file too. MovieLens's ``u.data`` and ``ratings.dat`` have no header: their
+columns are fixed, so explicit names are refused for them.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import pandas as pd
 
 from fedrec.data.filters import k_core_filter, min_rating_filter, resolve_duplicates
 from fedrec.data.formats import RawLog, read_ml100k, read_ml_csv, read_ml_dat
-from fedrec.data.generic import PARQUET_SUFFIXES, TEXT_SUFFIXES, read_generic
+from fedrec.data.generic import FLAGS, PARQUET_SUFFIXES, TEXT_SUFFIXES, Columns, read_generic
 from fedrec.data.ids import encode_ids
 from fedrec.data.interactions import Interactions
-from fedrec.errors import DataError
+from fedrec.errors import ConfigError, DataError
 
 _DIRECTORY_FILES = ("u.data", "ratings.dat", "ratings.csv", "interactions.csv")
 
@@ -35,6 +40,7 @@ def load_interactions(
     min_rating: float | None = None,
     duplicates: str = "latest",
     k_core: int | None = None,
+    columns: Columns | None = None,
 ) -> Interactions:
     """Load interactions from a MovieLens folder/file or a generic CSV/Parquet file.
 
@@ -49,13 +55,15 @@ def load_interactions(
         ``"keep"``; see :mod:`fedrec.data.filters`.
     k_core
         Iteratively drop users and items with fewer than ``k_core`` interactions.
+    columns
+        Explicit column names of a generic CSV/Parquet file (default: by alias).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(
             "no such file or directory", where=str(p), fix="check the path passed as --data"
         )
-    log = _reader(p)(p)
+    log = _reader(p, columns or Columns())(p)
     log = resolve_duplicates(log, duplicates)
     log = k_core_filter(min_rating_filter(log, min_rating), k_core)
     if len(log) == 0:
@@ -68,36 +76,46 @@ def load_interactions(
     return build_interactions(log)
 
 
-def _reader(p: Path) -> Callable[[Path], RawLog]:
+def _reader(p: Path, columns: Columns) -> Callable[[Path], RawLog]:
     if p.is_dir():
         for name in _DIRECTORY_FILES:
             if (p / name).is_file():
-                return _file_reader(p / name, p)
+                return _file_reader(p / name, p, columns)
         if (p / "interactions.parquet").is_file():
-            return lambda _: read_generic(p / "interactions.parquet")
+            return lambda _: read_generic(p / "interactions.parquet", columns)
         raise DataError(
             "unknown data format (no u.data, ratings.dat, ratings.csv or interactions.csv here)",
             where=str(p),
             fix="point --data at a MovieLens folder or a CSV/Parquet file with user,item columns",
         )
-    return _file_reader(p, p)
+    return _file_reader(p, p, columns)
 
 
-def _file_reader(f: Path, given: Path) -> Callable[[Path], RawLog]:
+def _file_reader(f: Path, given: Path, columns: Columns) -> Callable[[Path], RawLog]:
     name = f.name.lower()
+    if name in ("u.data", "ratings.dat") and columns.named():
+        raise ConfigError(
+            f"{name} is a MovieLens file with fixed columns (no header)",
+            where=", ".join(_flags(columns)),
+            fix="drop the column options, or convert the file to a CSV with a header",
+        )
     if name == "u.data":
         return lambda _: read_ml100k(f.parent)
     if name == "ratings.dat":
         return lambda _: read_ml_dat(f.parent)
-    if name == "ratings.csv" and _header(f).startswith("userId,movieId"):
+    if name == "ratings.csv" and not columns.named() and _header(f).startswith("userId,movieId"):
         return lambda _: read_ml_csv(f)
     if name.endswith(PARQUET_SUFFIXES + TEXT_SUFFIXES):
-        return lambda _: read_generic(f)
+        return lambda _: read_generic(f, columns)
     raise DataError(
         "unknown data format",
         where=str(given),
         fix="use a MovieLens folder, or a .csv/.tsv/.parquet file with user,item columns",
     )
+
+
+def _flags(columns: Columns) -> list[str]:
+    return [FLAGS[role] for role in columns.named()]
 
 
 def _header(f: Path) -> str:

@@ -4,6 +4,11 @@ A spec is one of: ``"synthetic"`` or ``"synthetic:users=500,items=300,seed=1"`` 
 ``users``, ``items``, ``dim``, ``mean``, ``seed``); an existing file or folder; or a
 known MovieLens name (``ml-100k``, ...) looked up as ``$FEDREC_DATA_DIR/<name>``
 (default ``~/.fedrec/data/<name>``). Nothing is ever downloaded here.
+
+A file spec may end in ``#user=COL,item=COL,rating=COL,time=COL`` (any subset): the
+explicit column names of a generic CSV/Parquet file (:class:`~fedrec.data.generic.Columns`).
+The CLI's ``--user-col --item-col --rating-col --time-col`` write that suffix
+(:func:`data_spec`), so a run's ``config.json`` records the columns with the path.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 from fedrec.data.filters import k_core_filter, min_rating_filter, resolve_duplicates
 from fedrec.data.formats import RawLog
+from fedrec.data.generic import Columns
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import build_interactions, load_interactions
 from fedrec.data.synthetic import synthetic
@@ -51,7 +57,13 @@ def resolve_data(
     k_core: int | None = None,
 ) -> Interactions:
     """Load the data set named by ``spec`` (see the module docstring)."""
-    text = str(spec)
+    text, columns = split_spec(str(spec))
+    if (text == "synthetic" or text.startswith("synthetic:")) and columns.named():
+        raise ConfigError(
+            "column names apply to CSV/Parquet files, not to synthetic data",
+            where=str(spec),
+            fix="drop --user-col/--item-col/--rating-col/--time-col",
+        )
     if text == "synthetic" or text.startswith("synthetic:"):
         data = synthetic(**_synthetic_options(text))
         if min_rating is None and (k_core or 0) <= 1:
@@ -69,12 +81,62 @@ def resolve_data(
             )
         path = folder
     if path.exists():
-        return load_interactions(path, min_rating=min_rating, duplicates=duplicates, k_core=k_core)
+        return load_interactions(
+            path, min_rating=min_rating, duplicates=duplicates, k_core=k_core, columns=columns
+        )
     raise DataError(
         "no such file, folder or data set",
         where=text,
         fix=f"give a path, 'synthetic', or one of {', '.join(KNOWN_DATASETS)}",
     )
+
+
+_SPEC_KEYS = {"user": "user", "item": "item", "rating": "rating", "time": "timestamp"}
+
+
+def data_spec(
+    data: str,
+    *,
+    user: str | None = None,
+    item: str | None = None,
+    rating: str | None = None,
+    time: str | None = None,
+) -> str:
+    """``data`` with the explicit column names appended (see the module docstring)."""
+    text, columns = split_spec(data)
+    given = {"user": user, "item": item, "rating": rating, "time": time}
+    for key, value in given.items():
+        if value is not None and (not value or any(c in value for c in ",=#")):
+            flag = "--time-col" if key == "time" else f"--{key}-col"
+            raise ConfigError(
+                f"bad column name {value!r}",
+                where=flag,
+                fix="give a non-empty name without ',', '=' or '#'",
+            )
+    merged = {k: given[k] or getattr(columns, _SPEC_KEYS[k]) for k in _SPEC_KEYS}
+    parts = [f"{k}={v}" for k, v in merged.items() if v]
+    return text + ("#" + ",".join(parts) if parts else "")
+
+
+def split_spec(spec: str) -> tuple[str, Columns]:
+    """``(data, columns)`` of a spec that may end in ``#user=COL,...``.
+
+    A spec that exists as a path as a whole (a ``#`` in a file name) is taken as is.
+    """
+    head, sep, tail = spec.rpartition("#")
+    if not sep or Path(spec).expanduser().exists():
+        return spec, Columns()
+    named: dict[str, str] = {}
+    for part in tail.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or key.strip() not in _SPEC_KEYS or not value.strip():
+            raise ConfigError(
+                f"bad column option {part!r}",
+                where=spec,
+                fix="use PATH#user=COL,item=COL,rating=COL,time=COL (any of them)",
+            )
+        named[_SPEC_KEYS[key.strip()]] = value.strip()
+    return head, Columns(**named)
 
 
 def _synthetic_options(text: str) -> dict[str, int]:

@@ -3,7 +3,9 @@
 Stable API for every command module:
 
 - ``add_data_arguments(parser)``: adds ``--data`` (default ``synthetic``),
-  ``--min-rating`` and ``--k-core``.
+  ``--min-rating``, ``--k-core`` and ``--user-col --item-col --rating-col --time-col``
+  (folded into ``args.data`` as ``PATH#user=COL,...``, :func:`fedrec.data.resolve.data_spec`,
+  so every command and a run's config.json see them).
 - ``load_data(args) -> Interactions``: resolves those options (never downloads).
 - ``prepare_output_dir(path)``: a context manager yielding a temporary sibling folder
   that is renamed to ``path`` when the block succeeds (refuses a non-empty ``path``;
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from fedrec.data import Interactions, resolve_data
 from fedrec.data.atomic import atomic_output_dir
+from fedrec.data.resolve import data_spec
 from fedrec.errors import ConfigError
 
 DATA_HELP = (
@@ -34,8 +37,25 @@ def add_data_arguments(
     default: str | None = "synthetic",
     help: str = DATA_HELP,
 ) -> None:
-    """Add ``--data``, ``--min-rating`` and ``--k-core`` to ``parser``."""
-    parser.add_argument("--data", default=default, help=f"{help} (default: {default})")
+    """Add ``--data``, ``--min-rating``, ``--k-core`` and the column options to ``parser``."""
+    parser.add_argument(
+        "--data", default=default, action=_DataSpec, help=f"{help} (default: {default})"
+    )
+    for role, what in (("user", "user id"), ("item", "item id"), ("rating", "rating")):
+        parser.add_argument(
+            f"--{role}-col",
+            default=None,
+            action=_DataSpec,
+            metavar="NAME",
+            help=f"CSV/Parquet column of the {what} (default: found by name or alias)",
+        )
+    parser.add_argument(
+        "--time-col",
+        default=None,
+        action=_DataSpec,
+        metavar="NAME",
+        help="CSV/Parquet column of the timestamp (default: timestamp or time)",
+    )
     parser.add_argument(
         "--min-rating",
         type=float,
@@ -50,6 +70,28 @@ def add_data_arguments(
         metavar="K",
         help="repeatedly drop users and items with fewer than K interactions",
     )
+
+
+class _DataSpec(argparse.Action):
+    """Fold ``--*-col`` into ``--data`` whatever their order on the command line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        columns = {
+            role: getattr(namespace, f"{role}_col", None)
+            for role in ("user", "item", "rating", "time")
+        }
+        if getattr(namespace, "data", None) is not None:
+            try:
+                namespace.data = data_spec(str(namespace.data), **columns)
+            except ConfigError as err:
+                raise argparse.ArgumentError(self, err.what + "; " + err.fix) from err
 
 
 def load_data(args: argparse.Namespace) -> Interactions:
