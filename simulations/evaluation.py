@@ -1,0 +1,132 @@
+"""The experimenter's measurement of a simulation: the harness scores its own devices.
+
+Design rule: evaluation is not part of the federated protocol. ``fedrec simulate``
+owns its simulated devices (:mod:`clients.sim_store`: one
+:class:`~clients.device.DeviceClient` store per user), so after a round it opens each
+evaluated user's store *in the harness process* and ranks the catalog with
+:meth:`~clients.device.DeviceClient.evaluate_round` and that round's global item
+arrays. No evaluate message is sent: per-user metrics and top-10 lists never cross
+the Flower boundary, and the beyond-accuracy metrics (coverage, novelty, Gini,
+diversity), which need the lists, exist only here. Users, seeds and the refit are the
+ones the evaluate handler used (a seeded sample of test users, every test user at the
+end; ``derive_seed(seed, user, EVAL_ROUND)``), so the numbers equal those of the
+Flower-free reference loop (:func:`fedrec.federated.loop.evaluate_federated`).
+
+A deployment has no such harness; there the server may only ask for a DP aggregate
+(:mod:`fedrec.metrics.private`, :mod:`server.server_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from clients.device_round import RoundConfig
+from clients.sim_store import open_device
+from fedrec.errors import StoreError
+from fedrec.federated.client import derive_seed
+from fedrec.federated.gram import score_user
+from fedrec.federated.loop import EVAL_ROUND
+from fedrec.metrics import aggregate
+from fedrec.metrics.evaluate import evaluate_user
+from fedrec.models.base import Arrays
+from server.gram_app import GramEvaluator
+from server.sampling import eval_sample
+from server.server_app import Evaluator
+from server.settings import RunSettings, load_split
+
+log = logging.getLogger("fedrec.simulation")
+
+
+def device_evaluator(settings: RunSettings) -> Evaluator:
+    """The harness's evaluator for ``settings`` (absolute run dir): score stores directly.
+
+    The returned callable ``(items, round, every_user)`` evaluates the seeded sample of
+    ``settings.eval_clients`` test users of that round (every test user when
+    ``every_user``) and returns the uniform averages with the beyond-accuracy metrics
+    (``None`` values dropped), or ``None`` when nobody could be evaluated. Users of the
+    TEST-ONLY ``fail_users`` switch are dead devices: left out, as their replies were.
+    """
+    split = load_split(settings)
+    store_dir = str(settings.client_config()["store-dir"])
+    durable = settings.privacy.mode == "local"  # the ClientApp opens the stores alike
+    dead = set(settings.fail_users)
+
+    def evaluate(items: Arrays, rnd: int, every_user: bool) -> dict[str, Any] | None:
+        n = 0 if every_user else settings.eval_clients
+        users = eval_sample(split.test_users(), n, rnd, settings.seed)
+        per_user: list[dict[str, float]] = []
+        tops: list[npt.NDArray[np.int64]] = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as on a device (and in the reference loop)
+        try:
+            for user in sorted(int(u) for u in users):
+                if user in dead:
+                    continue
+                config = RoundConfig(
+                    model=settings.model,
+                    train=settings.train,
+                    round=rnd,
+                    seed=derive_seed(settings.seed, user, EVAL_ROUND),
+                )
+                train_items = split.train_items(user)
+                try:
+                    device = open_device(
+                        store_dir, user, train_items, seed=settings.seed, durable=durable
+                    )
+                except StoreError as err:  # e.g. a straggling client still holds it
+                    log.warning("evaluation round %d: user %d not evaluated (%s)", rnd, user, err)
+                    continue
+                with device:
+                    result = device.evaluate_round(
+                        items, config, [int(i) for i in split.test_items(user)]
+                    )
+                per_user.append(result.metrics)
+                tops.append(np.asarray(result.top10, dtype=np.int64))
+        finally:
+            torch.set_num_threads(threads)
+        skipped = len(users) - len(per_user)
+        if skipped:
+            log.warning("evaluation round %d: %d devices left out", rnd, skipped)
+        if not per_user:
+            return None
+        summary = aggregate(per_user, tops, split)
+        return {k: v for k, v in summary.items() if v is not None}
+
+    return evaluate
+
+
+def gram_evaluator(settings: RunSettings) -> GramEvaluator:
+    """The harness's measurement of federated EASE's weights ``B`` (every test user).
+
+    Each user ranks ``x_u B`` (:func:`fedrec.federated.gram.score_user`) over all items
+    but its train items, as a device holding ``B`` would; averages as above.
+    """
+    split = load_split(settings)
+    dead = set(settings.fail_users)
+
+    def evaluate(weights: Any) -> dict[str, Any] | None:
+        b = np.asarray(weights, dtype=np.float32)
+        per_user: list[dict[str, float]] = []
+        tops: list[npt.NDArray[np.int64]] = []
+        for user in sorted(int(u) for u in split.test_users()):
+            if user in dead:
+                continue
+            train_items = split.train_items(user)
+            scores = torch.from_numpy(score_user(b, train_items))
+            metrics, top = evaluate_user(scores, train_items, split.test_items(user))
+            per_user.append(metrics)
+            tops.append(np.asarray(top, dtype=np.int64))
+        if not per_user:
+            return None
+        summary = aggregate(per_user, tops, split)
+        return {k: v for k, v in summary.items() if v is not None}
+
+    return evaluate
+
+
+__all__ = ["device_evaluator", "gram_evaluator"]
