@@ -138,6 +138,7 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
     from fedrec.models.config import ModelConfig
     from server.server_app import run_server
     from server.settings import RunSettings
+    from simulations.evaluation import device_evaluator
     from simulations.run_dir import create_run_dir
 
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,12 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
     create_run_dir(Path(settings.run_dir), settings)
     grid = TimedGrid(spec.users, seed=spec.seed)
     rounds: list[float] = []
-    metrics = run_server(grid, settings, lambda rec: rounds.append(float(rec["seconds"])))
+    metrics = run_server(
+        grid,
+        settings,
+        lambda rec: rounds.append(float(rec["seconds"])),
+        evaluator=device_evaluator(settings),
+    )
     stores = sum(1 for _ in (Path(settings.run_dir) / "clients").glob("*/*.sqlite"))
     return {
         "spec": asdict(spec),

@@ -17,6 +17,7 @@ from server.privacy_run import resolve_settings
 from server.server_app import run_server
 from server.settings import RunSettings, load_split
 from simulations.cli import main
+from simulations.evaluation import device_evaluator
 from simulations.inprocess import InProcessGrid
 from simulations.run_dir import create_run_dir, read_rounds
 
@@ -92,7 +93,8 @@ def _run(settings: RunSettings) -> None:
     run_dir = Path(settings.run_dir)
     if not (run_dir / "config.json").exists():
         create_run_dir(run_dir, settings)
-    run_server(InProcessGrid(load_split(settings).n_users), settings)
+    grid = InProcessGrid(load_split(settings).n_users)
+    run_server(grid, settings, evaluator=device_evaluator(settings))  # simulate's harness
 
 
 @pytest.mark.parametrize(
