@@ -18,6 +18,13 @@ Unlike Flower's wrapper, the noise goes in *before* the server optimizer, so Fed
 moments only ever see privatized updates. Each round costs one release ``(z, q, 1)``,
 an empty cohort included; :meth:`CentralDPStrategy.would_exceed` lets the server
 refuse a round that would take the run past its target epsilon.
+
+The amplification rests on the cohort staying secret, so nothing the server writes
+names it: :class:`server.privacy_run.RunPrivacy` turns each round's outcome into counts
+for ``rounds.jsonl``, keeps how many rounds each user joined only in its private
+checkpoint state (for the worst-case per-user epsilon), and writes each release ahead
+(:func:`server.checkpoint.reserve_release`) before any model computed from it leaves
+the server. :class:`server.local_dp.LocalDPStrategy` is the local-DP counterpart.
 """
 
 from __future__ import annotations
