@@ -532,9 +532,11 @@ def _round(value: object) -> int | None:
 
 
 def _remove_legacy_lock(path: Path) -> None:
-    """Delete the ``<file>.lock`` sidecar older versions left beside each store."""
+    """Delete the empty ``<file>.lock`` sidecar older versions left beside each store."""
+    legacy = path.with_name(path.name + ".lock")
     with contextlib.suppress(OSError):
-        path.with_name(path.name + ".lock").unlink()
+        if legacy.is_file() and not legacy.is_symlink() and legacy.stat().st_size == 0:
+            legacy.unlink()
 
 
 def _connect(path: Path, fd: int, target_version: int, durable: bool) -> sqlite3.Connection:

@@ -211,6 +211,7 @@ TWENTY_DIGITS = "12345678901234567890"
         ("log.csv", "user,item,rating\n1,2,4\n1,3,-inf\n", "rating is infinite"),
         ("log.csv", "user,item,rating\n1,2,4\n1,3,x\n", "non-numeric rating 'x'"),
         ("u.data", f"1\t2\t3\t4\n1\t3\t4\t{TWENTY_DIGITS}\n", "timestamp is out of range"),
+        ("u.data", f"1\t2\t3\t4\n{TWENTY_DIGITS}\t3\t4\t5\n", "user id does not fit a 64"),
         ("u.data", "1\t2\t3\t4\n1\t3\t-1e308\t5\n", "rating is out of range"),
         ("u.data", "1\t2\t3\t4\n1\t3\tnan\t5\n", "rating is not a number"),
         ("u.data", "1\t2\t3\t4\n1\t3\tinf\t5\n", "rating is infinite"),
