@@ -9,17 +9,26 @@ reply. Simulation and deployment share this path; only the data differ (a simula
 device is fed its train interactions from the split on first use).
 
 Message contract (``ConfigRecord`` ``"config"``: keys of
-:meth:`server.settings.RunSettings.client_config`, plus ``server-round``, and in local
-DP mode ``num-server-rounds`` and ``privacy.client-sample-rate``):
+:meth:`server.settings.RunSettings.client_config`, plus ``server-round``; in local DP
+mode ``privacy.noise-multiplier`` is the run's calibrated ``z``, resolved once by the
+server, :func:`fedrec.privacy.central_setup.resolve_privacy`):
 
 - ``train`` -> ``{"arrays": ArrayRecord}``: the item-side arrays after local training,
   all rows, dense, in upload order. ``{"metrics": {"num-examples"}}`` only when the
   server opted in to count weighting (``weighted``; leaks the count).
   Local DP (``privacy`` = ``local``): every reply also holds ``{"privacy": ConfigRecord}``,
-  the device's ledger statement (:data:`PRIVACY_KEYS`); a device that refuses (budget
-  exhausted, no data) replies with that record only, no arrays.
-- ``evaluate`` -> ``{"metrics": MetricRecord}``: per-user metrics and ``top10`` (needed
-  for the simulation's coverage/novelty/Gini; not DP, a deployment should not send them).
+  the device's status only (:class:`fedrec.privacy.record.PrivacyRecord`: ``trained``,
+  ``budget_exhausted`` or ``refused``); no ledger history, epsilon, rate or step count,
+  which all depend on the device's size. A device that refuses replies with that
+  record only, no arrays. The exact ledger stays on the device.
+- ``evaluate`` (deployments only: ``fedrec simulate`` measures its devices directly,
+  :mod:`simulations.evaluation`) -> ``{"metrics": MetricRecord}`` with exactly the
+  per-user metric keys (:data:`fedrec.metrics.USER_METRIC_KEYS`), never a top-k list
+  (:meth:`~clients.device.DeviceClient.report_evaluation`): the metrics themselves in
+  mode ``none``; clamped to ``[0, 1]`` and clipped to L2 norm ``C`` in ``central`` (the
+  server adds the noise); clipped plus Gaussian noise spent from the device's ledger in
+  ``local``, or ``{"privacy": {"status": "budget_exhausted"}}`` alone when the release
+  would exceed the budget (:mod:`fedrec.metrics.private`).
 - ``query`` -> ``{"config": {"partition-id"}}``: simulation-only node discovery.
 
 Seeds: a fit in server round ``r`` uses ``derive_seed(seed, user, r - 1)``, an
@@ -30,11 +39,8 @@ evaluation ``derive_seed(seed, user, EVAL_ROUND)``, as the Flower-free reference
 
 from __future__ import annotations
 
-import json
 import math
 import threading
-from functools import lru_cache
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -49,17 +55,22 @@ from clients.client_config import (
     train_config,
 )
 from clients.device import DeviceClient
-from clients.device_round import FitReply, LocalPrivacy, RoundConfig
+from clients.device_round import BUDGET_EXHAUSTED, OK, FitReply, LocalPrivacy, RoundConfig
 from clients.sim_store import open_device
+from fedrec.errors import ConfigError
 from fedrec.federated.client import derive_seed
 from fedrec.federated.loop import EVAL_ROUND
-from fedrec.federated.private import local_noise_multiplier
-from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.privacy.config import PrivacyConfig
+from fedrec.metrics.private import evaluation_mechanism
+from fedrec.models.config import ModelConfig
+from fedrec.privacy import record as privacy_record
+from fedrec.privacy.record import PrivacyRecord
+from fedrec.ray_auth import secure_flwr_simulation
+
+secure_flwr_simulation()  # `flwr run`: Ray's ports refuse clients without the run's token
 
 PRIVACY_KEY = "privacy"
-PRIVACY_KEYS = ("status", "history", "rounds", "epsilon", "delta", "accountant", "unit", "message")
-"""Keys of the ``privacy`` record of a local-DP train reply."""
+PRIVACY_KEYS = tuple(sorted(privacy_record.WIRE_KEYS))
+"""Keys of the ``privacy`` record of a local-DP train reply (the status only)."""
 
 _THREADS = threading.Lock()
 _threads_set = False
@@ -97,17 +108,26 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rank all items with the device's state and the global items; reply with metrics."""
+    """Deployment evaluation: the device's metrics, clipped (and noised), never its list."""
     if gram_client.handles(msg):  # --model ease: one-shot federated EASE
         return gram_client.evaluate(msg, context)
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
     round_config = _round_config(config, user, EVAL_ROUND, rnd)
+    privacy = privacy_config(config)
     test_items = load_split(config).test_items(user)
     with _device(config, context, user) as device:
-        result = device.evaluate_round(arrays, round_config, [int(i) for i in test_items])
-    record = MetricRecord({**result.metrics, "top10": [int(i) for i in result.top10]})
-    return Message(RecordDict({"metrics": record}), reply_to=msg)
+        report = device.report_evaluation(
+            arrays,
+            round_config,
+            [int(i) for i in test_items],
+            mode=privacy.mode,
+            mechanism=evaluation_mechanism(privacy),
+        )
+    if report.values is None:  # budget spent: the status only, like a train refusal
+        status = PrivacyRecord(privacy_record.BUDGET_EXHAUSTED).to_dict()
+        return Message(RecordDict({PRIVACY_KEY: ConfigRecord(dict(status))}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord(dict(report.values))}), reply_to=msg)
 
 
 def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
@@ -140,29 +160,21 @@ def _round_config(config: ConfigRecord, user: int, seed_round: int, rnd: int) ->
         train=train,
         round=rnd,
         seed=derive_seed(int(config["seed"]), user, seed_round),  # type: ignore[arg-type]
-        privacy=_local_privacy(config, model, train),
+        privacy=_local_privacy(config, model),
     )
 
 
-def _local_privacy(
-    config: ConfigRecord, model: ModelConfig, train: LocalTrainConfig
-) -> LocalPrivacy | None:
+def _local_privacy(config: ConfigRecord, model: ModelConfig) -> LocalPrivacy | None:
     privacy = privacy_config(config)
     if privacy.mode != "local":
         return None
-    z = privacy.noise_multiplier
-    if z is None:  # the same calibration the server would do: every client gets the same z
-        rounds = int(config["num-server-rounds"])  # type: ignore[arg-type]
-        rate = float(config["privacy.client-sample-rate"])  # type: ignore[arg-type]
-        z = _calibrated(privacy, model, train, rounds, rate)
-    return LocalPrivacy.from_config(privacy, model, noise_multiplier=z)
-
-
-@lru_cache(maxsize=8)
-def _calibrated(
-    privacy: PrivacyConfig, model: ModelConfig, train: LocalTrainConfig, rounds: int, rate: float
-) -> float:
-    return local_noise_multiplier(privacy, model, train, rounds=rounds, client_sample_rate=rate)
+    if privacy.noise_multiplier is None:  # calibrated once, by the server, for every client
+        raise ConfigError(
+            "local DP message without the run's noise multiplier",
+            where="config privacy.noise-multiplier",
+            fix="send the settings resolved by fedrec.privacy.central_setup.resolve_privacy",
+        )
+    return LocalPrivacy.from_config(privacy, model, noise_multiplier=privacy.noise_multiplier)
 
 
 def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> RecordDict:
@@ -180,27 +192,18 @@ def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> Record
             metrics["train-loss"] = float(reply.train_loss)
         if metrics:
             content["metrics"] = MetricRecord(metrics)
-    if private:
-        content[PRIVACY_KEY] = ConfigRecord(_statement(reply))
+    if private:  # the status only: the ledger (history, epsilon, q, steps) stays here
+        content[PRIVACY_KEY] = ConfigRecord(dict(_status(reply).to_dict()))
     return content
 
 
-def _statement(reply: FitReply) -> dict[str, Any]:
-    """The ledger statement a private reply carries (cumulative history included)."""
-    spent = reply.spent
-    if spent is None:  # a refusal before any release ("no_data")
-        empty: dict[str, Any] = {"history": "[]", "rounds": 0, "epsilon": 0.0}
-        return {"status": reply.status, "message": reply.message, **empty}
-    return {
-        "status": reply.status,
-        "history": json.dumps(spent.history),
-        "rounds": spent.rounds_participated,
-        "epsilon": float(spent.epsilon),
-        "delta": float(spent.delta),
-        "accountant": spent.accountant,
-        "unit": spent.unit,
-        "message": reply.message,
-    }
+def _status(reply: FitReply) -> PrivacyRecord:
+    """The wire status of a device's round (``no_data`` and the like: ``refused``)."""
+    if reply.status == OK:
+        return PrivacyRecord(privacy_record.TRAINED)
+    if reply.status == BUDGET_EXHAUSTED:
+        return PrivacyRecord(privacy_record.BUDGET_EXHAUSTED)
+    return PrivacyRecord(privacy_record.REFUSED)
 
 
 __all__ = ["PRIVACY_KEY", "PRIVACY_KEYS", "InjectedFailure", "app", "evaluate", "query", "train"]

@@ -10,9 +10,16 @@ through :mod:`server.checkpoint`, in this order per round: the round's line in
 
 Settings come from :class:`server.settings.RunSettings`: from ``[tool.flwr.app.config]``
 under ``flwr run``, or given directly by ``fedrec simulate`` (:func:`make_server_app`).
-In simulation the server also loads the split: to know which users exist, which have
-test items, and the item popularity that novelty needs. A deployment would replace
-that with registration data; the metrics themselves are computed on the devices.
+The server also loads the split: to know which users exist and which have test items
+(a deployment would replace that with registration data).
+
+Evaluation is not part of the protocol. ``fedrec simulate`` passes an ``evaluator``
+(:mod:`simulations.evaluation`): the harness scores the devices it owns, and no
+evaluate message is sent. Without one (a deployment: ``flwr run``, ``deploy-local``)
+the server may only ask the devices for an aggregate of their metrics, never a list:
+in ``local``/``central`` mode a DP one (:mod:`fedrec.metrics.private`), and only when
+``privacy.eval-epsilon`` is set; a central release is accounted (written ahead)
+before its noisy result reaches a run file.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.baselines import reference_metrics
 from fedrec.data.split import Split
 from fedrec.federated.aggregation import build_server_optimizer
+from fedrec.metrics.private import evaluation_mechanism
 from fedrec.models.base import Arrays
 from fedrec.models.registry import init_item_arrays, item_array_shapes
 from server.checkpoint import (
@@ -41,19 +49,34 @@ from server.checkpoint import (
     save_checkpoint,
     truncate_rounds,
 )
-from server.privacy_run import RunPrivacy, eligible_users, resolve_settings
+from server.privacy_run import DeviceLedgers, RunPrivacy, eligible_users, resolve_settings
 from server.sampling import discover_users, eval_sample
 from server.settings import RunSettings, load_split
-from server.strategies import EVAL_ALL_KEY, RoundPlan, build_strategy
+from server.strategies import EVAL_ALL_KEY, Outcome, RoundPlan, build_strategy
 
 RoundCallback = Callable[[dict[str, Any]], None]
+Evaluator = Callable[[Arrays, int, bool], dict[str, Any] | None]
+"""Simulation only: the harness's measurement ``(global items, round, every_user) ->
+metrics`` (``None``: nobody evaluated), taken outside the federated messages."""
 log = logging.getLogger("fedrec.server")
 
 
 def run_server(
-    grid: Grid, settings: RunSettings, on_round: RoundCallback | None = None
+    grid: Grid,
+    settings: RunSettings,
+    on_round: RoundCallback | None = None,
+    *,
+    device_ledgers: DeviceLedgers | None = None,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the rounds of ``settings`` and return the final metrics."""
+    """Run (or resume) the rounds of ``settings`` and return the final metrics.
+
+    ``evaluator``: simulation only, the harness's measurement (no evaluate message is
+    sent); without it the deployed, aggregate-only evaluation runs.
+
+    ``device_ledgers``: simulation only, the harness's reader of the simulated devices'
+    ledgers (local DP's ``privacy.json``; :mod:`server.privacy_run`).
+    """
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(settings)
@@ -79,13 +102,16 @@ def run_server(
         catalog=split,
         weighted=settings.server.weighted,
         privacy_mode=settings.privacy.mode,
+        evaluation=None if evaluator is not None else evaluation_mechanism(settings.privacy),
+        eval_noise_seed=_eval_noise_seed(settings),
     )
     privacy = RunPrivacy(
         settings,
         split,
         build_strategy(settings.server, plan, optimizer, proximal_mu=settings.train.proximal_mu),
+        device_ledgers=device_ledgers,
     )
-    privacy.restore(None if ckpt is None else ckpt.privacy_state, start)
+    privacy.restore(None if ckpt is None else ckpt.privacy_state, start, run_dir)
     privacy.write(run_dir)
     strategy = privacy.strategy
     final: dict[str, Any] | None = None
@@ -94,31 +120,26 @@ def run_server(
         stop = privacy.stop_reason(rnd)
         if stop is not None:
             log.warning(stop)
-            append_round(run_dir, _stop_record(rnd, stop, privacy.epsilon()))
+            append_round(run_dir, _stop_record(rnd, stop, privacy))
             break
         t0 = time.perf_counter()
         config = _client_config(settings)
-        config.update(privacy.client_extras())
         replies = grid.send_and_receive(
             strategy.configure_train(rnd, ArrayRecord(items), config, grid),
             timeout=settings.round_timeout,
         )
         new_items, train_metrics = strategy.aggregate_train(rnd, replies)
+        privacy.after_train(run_dir, rnd, strategy.last_train)  # write ahead: before any send
         items = new_items.to_numpy_ndarrays() if new_items is not None else items
         metrics, t_eval = None, time.perf_counter()
         last = rnd == settings.rounds
         if last or (settings.eval_every and rnd % settings.eval_every == 0):
-            metrics = _evaluate(
-                grid, strategy, settings, items, rnd, every_user=last and settings.final_eval_all
-            )
+            every = last and settings.final_eval_all
+            metrics = _evaluate(grid, privacy, settings, items, rnd, every, evaluator)
         record = {
             "round": rnd,
             "metrics": metrics,
-            "participants": strategy.last_train.participants,
-            "failed": sorted(strategy.last_train.failed),
-            "failures": {str(u): why for u, why in strategy.last_train.failed.items()},
-            "budget_exhausted": strategy.last_train.exhausted,
-            "refused": {str(u): why for u, why in strategy.last_train.refused.items()},
+            **privacy.participation(strategy.last_train),  # central: counts only
             "seconds": round(time.perf_counter() - t0, 4),
             "eval_seconds": round(time.perf_counter() - t_eval, 4) if metrics else None,
             "epsilon": privacy.epsilon(),
@@ -130,10 +151,11 @@ def run_server(
         if on_round is not None:
             on_round(record)
         final, evaluated_last = metrics, last
+    privacy.finish()  # local simulation: every device's ledger, once more
+    privacy.write(run_dir)
     if not evaluated_last:  # resumed after the last checkpoint, or stopped: evaluate now
-        final = _evaluate(
-            grid, strategy, settings, items, settings.rounds, every_user=settings.final_eval_all
-        )
+        every = settings.final_eval_all
+        final = _evaluate(grid, privacy, settings, items, settings.rounds, every, evaluator)
     sample = None  # the final evaluation's users, when it was a sample (scale runs)
     if not settings.final_eval_all:
         sample = eval_sample(
@@ -142,11 +164,11 @@ def run_server(
     return _write_metrics(run_dir, split, final, sample)
 
 
-def _stop_record(rnd: int, why: str, epsilon: Any) -> dict[str, Any]:
+def _stop_record(rnd: int, why: str, privacy: RunPrivacy) -> dict[str, Any]:
     """The ``rounds.jsonl`` line of a round the privacy budget did not allow."""
-    return {"round": rnd, "stopped": why, "metrics": None, "participants": [], "failed": [],
-            "failures": {}, "budget_exhausted": [], "seconds": 0.0, "eval_seconds": None,
-            "epsilon": epsilon}  # fmt: skip
+    return {"round": rnd, "stopped": why, "metrics": None,
+            **privacy.participation(Outcome()), "seconds": 0.0, "eval_seconds": None,
+            "epsilon": privacy.epsilon()}  # fmt: skip
 
 
 def _client_config(settings: RunSettings) -> ConfigRecord:
@@ -154,8 +176,26 @@ def _client_config(settings: RunSettings) -> ConfigRecord:
 
 
 def _evaluate(
-    grid: Grid, strategy: Any, settings: RunSettings, items: Arrays, rnd: int, *, every_user: bool
+    grid: Grid,
+    privacy: RunPrivacy,
+    settings: RunSettings,
+    items: Arrays,
+    rnd: int,
+    every_user: bool,
+    evaluator: Evaluator | None,
 ) -> dict[str, Any] | None:
+    """The round's evaluation: the harness's (simulation) or the deployed aggregate."""
+    if evaluator is not None:  # simulation: measured outside the federated messages
+        return evaluator(items, rnd, every_user)
+    strategy = privacy.strategy
+    if settings.privacy.enabled and privacy.inner.plan.evaluation is None:
+        log.warning(
+            "evaluation round %d skipped: a %s-DP deployment evaluates only with "
+            "privacy.eval-epsilon set (a DP aggregate; docs/PRIVACY.md)",
+            rnd,
+            settings.privacy.mode,
+        )
+        return None
     config = _client_config(settings)
     config[EVAL_ALL_KEY] = every_user
     arrays = ArrayRecord(items)
@@ -163,6 +203,9 @@ def _evaluate(
         strategy.configure_evaluate(rnd, arrays, config, grid), timeout=settings.round_timeout
     )
     summary = strategy.aggregate_evaluate(rnd, replies)
+    release = privacy.inner.eval_release
+    if release is not None:  # central: accounted before the noisy mean is written anywhere
+        privacy.record_evaluation(Path(settings.run_dir), rnd, release)
     if strategy.last_eval.failed:
         log.warning(
             "evaluation round %d: %d users failed (%s)",
@@ -182,14 +225,24 @@ def _write_metrics(
     return metrics
 
 
-def make_server_app(settings: RunSettings, on_round: RoundCallback | None = None) -> ServerApp:
-    """A ``ServerApp`` running ``settings`` (``fedrec simulate``), ignoring run_config."""
+def make_server_app(
+    settings: RunSettings,
+    on_round: RoundCallback | None = None,
+    *,
+    device_ledgers: DeviceLedgers | None = None,
+    evaluator: Evaluator | None = None,
+) -> ServerApp:
+    """A ``ServerApp`` running ``settings`` (``fedrec simulate``), ignoring run_config.
+
+    ``evaluator`` (the harness's measurement) runs in the process of the ServerApp:
+    the driver, under Ray too.
+    """
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         del context
-        run_server(grid, settings, on_round)
+        run_server(grid, settings, on_round, device_ledgers=device_ledgers, evaluator=evaluator)
 
     return server_app
 
@@ -203,6 +256,12 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(dict(context.run_config))
     run_dir = str(Path(settings.run_dir).resolve())  # clients get the store path from it
     run_server(grid, dataclasses.replace(settings, run_dir=run_dir))
+
+
+def _eval_noise_seed(settings: RunSettings) -> int | None:
+    """TESTS ONLY: the central evaluation noise's seed, apart from the training noise's."""
+    seed = settings.privacy.insecure_noise_seed
+    return None if seed is None else seed + 2_000_029
 
 
 def _train_loss(metrics: MetricRecord | None) -> float | None:

@@ -15,19 +15,21 @@ Design rule: each strategy subclasses the Flower strategy of the same name
 - failures are tolerated: an error reply, a missing reply (timeout, node gone), a
   sampled user without a node, or a reply that is not exactly the declared item-side
   arrays is recorded as failed and left out; the round aggregates what came back;
-- ``configure_evaluate``/``aggregate_evaluate`` ask a seeded sample of test users (or
-  all of them) for their per-user metrics and top-10 lists and average uniformly over
-  users with :func:`fedrec.metrics.aggregate`.
+- ``configure_evaluate``/``aggregate_evaluate`` (deployments only; ``fedrec simulate``
+  measures its devices directly, :mod:`simulations.evaluation`) ask a seeded sample of
+  test users (or all of them) for their metrics, never a list, and combine them with
+  :func:`fedrec.metrics.private.aggregate_replies`: a uniform mean (``none``), a mean of
+  the devices' noisy vectors (``local``), or the noisy sum of clipped vectors over the
+  users asked (``central``; the release to account is left in ``eval_release``).
 
 The round loop itself lives in :mod:`server.server_app`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +38,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedrec.data.split import Split
+from fedrec.errors import DataError
 from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer
-from fedrec.metrics import aggregate
+from fedrec.metrics import USER_METRIC_KEYS
+from fedrec.metrics.private import PrivateEvaluation, aggregate_replies
 from fedrec.models.base import Arrays
+from fedrec.privacy.accounting import Release
+from fedrec.privacy.noise import secure_rng
+from fedrec.privacy.record import PrivacyRecord
 from server.sampling import eval_sample, nodes_of, train_cohort
 
 ARRAYS_KEY = "arrays"
@@ -57,8 +64,9 @@ REFUSED = "refused: "
 class RoundPlan:
     """What the hooks need to know about the population (fixed for a run).
 
-    ``catalog`` is the split, used only to compute novelty and diversity of the
-    simulated top-10 lists; ``item_shapes`` are the declared upload shapes.
+    ``catalog`` is the split; ``item_shapes`` are the declared upload shapes;
+    ``evaluation`` is the DP evaluation of a private deployment (``None``: none is
+    requested in ``local``/``central``) and ``eval_noise_seed`` its TESTS-ONLY seed.
     """
 
     eligible: npt.NDArray[np.int64]
@@ -71,6 +79,8 @@ class RoundPlan:
     catalog: Split
     weighted: bool = False
     privacy_mode: str = "none"
+    evaluation: PrivateEvaluation | None = None
+    eval_noise_seed: int | None = None
 
 
 @dataclass
@@ -99,7 +109,12 @@ class _FedrecHooks:
         self._sent: dict[int, int] = {}  # node id -> user of the step in flight
         self._asked: list[int] = []
         self.sampler: Callable[[int], npt.NDArray[np.int64]] = self._seeded_cohort
-        self.statements: dict[int, dict[str, Any]] = {}  # local DP: user -> latest statement
+        self.eval_rng = secure_rng(plan.eval_noise_seed)  # central DP evaluation's noise
+        self.eval_release: Release | None = None  # central: the last evaluation's release
+        # Set by server.local_dp.LocalDPStrategy: reads a train reply's privacy record
+        # ('' or why the reply is not an upload) and names the config records it may hold.
+        self.reply_hook: Callable[[int, RecordDict], str] | None = None
+        self.reply_configs: frozenset[str] = frozenset()
 
     def _seeded_cohort(self, server_round: int) -> npt.NDArray[np.int64]:
         """fedrec's seeded Poisson cohort (reproducible; no amplification claimed)."""
@@ -164,7 +179,7 @@ class _FedrecHooks:
     def collect_train(
         self, replies: Iterable[Message]
     ) -> tuple[list[tuple[int, Message]], Outcome]:
-        """Valid uploads by user, the outcome, and (local DP) the privacy statements."""
+        """Valid uploads by user and the outcome (refusals apart from failures)."""
         good, outcome = self._sort_replies(replies, self._check_upload)
         for user, why in list(outcome.failed.items()):
             if why.startswith(REFUSED):
@@ -173,24 +188,6 @@ class _FedrecHooks:
                 if outcome.refused[user] == BUDGET_EXHAUSTED:
                     outcome.exhausted.append(user)
         return good, outcome
-
-    def _statement(self, user: int, content: RecordDict) -> str:
-        """Keep a local-DP client's privacy statement; '' or why it is malformed."""
-        record = content.config_records.get(PRIVACY_KEY)
-        if record is None:
-            return "local DP reply without a privacy statement"
-        try:
-            self.statements[user] = {
-                "history": [list(map(float, e)) for e in json.loads(str(record["history"]))],
-                "rounds": int(record["rounds"]),  # type: ignore[arg-type]
-                "epsilon": float(record["epsilon"]),  # type: ignore[arg-type]
-                "status": str(record["status"]),
-            }
-        except (KeyError, TypeError, ValueError) as err:
-            return f"malformed privacy statement ({err})"
-        if ARRAYS_KEY not in content.array_records:  # a refusal: no update, not a failure
-            return REFUSED + str(record["status"])
-        return ""
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -205,16 +202,56 @@ class _FedrecHooks:
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Average per-user metrics uniformly over users; beyond-accuracy from top-10s."""
-        good, outcome = self._sort_replies(replies, _check_eval)
+        """The deployed evaluation's aggregate (:func:`~fedrec.metrics.private.aggregate_replies`).
+
+        Replies carrying anything but the metric keys (a list, a ledger) are failures;
+        a local-DP device out of budget is refused, not failed. In central mode the
+        release the noise made is left in :attr:`eval_release` for the run's account.
+        """
+        good, outcome = self._sort_replies(replies, self._check_eval)
+        for user, why in list(outcome.failed.items()):
+            if why.startswith(REFUSED):
+                del outcome.failed[user]
+                outcome.refused[user] = why[len(REFUSED) :]
+                outcome.exhausted.append(user)
         self.last_eval = outcome
-        if not good:
-            return None
-        records = [m.content.metric_records[METRICS_KEY] for _, m in good]
-        per_user = [{k: _scalar(v) for k, v in r.items() if k != TOP_KEY} for r in records]
-        tops = [np.asarray(r[TOP_KEY], dtype=np.int64) for r in records]
-        summary = aggregate(per_user, tops, self.plan.catalog)
-        return MetricRecord({k: v for k, v in summary.items() if v is not None})
+        values = [
+            {k: _scalar(v) for k, v in m.content.metric_records[METRICS_KEY].items()}
+            for _, m in good
+        ]
+        summary, self.eval_release = aggregate_replies(
+            self.plan.privacy_mode,
+            values,
+            mechanism=self.plan.evaluation,
+            asked=len(self._asked),
+            rng=self.eval_rng,
+        )
+        return None if summary is None else MetricRecord(dict(summary))
+
+    def _check_eval(self, content: RecordDict) -> str:
+        """Why ``content`` is not an allowed evaluation reply ('' when it is)."""
+        if (
+            self.plan.privacy_mode == "local"
+            and set(content.keys()) == {PRIVACY_KEY}
+            and PRIVACY_KEY in content.config_records
+        ):
+            try:
+                status = PrivacyRecord.from_dict(content.config_records[PRIVACY_KEY]).status
+            except DataError as err:
+                return f"malformed privacy record ({err})"
+            if status != BUDGET_EXHAUSTED:
+                return f"an evaluation is refused only for budget, not {status!r}"
+            return REFUSED + status
+        if set(content.keys()) != {METRICS_KEY} or METRICS_KEY not in content.metric_records:
+            return "evaluation reply must hold exactly one MetricRecord 'metrics'"
+        record = content.metric_records[METRICS_KEY]
+        spec = self.plan.evaluation
+        keys = USER_METRIC_KEYS if spec is None else spec.keys
+        if set(record) != set(keys):
+            return f"evaluation reply keys {sorted(record)} != {sorted(keys)} (never a list)"
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in record.values()):
+            return "evaluation reply values must be finite numbers"
+        return ""
 
     def _sort_replies(
         self, replies: Iterable[Message], check: Callable[[RecordDict], str]
@@ -230,8 +267,8 @@ class _FedrecHooks:
                 outcome.failed[user] = _reason(msg.error.reason or "error")
                 continue
             problem = check(msg.content)
-            if self.plan.privacy_mode == "local" and check == self._check_upload:
-                problem = self._statement(user, msg.content) or problem
+            if self.reply_hook is not None and check == self._check_upload:
+                problem = self.reply_hook(user, msg.content) or problem
             if problem:
                 outcome.failed[user] = problem
             else:
@@ -252,9 +289,8 @@ class _FedrecHooks:
         if self.plan.privacy_mode != "local":
             # A locally private device never reports its loss (it describes its data).
             allowed_metrics.add(TRAIN_LOSS_KEY)
-        allowed_configs = {PRIVACY_KEY} if self.plan.privacy_mode == "local" else set()
         if set(content.array_records) != {ARRAYS_KEY} or set(content.config_records) - (
-            allowed_configs
+            self.reply_configs
         ):
             return "reply must hold exactly one ArrayRecord 'arrays'"
         if any(set(r) - allowed_metrics for r in content.metric_records.values()):
@@ -276,14 +312,6 @@ def _reason(text: str) -> str:
         text = text.rsplit(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else "error")[:200].rstrip("'>")
-
-
-def _check_eval(content: RecordDict) -> str:
-    if set(content.metric_records) != {METRICS_KEY} or content.array_records:
-        return "evaluation reply must hold exactly one MetricRecord 'metrics'"
-    if TOP_KEY not in content.metric_records[METRICS_KEY]:
-        return "evaluation reply has no top-10 list"
-    return ""
 
 
 def _scalar(value: object) -> float:

@@ -17,7 +17,7 @@ import pytest
 from flwr.app import ConfigRecord, Message
 
 from clients.client_app import PRIVACY_KEYS
-from clients.sim_store import device_path, read_ledgers
+from clients.sim_store import device_path, ledger_reader, read_ledgers
 from fedrec.data import resolve_data
 from fedrec.data.split import random_split
 from fedrec.federated.private import (
@@ -80,12 +80,19 @@ def local_settings(tmp: Path, **overrides: Any) -> RunSettings:
     return RunSettings.from_run_config(flat)
 
 
-def run_local(settings: RunSettings, extra: dict[str, Any] | None = None) -> InjectingGrid:
+def run_local(
+    settings: RunSettings, extra: dict[str, Any] | None = None, *, simulated: bool = True
+) -> InjectingGrid:
+    """Run in process; ``simulated``: the harness reads the devices' ledgers (else a
+    deployment: the ledgers stay on the devices)."""
     create_run_dir(Path(settings.run_dir), settings)
     grid = InjectingGrid(load_split(settings).n_users, extra or {})
     from server.server_app import run_server
+    from simulations.evaluation import device_evaluator
 
-    run_server(grid, settings)
+    ledgers = ledger_reader(Path(settings.run_dir) / "clients") if simulated else None
+    evaluator = device_evaluator(settings) if simulated else None  # the harness measures
+    run_server(grid, settings, device_ledgers=ledgers, evaluator=evaluator)
     return grid
 
 
@@ -112,10 +119,13 @@ def test_ledgers_reproduce_epsilon_and_stay_within_budget(
     assert verify_privacy_json(run_dir / "privacy.json") == []
     assert report["mode"] == "local" and report["epsilon"] <= TARGET
     ids = load_split(local_settings(run_dir)).data.user_ids  # privacy.json: original ids
-    index = {str(ids[u]): u for u in range(len(ids))}
-    for user, entry in report["clients"].items():  # what the server heard = the ledger
-        if index[user] != 0:  # user 0's spends never reached the server (below)
-            assert entry["history"] == ledgers[index[user]].history
+    # the harness read every device's own ledger, user 0's too (its replies never arrived)
+    assert set(report["clients"]) == {str(ids[u]) for u in ledgers}
+    for user, spent in ledgers.items():
+        entry = report["clients"][str(ids[user])]
+        assert entry["history"] == spent.history
+        assert entry["rounds_participated"] == spent.rounds_participated
+    assert report["ledgers"].startswith("simulation")
 
 
 def test_a_client_at_its_budget_refuses_and_the_run_goes_on(
@@ -159,6 +169,38 @@ def test_a_crash_after_the_ledger_write_keeps_the_spend(
     assert ledger.epsilon > 0  # the server never got these updates; the ledger kept the spend
 
 
+def test_no_train_reply_carries_anything_derived_from_the_device_size(
+    local_run: tuple[Path, InjectingGrid],
+) -> None:
+    # Prepare: every train reply of the run, as the server received it
+    _, grid = local_run
+    replies = [r for s, r in grid.pairs if s.metadata.message_type == "train" and r.has_content()]
+    # Execute
+    records = [r.content.config_records.get("privacy") for r in replies]
+    # Assert: the status and the arrays, nothing else (no metrics, no ledger, no count)
+    assert len(replies) > 10
+    assert {r["status"] for r in records if r is not None} >= {"trained", "budget_exhausted"}
+    for reply, record in zip(replies, records, strict=True):
+        assert record is not None and dict(record).keys() == {"status"}
+        assert set(reply.content.keys()) <= {"arrays", "privacy"}
+        assert not reply.content.metric_records
+
+
+def test_a_deployment_states_the_budget_and_keeps_the_ledgers_on_the_devices(
+    tmp_path: Path,
+) -> None:
+    # Prepare: no harness reads the devices' ledgers
+    settings = local_settings(tmp_path, **{"num-server-rounds": 2})
+    # Execute
+    run_local(settings, simulated=False)
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    # Assert
+    assert report["clients"] == {} and report["ledgers"].startswith("on the devices")
+    assert report["epsilon"] == TARGET and verify_privacy_json(tmp_path / "privacy.json") == []
+    assert all(r["epsilon"] is None for r in read_rounds(tmp_path))
+    assert read_ledgers(tmp_path / "clients"), "the devices did spend, on their own ledgers"
+
+
 def test_local_replies_hold_only_dense_item_side_arrays_and_a_statement(
     local_run: tuple[Path, InjectingGrid],
 ) -> None:
@@ -179,7 +221,7 @@ def test_local_replies_hold_only_dense_item_side_arrays_and_a_statement(
     assert uploads
     for sent, reply in uploads:
         assert set(reply.content.keys()) == {"arrays", "privacy"}
-        assert set(reply.content.config_records["privacy"]) == set(PRIVACY_KEYS)
+        assert set(reply.content.config_records["privacy"]) == set(PRIVACY_KEYS) == {"status"}
         arrays = reply.content.array_records["arrays"].to_numpy_ndarrays()
         assert [a.shape for a in arrays] == shapes
         assert not user_shapes & {a.shape for a in arrays}
