@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from fedrec.errors import ConfigError
 
-PRIVACY_MODES = ("none", "local", "central")
+PRIVACY_MODES = ("none", "local", "central", "distributed")
+"""``distributed``: SecAgg+ with Skellam noise shares, ``--model ease`` only (docs/SECAGG.md)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class PrivacyConfig:
         where = "privacy"
         if self.mode not in PRIVACY_MODES:
             raise ConfigError(
-                f"unknown privacy mode {self.mode!r}", where=where, fix="use none|local|central"
+                f"unknown privacy mode {self.mode!r}",
+                where=where,
+                fix="use none|local|central|distributed",
             )
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError(
@@ -89,6 +92,12 @@ class PrivacyConfig:
                 f"privacy mode {self.mode!r} needs a budget or a noise level",
                 where="--privacy",
                 fix="give --target-epsilon E (calibrated) or --noise-multiplier Z",
+            )
+        if self.mode == "distributed" and self.target_epsilon is None:
+            raise ConfigError(
+                "distributed DP is calibrated to a budget, not a noise multiplier",
+                where="--privacy distributed",
+                fix="give --target-epsilon E (and --delta D)",
             )
         if self.adaptive_clipping and self.mode != "central":
             raise ConfigError(
