@@ -51,6 +51,14 @@ class PrivacyConfig:
     insecure_noise_seed
         TESTS ONLY: seed the DP noise so runs repeat. Recorded in ``config.json`` and
         flagged in the report; the guarantee does not hold with it.
+    eval_epsilon
+        Deployment only (``local``/``central``): epsilon of *each* DP evaluation (one
+        Gaussian release of clipped per-user metrics, :mod:`fedrec.metrics.private`),
+        spent on top of training. ``None``: a private deployment requests no
+        evaluation. ``fedrec simulate`` measures outside the protocol and ignores it.
+    eval_clip_norm
+        L2 bound of a user's metric vector in a DP evaluation; ``None`` = ``sqrt(k)``
+        for ``k`` metrics (never binds, each metric lies in ``[0, 1]``).
     """
 
     mode: str = "none"
@@ -62,6 +70,8 @@ class PrivacyConfig:
     adaptive_clipping: bool = False
     bias_scale: float = 1.0
     insecure_noise_seed: int | None = None
+    eval_epsilon: float | None = None
+    eval_clip_norm: float | None = None
 
     def __post_init__(self) -> None:
         where = "privacy"
@@ -85,6 +95,12 @@ class PrivacyConfig:
             )
         if not self.clip_norm > 0:
             raise ConfigError(f"must be > 0, got {self.clip_norm}", where="--clip-norm")
+        for name in ("eval_epsilon", "eval_clip_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(
+                    f"must be > 0, got {value}", where=f"privacy.{name.replace('_', '-')}"
+                )
         if not self.bias_scale > 0:
             raise ConfigError(f"must be > 0, got {self.bias_scale}", where="--bias-scale")
         if self.mode != "none" and self.target_epsilon is None and self.noise_multiplier is None:
