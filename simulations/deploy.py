@@ -31,6 +31,7 @@ per message, in new sessions. ``flwr run`` reads its SuperLink address from
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -230,11 +231,13 @@ def _die_with_parent() -> None:
     A first line of defence against SIGKILL of the deployment; the watchdog is the
     second (it also reaches grandchildren in other sessions).
     """
-    import ctypes
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+# loaded here, not in the forked child, where as little as possible should run
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
 
 
 def _command_name(pid: int) -> str:

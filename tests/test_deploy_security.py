@@ -23,6 +23,8 @@ Everything connects to 127.0.0.1 only. The tests that start Flower are marked
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -263,6 +265,29 @@ def secured_link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredLi
         link.procs.stop(grace=3.0)
 
 
+def _listening(pids: object) -> set[tuple[str, int]]:
+    """``(address, port)`` of every TCP socket the processes ``pids`` listen on, read from
+    ``/proc/net/tcp*`` (nothing is connected to)."""
+    inodes = set()
+    for pid in pids:  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                host, port = fields[1].split(":")
+                raw = bytes.fromhex(host)
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add((str(ipaddress.ip_address(raw)), int(port, 16)))
+    return found
+
+
 def _cmdline(pid: int) -> list[str]:
     return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
 
@@ -280,6 +305,9 @@ def test_the_launched_superlink_runs_with_every_setting_on(secured_link: Secured
         secured_link.creds.superexec_secret
     )
     assert f"Uvicorn running on https://{LOOPBACK}:{secured_link.port}" in log
+    assert _listening([secured_link.procs.started["superlink"].pid]) == {
+        (LOOPBACK, secured_link.port)
+    }
     assert "SuperNode authentication is disabled" not in log
     assert "secret is ignored" not in log
 
@@ -422,9 +450,13 @@ def _kill_mid_run(tmp_path: Path, sig: signal.Signals) -> tuple[dict[int, int], 
 
     try:
         _wait(server_app_up, 240, "the ServerApp and a ClientApp")
+        listening = _listening(p for p, s in seen.items() if running(p, s))
     except BaseException:
         parent.kill()
         raise
+    # nothing of the deployment listens on anything but loopback
+    assert listening and all(ipaddress.ip_address(a).is_loopback for a, _ in listening)
+    print(f"listening: {sorted(listening)}")
     assert any(p.name.startswith("fedrec-deploy-") for p in scratch.iterdir())
     parent.send_signal(sig)
     sent = time.monotonic()
@@ -450,6 +482,31 @@ def test_killing_deploy_local_leaves_no_process_and_no_temp_folder(
     while not _nothing_left(seen, scratch) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = {p: s for p, s in seen.items() if running(p, s)}
+    print(f"{sig.name}: {len(seen)} processes, all gone {time.monotonic() - sent:.1f} s after")
     assert not left, f"still running {time.monotonic() - sent:.1f} s after {sig.name}: {left}"
     assert list(scratch.iterdir()) == []
     assert len(seen) >= 8  # SuperLink, 2 SuperNodes, 3 SuperExecs, ServerApp, ClientApp, ...
+
+
+@pytest.mark.flower
+@pytest.mark.deploy
+def test_the_control_api_stays_open_to_any_local_client(secured_link: SecuredLink) -> None:
+    """Pins what docs/SECURITY.md says stays open: open-source Flower authenticates no
+    Control API caller, so a local process that merely skips certificate verification
+    (no CA, no key, no secret) can list runs and register a SuperNode key of its own.
+    If this test fails, Flower started authenticating callers: update the docs."""
+    # Prepare
+    from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    stranger = ControlHttpClient(f"https://{LOOPBACK}:{secured_link.port}", verify=False)
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    try:
+        # Execute
+        runs = stranger.ListRuns(ListRunsRequest())
+        node = stranger.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key)))
+    finally:
+        stranger.close()
+    # Assert
+    assert runs is not None and node.node_id != 0
