@@ -46,6 +46,13 @@ from clients.device_round import (
 )
 from clients.serving import HeldGlobal, catalog_rows, measure_recommend_latency, top_k
 from clients.store import DeviceStore, ItemId
+from fedrec.data.formats import (
+    MAX_RATING,
+    MAX_TIMESTAMP,
+    RATING_FIX,
+    TIMESTAMP_FIX,
+    value_problem,
+)
 from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
 from fedrec.metrics.private import PrivateEvaluation
@@ -88,11 +95,21 @@ def _parse_row(row: Row, now: float) -> tuple[ItemId, float | None, float]:
             fix="pass item or (item, rating, timestamp)",
         )
     item, rating, stamp = (*parts, None, None)[:3]
-    return (
-        item_id(item),
-        None if rating is None else float(rating),
-        now if stamp is None else float(stamp),
-    )
+    value = None if rating is None else _checked(rating, "rating", MAX_RATING, RATING_FIX)
+    when = now if stamp is None else _checked(stamp, "timestamp", MAX_TIMESTAMP, TIMESTAMP_FIX)
+    return item_id(item), value, when
+
+
+def _checked(raw: object, name: str, limit: float, fix: str) -> float:
+    """``raw`` as a float, refused when not a finite number within ``+-limit``."""
+    try:
+        number = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {raw!r} is not a number", where="record", fix=fix) from None
+    problem = value_problem(number, name, limit)
+    if problem is not None:
+        raise ConfigError(problem, where="record", fix=fix)
+    return number
 
 
 def _catalog_hash(ids: Sequence[ItemId]) -> str:

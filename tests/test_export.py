@@ -208,3 +208,24 @@ def test_baseline_runs_save_a_model_that_recommend_report_and_export_serve(
     text = (run / "report.md").read_text()
     assert report == 0 and f"Centralized `{model}`" in text and "federated |" not in text
     assert exported == 0 and load_model(tmp_path / "m.fedrec").kind == model
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (("a", float("nan")), "rating is not a number"),
+        (("a", float("inf")), "rating is infinite"),
+        (("a", -1e308), "rating is out of range"),
+        (("a", 5.0, float("nan")), "timestamp is not a number"),
+        (("a", 5.0, 10**20), "timestamp is out of range"),
+        (("a", "five"), "rating 'five' is not a number"),
+    ],
+)
+def test_a_device_refuses_bad_ratings_and_timestamps_and_keeps_its_data(
+    tmp_path: Path, row: tuple[object, ...], message: str
+) -> None:
+    with DeviceClient.open(tmp_path / "d.sqlite") as device:
+        device.record("kept", rating=4.0)
+        with pytest.raises(ConfigError, match=message):
+            device.record_many([("b", 3.0), row])
+        assert [r.item for r in device.interactions()] == ["kept"]  # all or none
