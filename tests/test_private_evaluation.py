@@ -320,6 +320,12 @@ def test_central_deployment_noises_the_sum_and_accounts_it_before_writing(
     assert entry["epsilon_with_training"] > report["epsilon"]
     assert json.loads((tmp_path / EVAL_RELEASES_JSON).read_text())["rounds"] == [1]
     assert verify_privacy_json(tmp_path / "privacy.json") == []
+    # ... and never refunded: resuming the finished run evaluates (and pays) once more
+    run_server(RecordingGrid(30), settings)
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    (entry,) = [r for r in report["other_releases"] if r["name"] == "evaluation"]
+    assert entry["history"] == [[mech.noise_multiplier, 1.0, 2]]
+    assert json.loads((tmp_path / EVAL_RELEASES_JSON).read_text())["rounds"] == [1, 1]
 
 
 def test_a_private_deployment_without_eval_epsilon_asks_nothing(tmp_path: Path) -> None:
