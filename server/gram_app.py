@@ -257,9 +257,13 @@ def run_gram_server(
     epsilon = account.epsilon(privacy.delta) if z is not None and privacy.delta else None
     if distributed is not None:
         epsilon = float(distributed.record["epsilon"])
-    record = {"round": 1, "metrics": metrics, "participants": added, "failed": sorted(failed),
-              "failures": {str(u): why for u, why in failed.items()}, "budget_exhausted": [],
-              "refused": {}, "seconds": round(time.perf_counter() - t0, 4),
+    who: dict[str, Any] = {"participants": added, "failed": sorted(failed),
+                           "failures": {str(u): why for u, why in failed.items()},
+                           "budget_exhausted": [], "refused": {}}  # fmt: skip
+    if privacy.mode != "none":  # private modes write counts only, as server.privacy_run
+        who = {"participants": len(added), "failed": len(failed), "budget_exhausted": 0,
+               "refused": 0}  # fmt: skip
+    record = {"round": 1, "metrics": metrics, **who, "seconds": round(time.perf_counter() - t0, 4),
               "eval_seconds": round(time.perf_counter() - t_eval, 4), "epsilon": epsilon,
               "train_loss": None, "lambda": lam, "rank": rank,
               "eval_failed": eval_failed}  # fmt: skip
