@@ -31,6 +31,8 @@ STAGE_KEY = "secagg.stage"
 RECORD = "secagg"
 STATE_KEY = "participant"
 DROP_KEY = "secagg.drop-users"
+MIN_KEY = "secagg.min-survivors-count"
+"""Fewest survivors a device helps unmask (the DP noise was calibrated for them)."""
 Encoder = Callable[[Message, Context, SecAggParams], U64]
 """Makes the device's input in ``Z_{2^bits}`` (called once, in the masked stage)."""
 
@@ -114,7 +116,16 @@ def handle(msg: Message, context: Context, encode: Encoder) -> Message:
         _save(context, participant)
         return Message(RecordDict({"arrays": ArrayRecord([masked])}), reply_to=msg)
     if stage == "unmask":
-        shares = participant.unmask(_list(rec, "survivors", int))
+        survivors = _list(rec, "survivors", int)
+        need = config.get(MIN_KEY, 0)
+        if isinstance(need, int) and len(survivors) < need:
+            context.state.config_records.pop(RECORD, None)
+            raise SecAggAbort(
+                f"{len(survivors)} survivors, fewer than the {need} the noise was calibrated "
+                "for: this device does not help unmask",
+                where="secagg unmask",
+            )
+        shares = participant.unmask(survivors)
         context.state.config_records.pop(RECORD, None)  # secrets are no longer needed
         order = sorted(shares)
         return _reply(

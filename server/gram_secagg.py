@@ -31,6 +31,7 @@ from server.secagg import secure_sum
 
 PLAN_KEY = "secagg.plan"
 DROP_KEY = "secagg.drop-users"
+MIN_KEY = "secagg.min-survivors-count"
 
 
 @dataclasses.dataclass
@@ -77,14 +78,15 @@ def collect_distributed(
     users = [int(u) for u in eligible_users(split)]
     user_of = {nodes[u]: u for u in users if u in nodes}
     plan = plan_for(secagg, split.n_items, len(user_of), target_epsilon, delta)
-    config = {**client_config, "server-round": 1, PLAN_KEY: json.dumps(plan.to_json())}
+    config = {**client_config, "server-round": 1, PLAN_KEY: json.dumps(plan.to_json()),
+              MIN_KEY: plan.min_survivors}  # fmt: skip
     if secagg.drop_users:
         config[DROP_KEY] = secagg.drop_users
     result = secure_sum(
-        grid, user_of, config, secagg, length=plan.padded, stream=stream, timeout=timeout
-    )
+        grid, user_of, config, secagg, length=plan.padded, stream=stream, timeout=timeout,
+        check_survivors=plan.check_survivors,  # before unmasking: too little noise
+    )  # fmt: skip
     survivors = len(result.survivors)
-    plan.check_survivors(survivors)  # nothing is released below the calibrated minimum
     packed = decode(result.total, plan)
     del result.total
     failed = {u: "no node" for u in users if u not in nodes}

@@ -85,10 +85,13 @@ def secure_sum(
     length: int,
     stream: Stream,
     timeout: float,
+    check_survivors: Callable[[int], None] | None = None,
 ) -> SecureSum:
     """Run SecAgg+ with the nodes ``users`` (node id -> user); return the masked sum.
 
-    ``config`` goes to every device in every stage (the device's encoder reads it).
+    ``config`` goes to every device in every stage (the device's encoder reads it;
+    ``secagg.min-survivors-count`` in it makes devices refuse to unmask with fewer
+    survivors). ``check_survivors(n3)`` runs before any unmasking and may raise.
     Raises :class:`SecAggAbort` (nothing released) if too few devices survive.
     """
     nodes = sorted(users, key=lambda node: users[node])
@@ -197,6 +200,8 @@ def secure_sum(
 
     u3 = run_stage("masked", sorted(u2), masked_payload, accept_masked)
     survivors = agg.survivors()  # raises below the threshold: nothing released
+    if check_survivors is not None:  # e.g. too little noise: refuse before unmasking
+        check_survivors(len(survivors))
 
     # 4. unmasking
     def accept_unmask(i: int, reply: Message) -> int:

@@ -13,8 +13,11 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from fedrec.errors import ConfigError
 from fedrec.privacy.distributed import epsilon_from_record
 from fedrec.privacy.report import verify_privacy_json
-from server.gram_app import run_gram_server
+from fedrec.secagg.protocol import SecAggAbort
+from server.gram_app import run_gram_server, stream
+from server.gram_secagg import plan_for
 from server.gram_settings import GramSettings
+from server.secagg import secure_sum
 from server.settings import load_split
 from simulations.cli import main
 from simulations.inprocess import InProcessGrid
@@ -75,7 +78,8 @@ def test_the_server_receives_only_masked_uploads_and_releases_with_dropouts(
     assert report["epsilon"] <= 8.0 and verify_privacy_json(tmp_path / "privacy.json") == []
     assert epsilon_from_record(report["distributed"]) == pytest.approx(report["epsilon"])
     rounds = (tmp_path / "rounds.jsonl").read_text().splitlines()
-    assert json.loads(rounds[0])["failed"] == [4, 11, 20]
+    record = json.loads(rounds[0])
+    assert record["failed"] == 3 and record["participants"] == 27  # counts only, no ids
     assert (tmp_path / "checkpoint.npz").exists()
 
 
@@ -83,10 +87,29 @@ def test_too_few_survivors_release_nothing(tmp_path: Path) -> None:
     # Prepare: 4 of 30 drop, the noise is calibrated for 27
     settings = _settings(tmp_path, **{"secagg.drop-users": "1,2,3,4"})
     grid = RecordingGrid(load_split(settings.base).n_users)
-    # Execute / Assert
+    # Execute / Assert: refused before unmasking (no share ever reaches the server)
     with pytest.raises(ConfigError, match="nothing is released"):
         run_gram_server(grid, settings)
     assert not (tmp_path / "privacy.json").exists() and not (tmp_path / "checkpoint.npz").exists()
+    assert not any("shares" in r for m in grid.replies if m.has_content()
+                   for r in m.content.config_records.values())  # fmt: skip
+
+
+def test_devices_refuse_to_unmask_below_the_calibrated_survivors(tmp_path: Path) -> None:
+    # Prepare: a server that skips its own survivors check; devices still hold the line
+    settings = _settings(tmp_path, **{"secagg.drop-users": "1,2,3,4"})
+    split = load_split(settings.base)
+    grid = InProcessGrid(split.n_users)
+    user_of = {node: grid.partition[node] for node in grid.get_node_ids()}
+    plan = plan_for(settings.secagg, split.n_items, len(user_of), 8.0, 1e-4)
+    config = {**settings.client_config(), "server-round": 1,
+              "secagg.plan": json.dumps(plan.to_json()),
+              "secagg.min-survivors-count": plan.min_survivors,
+              "secagg.drop-users": "1,2,3,4"}  # fmt: skip
+    # Execute / Assert: no device sends shares, so no secret can be rebuilt
+    with pytest.raises(SecAggAbort, match="nothing is released"):
+        secure_sum(grid, user_of, config, settings.secagg, length=plan.padded, stream=stream,
+                   timeout=30.0)  # fmt: skip
 
 
 def test_a_device_refuses_a_plain_upload_request_in_distributed_mode(tmp_path: Path) -> None:
