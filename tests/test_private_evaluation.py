@@ -264,7 +264,7 @@ def test_local_deployment_sends_only_noised_metrics_spent_from_the_ledger(
         for u, r in last
     ])  # fmt: skip
     assert np.all(residuals != 0.0), "an un-noised per-user metric reached the server"
-    assert residuals.std() == pytest.approx(mech.local_std, rel=0.2)
+    assert residuals.std() == pytest.approx(mech.local_std, rel=0.25)  # ~180 draws: 4.7 SE
     for user, _ in last:  # written to the device's ledger before the reply
         evaluations = [e for e in ledgers[user].history if e[0] == mech.noise_multiplier]
         assert evaluations and all(e[1] == 1.0 for e in evaluations)
