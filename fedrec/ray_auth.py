@@ -49,11 +49,12 @@ def new_token_file() -> Path:
 
 
 def _reset_ray_cache() -> None:
-    """Make an already imported Ray re-read the auth settings (one process, many runs)."""
+    """Make an imported, not running Ray re-read the auth settings (one process, many runs)."""
     import sys
 
-    if "ray" not in sys.modules:
-        return  # Ray reads the environment when it is first used
+    ray = sys.modules.get("ray")
+    if ray is None or ray.is_initialized():
+        return  # Ray reads the environment when it is first used; a running Ray keeps its
     try:
         import importlib
 
@@ -89,7 +90,8 @@ def ray_token_auth() -> Iterator[Path | None]:
             else:
                 os.environ[name] = value
         shutil.rmtree(path.parent, ignore_errors=True)
-        _reset_ray_cache()
+        # Ray's cache is not reset here: a Ray still shutting down keeps using the token
+        # it read (resetting it made Ray's own GCS calls fail a CHECK and abort)
 
 
 def enable_for_this_process() -> Path | None:
