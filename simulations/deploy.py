@@ -64,6 +64,10 @@ _REPO = Path(__file__).resolve().parents[1]
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _NODE_UP = "SuperNode ID:"
 SUPERLINK_UP = "Uvicorn running on https://"
+# seconds between SIGTERM and SIGKILL when a deployment stops: short enough that a
+# closed terminal or `kill` ends everything within 10 s even on a busy machine;
+# nothing is lost by SIGKILL (SuperLink state is in memory, device stores are SQLite)
+STOP_GRACE = 3.0
 Status = Callable[[str], None]
 
 
@@ -575,7 +579,7 @@ def supervised(logs: Path, say: Status | None = None) -> Iterator[tuple[Processe
             try:
                 yield procs, tmp
             finally:
-                procs.stop(record=logs / "processes.json")
+                procs.stop(grace=STOP_GRACE, record=logs / "processes.json")
                 if say is not None:
                     say(f"stopped every process started ({logs / 'processes.json'})")
     finally:
