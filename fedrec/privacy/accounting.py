@@ -143,17 +143,22 @@ def epsilon_from_history(
     if not entries:
         return 0.0
     if accountant == "rdp":
-        # Exactly RDPAccountant.get_privacy_spent (Opacus's compute_rdp is per-step RDP
-        # times steps), with the per-step RDP memoized: local DP has one (z, q) per
-        # client size, and the fractional orders cost ~0.1 s each time.
-        rdp = sum(np.asarray(_rdp_per_step(e[0], e[1])) * int(e[2]) for e in entries)
-        eps, _ = rdp_analysis.get_privacy_spent(
-            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
-        )
-        return float(eps)
+        return _rdp_epsilon(tuple((e[0], e[1], int(e[2])) for e in entries), delta)
     acc = create_accountant(mechanism=accountant)
     acc.history = [(e[0], e[1], int(e[2])) for e in entries]
     return float(acc.get_epsilon(delta=delta))
+
+
+@lru_cache(maxsize=65536)
+def _rdp_epsilon(entries: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Exactly ``RDPAccountant.get_privacy_spent`` (Opacus's ``compute_rdp`` is per-step
+    RDP times steps), memoized twice: per history (thousands of devices of a local-DP
+    run share a handful of histories) and per step (the fractional orders cost ~0.1 s)."""
+    rdp = sum(np.asarray(_rdp_per_step(z, q)) * steps for z, q, steps in entries)
+    eps, _ = rdp_analysis.get_privacy_spent(
+        orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+    )
+    return float(eps)
 
 
 @lru_cache(maxsize=4096)

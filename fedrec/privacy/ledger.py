@@ -174,6 +174,26 @@ class Spent:
     history: list[list[float]]
 
 
+def spent_from_records(records: Sequence[Record]) -> Spent:
+    """The statement a ledger holding ``records`` makes (:meth:`PrivacyLedger.spent`).
+
+    Read from the records alone: the last one holds the cumulative history and the
+    epsilon a fresh Opacus accountant gave it at the ledger's delta when it was written.
+    """
+    if not records:
+        raise StoreError("empty ledger", where="privacy ledger", fix="read a ledger with releases")
+    last = records[-1]
+    return Spent(
+        epsilon=float(last["epsilon"]),
+        delta=float(last["delta"]),
+        unit=str(last["unit"]),
+        accountant=str(last["accountant"]),
+        releases=len(records),
+        rounds_participated=len({int(r["round"]) for r in records}),
+        history=PrivacyAccount.from_history(last["history"], accountant=last["accountant"]).history,
+    )
+
+
 class PrivacyLedger:
     """One client's privacy ledger over a :class:`LedgerStore`.
 
