@@ -3,6 +3,7 @@ round shared by device and loop, and the one calibration of the local noise."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -131,3 +132,29 @@ def test_a_client_given_no_noise_multiplier_refuses_instead_of_calibrating() -> 
     config["privacy.delta"] = 1e-5
     with pytest.raises(ConfigError, match="noise multiplier"):
         _local_privacy(config, MODEL)
+
+
+def test_the_harness_reads_a_ledger_while_its_device_is_open(tmp_path: Path) -> None:
+    # Prepare: three devices with releases; device 1 stays open (a straggler)
+    from clients.sim_store import ledger_reader, open_device, read_ledgers
+    from fedrec.privacy.ledger import SqliteLedgerStore
+
+    for user in range(3):
+        device = open_device(tmp_path, user, np.arange(4 + user), seed=0)
+        ledger = PrivacyLedger(
+            SqliteLedgerStore(device.store.conn, device.client_id),
+            accountant="rdp", delta=1e-5, unit="u",
+        )  # fmt: skip
+        for rnd in range(user + 1):
+            ledger.reserve(Release(1.0, 1.0, 1), round=rnd + 1)
+        if user != 1:
+            device.close()
+        else:
+            straggler = device
+    # Execute
+    while_open = ledger_reader(tmp_path)(None)
+    straggler.close()
+    after = read_ledgers(tmp_path)
+    # Assert: the same statements as the exclusive reader, the open device's included
+    assert while_open == after and sorted(after) == [0, 1, 2]
+    assert [after[u].rounds_participated for u in range(3)] == [1, 2, 3]
