@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.atomic import check_output_dir
 from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
@@ -34,6 +35,7 @@ NAME = "simulate"
 GRAM_MODEL = "ease"
 HELP = "Run a federated simulation (Flower, one simulated device per user)."
 _DEFAULTS = RunSettings()
+NOT_EMPTY_FIX = "choose a new --out, or continue that run with --resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +199,9 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="per-example (local) or per-client-update (central) L2 bound",
     )
-    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
+    parser.add_argument(
+        "--accountant", choices=ACCOUNTANTS, default=None, help="Opacus accountant (default: rdp)"
+    )
     parser.add_argument(
         "--adaptive-clipping",
         action="store_true",
@@ -219,8 +223,14 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def privacy_flat(args: argparse.Namespace) -> dict[str, Any]:
-    """The flat ``privacy`` / ``privacy.<field>`` settings of the privacy flags."""
-    flat: dict[str, Any] = {"privacy": args.privacy, "privacy.accountant": args.accountant}
+    """The flat ``privacy`` / ``privacy.<field>`` settings of the privacy flags.
+
+    A privacy flag without ``--privacy`` is refused: the run would otherwise train with
+    no privacy at all while the command line reads as if it had some.
+    """
+    refuse_privacy_flags_without_mode(args)
+    accountant = args.accountant or "rdp"
+    flat: dict[str, Any] = {"privacy": args.privacy, "privacy.accountant": accountant}
     for name in ("target_epsilon", "delta", "noise_multiplier", "clip_norm", "bias_scale"):
         if getattr(args, name) is not None:
             flat[f"privacy.{name.replace('_', '-')}"] = float(getattr(args, name))
@@ -229,6 +239,37 @@ def privacy_flat(args: argparse.Namespace) -> dict[str, Any]:
     if args.insecure_noise_seed is not None:
         flat["privacy.insecure-noise-seed"] = int(args.insecure_noise_seed)
     return flat
+
+
+PRIVACY_FLAGS = (
+    "target_epsilon",
+    "delta",
+    "noise_multiplier",
+    "clip_norm",
+    "accountant",
+    "adaptive_clipping",
+    "bias_scale",
+    "insecure_noise_seed",
+)
+"""The flags that only mean something with ``--privacy local|central|distributed``."""
+
+
+def refuse_privacy_flags_without_mode(args: argparse.Namespace) -> None:
+    """Raise :class:`ConfigError` for a privacy flag given with ``--privacy none``."""
+    if args.privacy != "none":
+        return
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in PRIVACY_FLAGS
+        if getattr(args, name, None) is not None and getattr(args, name) is not False
+    ]
+    if given:
+        raise ConfigError(
+            "given without --privacy, the run would have no privacy at all",
+            where=" ".join(given),
+            fix="add --privacy local, central or distributed (docs/PRIVACY.md), or drop "
+            + ("the flag" if len(given) == 1 else "these flags"),
+        )
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -315,6 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         done = finished_round(run_dir)
     else:  # everything that can refuse the run comes before its directory exists
         settings = settings_from_args(args)
+        check_output_dir(Path(settings.run_dir), fix_not_empty=NOT_EMPTY_FIX)  # before loading
         split = load_split(settings)
         settings = prepare_settings(settings, split)
         lock = open_new_run_dir(Path(settings.run_dir), settings, split)
