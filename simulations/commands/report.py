@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 NAME = "report"
@@ -21,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simulations.report import write_report
 
-    path = write_report(args.run_dir, tradeoff=args.tradeoff)
+    umask = os.umask(0o077)  # the report and its plots describe the users' data: 0600
+    try:
+        path = write_report(args.run_dir, tradeoff=args.tradeoff)
+    finally:
+        os.umask(umask)
     print(path)
     return 0
