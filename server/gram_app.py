@@ -224,7 +224,7 @@ def run_gram_server(
     (:func:`simulations.evaluation.gram_evaluator`); no evaluate message is sent.
     """
     run_dir = Path(settings.base.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # user data
     split = load_split(settings.base)
     settings = resolve(settings, split)
     privacy = settings.base.privacy

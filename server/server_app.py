@@ -78,7 +78,7 @@ def run_server(
     ledgers (local DP's ``privacy.json``; :mod:`server.privacy_run`).
     """
     run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # user data
     split = load_split(settings)
     settings = resolve_settings(settings, split)
     ckpt = load_checkpoint(run_dir)
