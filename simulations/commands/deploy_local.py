@@ -29,7 +29,10 @@ from simulations.commands.common import add_data_arguments
 from simulations.progress import Progress
 
 NAME = "deploy-local"
-HELP = "Run a federated round loop on Flower's Deployment Engine over 127.0.0.1."
+HELP = (
+    "Run a federated round loop on Flower's Deployment Engine over 127.0.0.1 "
+    "(TLS, SuperNode authentication, SuperExec secret; credentials per deployment)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
