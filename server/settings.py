@@ -26,6 +26,7 @@ from fedrec.errors import ConfigError, DataError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.ials import refuse_local_dp
 from fedrec.privacy.config import PrivacyConfig
 
 Scalar = bool | int | float | str
@@ -173,6 +174,7 @@ class RunSettings:
             privacy = PrivacyConfig(**parts["privacy"])
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err
+        refuse_local_dp(model.kind, privacy.mode)  # iALS: no local-DP mechanism
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
             train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)
         return cls(model=model, train=train, server=server, privacy=privacy, **top)

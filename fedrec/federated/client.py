@@ -30,7 +30,7 @@ from fedrec.models.base import (
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model
 from fedrec.models.trainable import TrainableRecommender
-from fedrec.training import mf_fast
+from fedrec.training import ials, mf_fast
 from fedrec.training.local import (
     Proximal,
     refit_user,
@@ -119,6 +119,9 @@ def client_fit(
         The device's secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`);
         ``None``: the public key (reference loop, simulated devices).
     """
+    if fast and ials.supports(model_cfg, train_cfg):  # closed-form user solve, dense grad
+        solved = ials.fit(model_cfg, train_cfg, global_items, user_state, train_items)
+        return FitResult(solved.item_arrays, solved.user_state, len(train_items), solved.train_loss)
     if fast and mf_fast.supports(model_cfg, train_cfg):
         r = mf_fast.fit(
             model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
@@ -181,6 +184,10 @@ def client_scores(
 
     ``fast`` as in :func:`client_fit` (the refit of MF without autograd).
     """
+    if fast and model_cfg.kind == "ials":  # the closed-form user vector
+        p64 = ials.user_vector(model_cfg, global_items, train_items)
+        q64 = np.asarray(global_items[0], dtype=np.float64)
+        return torch.from_numpy((q64 @ p64).astype(np.float32))
     if fast and mf_fast.supports(model_cfg, train_cfg):  # the same refit without autograd
         p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
         q, b = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in global_items[:2])

@@ -53,6 +53,20 @@ MF_SERVER = ServerConfig(strategy="fedadam", lr_schedule="step")
 NDCG@10 over a constant rate on ml-100k (100 clients per round, 150 rounds, seeds 0, 1)."""
 
 
+IALS_LOCAL = LocalTrainConfig(epochs=1, lr=1.0, optimizer="sgd", refit_steps=0, batch_size=1 << 30)
+"""iALS devices: the user vector is solved in closed form (no refit epochs, no user-side
+SGD) and the upload is ``Q - 1 * grad``, minus the dense gradient of the device's share
+of the loss (:mod:`fedrec.training.ials`), the autoencoders' FedSGD convention. One
+batch holds the whole user (the autograd reference path)."""
+IALS_MODEL = ModelConfig(kind="ials", dim=64, alpha0=1.0, l2=0.01)
+"""iALS's loss settings (Rendle et al. 2022's parameterization at ``nu = 1``); chosen on
+ml-100k's validation split with the centralized twin and checked on ml-1m
+(``docs/RESULTS.md``)."""
+IALS_SERVER = ServerConfig(strategy="fedadam", server_lr=0.01, lr_schedule="step")
+"""Adam on the cohort's mean gradient (FedAdam, Reddi et al. 2021) with the late step
+decay of the MF preset."""
+
+
 def federated_preset(
     kind: str, strategy: str | None = None, privacy: str = "none"
 ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
@@ -72,6 +86,8 @@ def federated_preset(
         local = replace(AE_FEDSGD, weight_decay=twin.weight_decay)
         model = replace(model, anneal_rounds=MULTVAE_ANNEAL_ROUNDS) if kind == "multvae" else model
         return model, local, AE_SERVER
+    if kind == "ials":
+        return IALS_MODEL, IALS_LOCAL, IALS_SERVER
     return ModelConfig(kind=kind), MF_LOCAL, MF_SERVER
 
 
@@ -84,4 +100,4 @@ def default_rounds(kind: str, privacy: str = "none") -> int:
     """
     if privacy != "none":
         return 20
-    return {"mf": 150, "cdae": 300, "multvae": 400}.get(kind, 20)
+    return {"mf": 150, "cdae": 300, "multvae": 400, "ials": 150}.get(kind, 20)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fedrec.errors import ConfigError
 
-MODEL_KIND_NAMES = ("mf", "cdae", "multvae")
+MODEL_KIND_NAMES = ("mf", "cdae", "multvae", "ials")
 MF_LOSSES = ("bce", "bpr")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 
@@ -41,7 +41,7 @@ class ModelConfig:
     Attributes
     ----------
     kind
-        ``"mf"``, ``"cdae"`` or ``"multvae"``.
+        ``"mf"``, ``"cdae"``, ``"multvae"`` or ``"ials"``.
     dim
         Embedding / latent dimension.
     init_std
@@ -56,6 +56,10 @@ class ModelConfig:
     l2
         MF only: per-example L2 penalty ``l2 * (||p_u||^2 + ||q_i||^2)`` added to each
         example's loss (touches only the rows the example uses; see :mod:`fedrec.models.mf`).
+        iALS: the ``lam`` of Rendle et al.'s frequency-scaled regularization
+        (:mod:`fedrec.training.ials`).
+    alpha0
+        iALS only: the weight of the all-unobserved term ``alpha0 sum_i (p_u.q_i)^2``.
     hidden, dropout, beta
         Autoencoders only: hidden width, input dropout (denoising corruption) and the
         KL weight of Mult-VAE (Liang et al. 2018).
@@ -72,6 +76,7 @@ class ModelConfig:
     negatives: int = 4
     item_bias: bool = True
     l2: float = 0.01
+    alpha0: float = 0.0
     hidden: int = 600
     dropout: float = 0.5
     beta: float = 0.2
@@ -96,6 +101,7 @@ class ModelConfig:
             self.negatives >= 1, f"must be >= 1, got {self.negatives}", "model.negatives", "use 4"
         )
         _non_negative(self.l2, "model.l2")
+        _non_negative(self.alpha0, "model.alpha0")
         _require(self.hidden >= 1, f"must be >= 1, got {self.hidden}", "model.hidden", "use 600")
         _require(
             0.0 <= self.dropout < 1.0,

@@ -46,8 +46,17 @@ def _build_multvae(
     return MultVAE(cfg, n_items, n_users, item_init=item_init)
 
 
+def _build_ials(
+    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
+) -> TrainableRecommender:
+    from fedrec.models.ials import IALS  # registration point: the iALS module
+
+    del item_init  # one embedding table, cheap to initialize
+    return IALS(cfg, n_items, n_users)
+
+
 def _builders() -> dict[str, Builder]:
-    return {"mf": _build_mf, "cdae": _build_cdae, "multvae": _build_multvae}
+    return {"mf": _build_mf, "cdae": _build_cdae, "multvae": _build_multvae, "ials": _build_ials}
 
 
 def _available() -> tuple[str, ...]:
@@ -56,6 +65,7 @@ def _available() -> tuple[str, ...]:
 
     modules = {"mf": "fedrec.models.mf", "cdae": "fedrec.models.cdae"}
     modules["multvae"] = "fedrec.models.multvae"
+    modules["ials"] = "fedrec.models.ials"
     return tuple(k for k, m in modules.items() if importlib.util.find_spec(m) is not None)
 
 

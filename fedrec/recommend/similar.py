@@ -13,7 +13,8 @@ Which item-side array holds the item vectors (rows indexed by item):
 - ``mf``: ``item_emb.weight`` ``[n_items, dim]`` (the ``Q`` of ``p_u . q_i``);
 - ``cdae``: ``decoder.weight`` ``[n_items, dim]`` (``nn.Linear(dim, n_items)`` stores
   ``W_dec`` as ``[out, in]``: row ``i`` is item ``i``'s output vector, no transpose);
-- ``multvae``: ``dec_out.weight`` ``[n_items, hidden]`` (the last decoder layer).
+- ``multvae``: ``dec_out.weight`` ``[n_items, hidden]`` (the last decoder layer);
+- ``ials``: ``item_emb.weight`` ``[n_items, dim]`` (the ``Q`` of ``p_u . q_i``).
 
 The array is found by name in the model class's ``ITEM_SIDE`` (upload order), so a
 change of upload order cannot silently pick the wrong array.
@@ -32,6 +33,7 @@ ITEM_VECTOR_PARAMETER: dict[str, str] = {
     "mf": "item_emb.weight",
     "cdae": "decoder.weight",
     "multvae": "dec_out.weight",
+    "ials": "item_emb.weight",
 }
 """Model kind -> the item-side parameter whose rows are the item vectors."""
 
@@ -45,6 +47,10 @@ def _item_side_names(model_kind: str) -> tuple[str, ...]:
         from fedrec.models.cdae import CDAE
 
         return CDAE.ITEM_SIDE
+    if model_kind == "ials":
+        from fedrec.models.ials import IALS
+
+        return IALS.ITEM_SIDE
     from fedrec.models.multvae import MultVAE
 
     return MultVAE.ITEM_SIDE

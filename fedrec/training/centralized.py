@@ -45,6 +45,10 @@ def central_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.training.autoencoder import PRESETS
 
         return PRESETS[kind]
+    if kind == "ials":  # the same loss as the federated run; ALS solves need no optimizer
+        from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
+
+        return IALS_MODEL, IALS_LOCAL
     return ModelConfig(kind=kind), CENTRAL_TRAIN
 
 
@@ -91,6 +95,10 @@ def train_centralized(
         from fedrec.training.autoencoder import train_autoencoder_centralized
 
         CENTRAL_TRAINERS[model_cfg.kind] = train_autoencoder_centralized
+    if model_cfg.kind == "ials" and "ials" not in CENTRAL_TRAINERS:
+        from fedrec.training.ials import train_ials_centralized
+
+        CENTRAL_TRAINERS["ials"] = train_ials_centralized
     if model_cfg.kind in CENTRAL_TRAINERS:
         return CENTRAL_TRAINERS[model_cfg.kind](model_cfg, train_cfg, split, seed, epochs)
     model = build_model(model_cfg, split.n_items, split.n_users, seed=seed)

@@ -169,8 +169,12 @@ def refit_user(
 
     The reconstruction step of Federated Reconstruction: ``cfg.refit_steps`` epochs
     with a fresh ``cfg.refit_optimizer`` at ``cfg.refit_lr``. Returns the mean loss (NaN when
-    there is nothing to refit).
+    there is nothing to refit). A model with a closed-form user solve (``solve_users``,
+    iALS) takes it instead, whatever ``cfg.refit_steps``: its user vector is that solve.
     """
+    solve = getattr(model, "solve_users", None)
+    if solve is not None:
+        return float(solve(examples(generator)))
     if cfg.refit_steps == 0 or not model.USER_SIDE:
         return float("nan")
     flags = freeze_except(model, model.USER_SIDE)

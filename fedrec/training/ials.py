@@ -1,0 +1,256 @@
+"""iALS maths: closed-form user solves, the device's dense item gradient, the ALS twin.
+
+The loss is implicit ALS (Hu, Koren & Volinsky, ICDM 2008) in the form of Rendle et al.
+("Revisiting the Performance of iALS on Item Recommendation Benchmarks", RecSys 2022),
+with their frequency-scaled regularization at ``nu = 1``. For user ``u`` with train
+items ``S`` (``|S| = s``) and ``n`` catalog items, the device's share of the loss is
+
+``f_u(p, Q) = sum_{i in S} (p.q_i - 1)^2 + alpha0 p^T G p + lam (s + alpha0 n) ||p||^2
++ lam (sum_{i in S} ||q_i||^2 + alpha0 ||Q||_F^2)``,
+
+with ``G = Q^T Q`` the Gramian (``d x d``): the all-unobserved term ``alpha0 sum_i
+(p.q_i)^2`` needs no negative sampling. Summed over the ``N`` users the item term is
+Rendle's ``lam (|U_i| + alpha0 N) ||q_i||^2``, so the federated objective is the
+centralized one exactly (``nu = 1`` is the exponent for which the item-side
+regularization splits into per-user shares).
+
+- The user vector has a closed form (:func:`solve_user`):
+  ``p = (Q_S^T Q_S + alpha0 G + lam (s + alpha0 n) I)^{-1} Q_S^T 1``.
+- At that ``p`` the gradient of ``min_p f_u`` in ``Q`` is the partial gradient
+  (envelope theorem), :func:`item_gradient`: rows ``i in S`` get ``2 (p.q_i - 1) p +
+  2 lam q_i``, and every row gets ``2 alpha0 (q_i.p) p + 2 lam alpha0 q_i``: a dense
+  ``n x d`` array. The federated form (Ammad-ud-din et al. 2019, "Federated
+  Collaborative Filtering") uploads ``Q - lr * grad``; the server's Adam steps on the
+  cohort mean, as the autoencoders' FedSGD presets do.
+- The centralized twin (:func:`train_als`) alternates the same closed form over all
+  users and all items (the item solve is the user solve with the roles swapped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+import torch
+
+from fedrec.data.split import Split
+from fedrec.models.base import Arrays
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+
+F64 = npt.NDArray[np.float64]
+USER_KEY = "user_emb.weight"
+ALS_ITERATIONS = 10
+"""Alternations of the centralized twin (each an item solve then a user solve)."""
+SOLVE_CHUNK = 512
+"""Users solved together by :func:`solve_rows` (bounds the ``chunk x d x d`` stack)."""
+
+
+def user_regularization(n_user_items: int, n_items: int, alpha0: float, lam: float) -> float:
+    """Rendle et al.'s frequency-scaled ``lam (s + alpha0 n)`` at ``nu = 1``."""
+    return lam * (n_user_items + alpha0 * n_items)
+
+
+def gramian(q: npt.ArrayLike) -> F64:
+    """``G = Q^T Q`` (``d x d``, float64)."""
+    q64 = np.asarray(q, dtype=np.float64)
+    out: F64 = q64.T @ q64
+    return out
+
+
+def solve_user(
+    q: npt.ArrayLike,
+    items: npt.NDArray[np.int64],
+    *,
+    alpha0: float,
+    lam: float,
+    gram: F64 | None = None,
+) -> F64:
+    """The minimiser ``p`` of ``f_u(., Q)`` for a user with train ``items`` (``[d]``)."""
+    q64 = np.asarray(q, dtype=np.float64)
+    n, d = q64.shape
+    qs = q64[np.asarray(items, dtype=np.int64)]
+    g = gramian(q64) if gram is None else gram
+    a = alpha0 * g + qs.T @ qs
+    a[np.diag_indices(d)] += user_regularization(len(qs), n, alpha0, lam)
+    p: F64 = np.linalg.solve(a, qs.sum(axis=0))
+    return p
+
+
+def user_loss(
+    p: npt.ArrayLike, q: npt.ArrayLike, items: npt.NDArray[np.int64], *, alpha0: float, lam: float
+) -> float:
+    """``f_u(p, Q)`` (the device's share of the loss, item regularization included)."""
+    p64, q64 = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    n = q64.shape[0]
+    qs = q64[np.asarray(items, dtype=np.int64)]
+    fit = float(((qs @ p64 - 1.0) ** 2).sum())
+    unobserved = alpha0 * float(((q64 @ p64) ** 2).sum())
+    reg_user = user_regularization(len(qs), n, alpha0, lam) * float(p64 @ p64)
+    reg_items = lam * (float((qs * qs).sum()) + alpha0 * float((q64 * q64).sum()))
+    return fit + unobserved + reg_user + reg_items
+
+
+def item_gradient(
+    p: npt.ArrayLike, q: npt.ArrayLike, items: npt.NDArray[np.int64], *, alpha0: float, lam: float
+) -> F64:
+    """``d f_u / d Q`` at ``p`` (``[n, d]``; every row is non-zero in general)."""
+    p64, q64 = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    idx = np.asarray(items, dtype=np.int64)
+    scores = q64 @ p64
+    grad: F64 = 2.0 * alpha0 * np.outer(scores, p64) + (2.0 * lam * alpha0) * q64
+    grad[idx] += 2.0 * np.outer(scores[idx] - 1.0, p64) + (2.0 * lam) * q64[idx]
+    return grad
+
+
+def user_gradient(
+    p: npt.ArrayLike, q: npt.ArrayLike, items: npt.NDArray[np.int64], *, alpha0: float, lam: float
+) -> F64:
+    """``d f_u / d p`` (zero at :func:`solve_user`'s solution)."""
+    p64, q64 = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    qs = q64[np.asarray(items, dtype=np.int64)]
+    reg = user_regularization(len(qs), q64.shape[0], alpha0, lam)
+    grad: F64 = 2.0 * (qs.T @ (qs @ p64 - 1.0) + alpha0 * (q64.T @ (q64 @ p64)) + reg * p64)
+    return grad
+
+
+@dataclass(frozen=True)
+class IalsFit:
+    """One device's round: the upload, the user vector to keep, the mean loss."""
+
+    item_arrays: Arrays
+    user_state: dict[str, npt.NDArray[np.float32]]
+    train_loss: float
+
+
+def supports(model_cfg: ModelConfig, train_cfg: LocalTrainConfig) -> bool:
+    """Whether :func:`fit` reproduces the autograd path (plain SGD, the preset's)."""
+    return model_cfg.kind == "ials" and train_cfg.optimizer == "sgd"
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, npt.NDArray[np.float32]] | None,
+    train_items: npt.NDArray[np.int64],
+) -> IalsFit:
+    """A device's round: solve ``p`` in closed form, upload ``Q - lr * dL/dQ`` (dense).
+
+    With the preset (one epoch of SGD at rate 1) the upload is minus the gradient of the
+    device's share of the loss at its optimal ``p``. More epochs take further SGD steps
+    on ``(p, Q)`` (``p`` at ``train_cfg.user_lr``, default ``lr``), with weight decay and
+    the FedProx term as ``torch.optim.SGD`` and :class:`fedrec.training.local.Proximal`
+    apply them: the autograd path of :func:`fedrec.federated.client.client_fit` step by
+    step. Deterministic: no negatives, no minibatches. A stored ``user_state`` is used
+    only when ``refit_every_round`` is off (else ``p`` is re-solved on ``Q``).
+    """
+    q_global = np.asarray(global_items[0], dtype=np.float64)
+    q = q_global.copy()
+    items = np.asarray(train_items, dtype=np.int64)
+    a0, lam = model_cfg.alpha0, model_cfg.l2
+    if user_state is None or train_cfg.refit_every_round:
+        p = solve_user(q, items, alpha0=a0, lam=lam)
+    else:
+        p = np.asarray(user_state[USER_KEY], dtype=np.float64)[0].copy()
+    wd, mu = train_cfg.weight_decay, train_cfg.proximal_mu
+    user_lr = train_cfg.user_lr or train_cfg.lr
+    losses = []
+    for _ in range(train_cfg.epochs):
+        losses.append(user_loss(p, q, items, alpha0=a0, lam=lam))
+        g_q = item_gradient(p, q, items, alpha0=a0, lam=lam)
+        g_p = user_gradient(p, q, items, alpha0=a0, lam=lam)
+        if mu > 0:
+            g_q += mu * (q - q_global)
+        if wd > 0:
+            g_q += wd * q
+            g_p += wd * p
+        q -= train_cfg.lr * g_q
+        p -= user_lr * g_p
+    state = {USER_KEY: p.astype(np.float32)[None, :]}
+    return IalsFit([q.astype(np.float32)], state, float(np.mean(losses)))
+
+
+def user_vector(model_cfg: ModelConfig, global_items: Arrays, train_items: npt.ArrayLike) -> F64:
+    """The user's vector on the current global items (evaluation and serving)."""
+    items = np.asarray(train_items, dtype=np.int64)
+    return solve_user(global_items[0], items, alpha0=model_cfg.alpha0, lam=model_cfg.l2)
+
+
+def solve_rows(other: npt.ArrayLike, matrix: sp.csr_matrix, *, alpha0: float, lam: float) -> F64:
+    """Closed-form solve of every row of ``matrix`` against the factors ``other``.
+
+    Rows are users and ``other`` is ``Q`` (the user step), or rows are items of the
+    transposed matrix and ``other`` is ``P`` (the item step, whose regularization
+    ``lam (|U_i| + alpha0 N)`` has the same form). The ``d x d`` systems are built row by
+    row (``O_S^T O_S``, one BLAS call each) and solved together in chunks of
+    :data:`SOLVE_CHUNK` rows.
+    """
+    o = np.asarray(other, dtype=np.float64)
+    m, d = o.shape
+    csr = sp.csr_matrix(matrix)
+    indptr, indices = csr.indptr, csr.indices
+    base = alpha0 * gramian(o)
+    n_rows = csr.shape[0]
+    out = np.empty((n_rows, d), dtype=np.float64)
+    diag = np.diag_indices(d)
+    for start in range(0, n_rows, SOLVE_CHUNK):
+        stop = min(start + SOLVE_CHUNK, n_rows)
+        a = np.empty((stop - start, d, d))
+        b = np.empty((stop - start, d))
+        for k, row in enumerate(range(start, stop)):
+            os_ = o[indices[indptr[row] : indptr[row + 1]]]
+            a[k] = os_.T @ os_ + base
+            a[k][diag] += lam * (len(os_) + alpha0 * m)
+            b[k] = os_.sum(axis=0)
+        out[start:stop] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+    return out
+
+
+def train_als(
+    model_cfg: ModelConfig, train: sp.csr_matrix, *, iterations: int, q0: npt.ArrayLike
+) -> tuple[F64, F64]:
+    """Centralized iALS: ``iterations`` alternating closed-form solves from ``Q = q0``.
+
+    Returns ``(P, Q)``: user factors ``[n_users, d]`` and item factors ``[n_items, d]``.
+    """
+    a0, lam = model_cfg.alpha0, model_cfg.l2
+    q = np.asarray(q0, dtype=np.float64)
+    x = sp.csr_matrix(train)
+    xt = sp.csr_matrix(x.T)
+    p = solve_rows(q, x, alpha0=a0, lam=lam)
+    for _ in range(iterations):
+        q = solve_rows(p, xt, alpha0=a0, lam=lam)
+        p = solve_rows(q, x, alpha0=a0, lam=lam)
+    return p, q
+
+
+def train_ials_centralized(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    split: Split,
+    seed: int,
+    epochs: int | None,
+) -> Callable[[npt.NDArray[np.int64]], torch.Tensor]:
+    """The centralized twin: :func:`train_als` from the federated run's initial items.
+
+    ``epochs``: ALS iterations (default :data:`ALS_ITERATIONS`); ``train_cfg`` is unused
+    (closed-form solves have no optimizer).
+    """
+    from fedrec.models.registry import init_item_arrays
+
+    del train_cfg
+    q0 = init_item_arrays(model_cfg, split.n_items, seed=seed)[0]
+    iterations = ALS_ITERATIONS if epochs is None else epochs
+    p, q = train_als(model_cfg, split.train, iterations=iterations, q0=q0)
+    users_f, items_f = (
+        torch.from_numpy(p.astype(np.float32)),
+        torch.from_numpy(q.astype(np.float32)),
+    )
+
+    def score(users: npt.NDArray[np.int64]) -> torch.Tensor:
+        return users_f[torch.as_tensor(np.asarray(users, dtype=np.int64))] @ items_f.T
+
+    return score
