@@ -6,7 +6,9 @@ interface, whatever node IP is given), and so read every simulated device store.
 every Ray cluster fedrec starts runs with Ray's token authentication: a random token
 (:func:`secrets.token_hex`, 256 bits) created per run in a fresh 0700 folder (file 0600),
 handed to Ray through ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` (Ray's own
-variables; its processes inherit them), and removed when the run ends. A user who set
+variables; its processes inherit them), and removed when the run ends. A Ray started
+by Flower's own ``flwr-simulation`` process (``flwr run``) gets a per-process token in
+its environment instead (:func:`secure_flwr_simulation`). A user who set
 ``RAY_AUTH_MODE=token`` with a token of their own (a multi-machine cluster) keeps it.
 
 No Ray import at module level: the module only prepares the environment ``ray.init``
@@ -15,7 +17,6 @@ reads (the token file is read by Ray's processes when they start).
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
@@ -94,24 +95,25 @@ def ray_token_auth() -> Iterator[Path | None]:
         # it read (resetting it made Ray's own GCS calls fail a CHECK and abort)
 
 
-def enable_for_this_process() -> Path | None:
-    """Token auth for the Ray cluster this process will start; removed at exit.
+def enable_for_this_process() -> bool:
+    """Token auth for the Ray cluster this process will start, for the process's life.
 
     For processes that start Ray outside fedrec's control (Flower's ``flwr-simulation``,
-    started by ``flwr run``): call it before Ray starts.
+    started by ``flwr run``), which may end by ``os._exit`` (Flower's forced exit) and
+    so skip any clean-up: the token is kept in the environment only
+    (``RAY_AUTH_TOKEN``, inherited by Ray's processes, whose environment only their
+    user can read), never written to a file. Returns whether it was turned on.
     """
     if user_token_configured():
-        return None
-    path = new_token_file()
-    os.environ.pop(TOKEN_VAR, None)
+        return False
+    os.environ.pop(TOKEN_PATH_VAR, None)
     os.environ[MODE_VAR] = "token"
-    os.environ[TOKEN_PATH_VAR] = str(path)
+    os.environ[TOKEN_VAR] = secrets.token_hex(32)
     _reset_ray_cache()
-    atexit.register(shutil.rmtree, path.parent, True)
-    return path
+    return True
 
 
-def secure_flwr_simulation() -> Path | None:
+def secure_flwr_simulation() -> bool:
     """In Flower's ``flwr-simulation`` process (``flwr run``), before it starts Ray:
     turn on token auth (:func:`enable_for_this_process`); elsewhere do nothing.
 
@@ -122,10 +124,10 @@ def secure_flwr_simulation() -> Path | None:
     import sys
 
     if not sys.argv or not sys.argv[0].endswith("flwr-simulation"):
-        return None
+        return False
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        return None  # too late: this process's Ray already runs
+        return False  # too late: this process's Ray already runs
     return enable_for_this_process()
 
 
