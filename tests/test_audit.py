@@ -136,14 +136,16 @@ def test_row_attacks_find_the_rows_that_changed() -> None:
 
 
 def test_non_private_upload_reveals_the_items() -> None:
-    # Prepare
+    # Prepare: 12 users (since negatives may be positives, one user's AUC varies: 0.74-1.0)
     target, train, _ = _target(PrivacyConfig())
-    items = next(iter(train.values()))
-    labels = np.isin(np.arange(target.n_items), items)
+    aucs = []
     # Execute
-    update = client_update(target, items, seed=0)
+    for items in train.values():
+        labels = np.isin(np.arange(target.n_items), items)
+        update = client_update(target, items, seed=0)
+        aucs.append(roc_auc(bias_change_scores(update, target.n_items), labels))
     # Assert
-    assert roc_auc(bias_change_scores(update, target.n_items), labels) > 0.8
+    assert np.mean(aucs) > 0.8 and min(aucs) > 0.6
 
 
 @pytest.mark.parametrize("mode", ["local", "central"])
