@@ -76,14 +76,14 @@ def test_a_given_noise_multiplier_is_accounted_by_the_tighter_accountant() -> No
     assert set(dict(tiny.epsilon_by_accountant)) == {"rdp"}
 
 
-def test_small_budgets_rdp_cannot_reach_are_calibrated_with_prv() -> None:
-    # Prepare
-    with pytest.raises(ConfigError):
-        calibrate_noise(target_epsilon=0.1, delta=1e-5, sample_rate=1.0, steps=1)
+def test_small_budgets_take_the_tighter_accountant() -> None:
+    # Prepare: RDP reaches 0.1 only over orders above Opacus's default 63 (WIDER_ALPHAS);
+    # with Opacus's default orders alone it could not, and PRV was the only choice
+    rdp_z = calibrate_noise(target_epsilon=0.1, delta=1e-5, sample_rate=1.0, steps=1)
     # Execute
     chosen = calibrate_one_shot(0.1, 1e-5)
     # Assert
-    assert chosen.accountant == "prv"
+    assert chosen.noise_multiplier <= rdp_z
     assert exact_gaussian_delta(chosen.noise_multiplier, 0.1) <= 1e-5
 
 
