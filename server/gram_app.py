@@ -257,8 +257,10 @@ def run_gram_server(
     epsilon = account.epsilon(privacy.delta) if z is not None and privacy.delta else None
     if distributed is not None:
         epsilon = float(distributed.record["epsilon"])
-    who: dict[str, Any] = {"participants": added, "failed": sorted(failed),
-                           "failures": {str(u): why for u, why in failed.items()},
+    ids = split.data.user_ids.tolist()  # run files name users by their original ids
+    who: dict[str, Any] = {"participants": [ids[int(u)] for u in added],
+                           "failed": [ids[int(u)] for u in sorted(failed)],
+                           "failures": {str(ids[int(u)]): why for u, why in failed.items()},
                            "budget_exhausted": [], "refused": {}}  # fmt: skip
     if privacy.mode != "none":  # private modes write counts only, as server.privacy_run
         who = {"participants": len(added), "failed": len(failed), "budget_exhausted": 0,

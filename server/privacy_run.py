@@ -255,12 +255,17 @@ class RunPrivacy:
                 "budget_exhausted": len(outcome.exhausted),
                 "refused": len(outcome.refused),
             }
+        ids = self.split.data.user_ids.tolist()  # one id space in every run file: original
+
+        def original(users: Any) -> list[Any]:
+            return [ids[int(u)] for u in users]
+
         return {
-            "participants": outcome.participants,
-            "failed": sorted(outcome.failed),
-            "failures": {str(u): why for u, why in outcome.failed.items()},
-            "budget_exhausted": outcome.exhausted,
-            "refused": {str(u): why for u, why in outcome.refused.items()},
+            "participants": original(outcome.participants),
+            "failed": original(sorted(outcome.failed)),
+            "failures": {str(ids[int(u)]): why for u, why in outcome.failed.items()},
+            "budget_exhausted": original(outcome.exhausted),
+            "refused": {str(ids[int(u)]): why for u, why in outcome.refused.items()},
         }
 
     def stop_reason(self, server_round: int) -> str | None:

@@ -206,12 +206,14 @@ def _evaluate(
     release = privacy.inner.eval_release
     if release is not None:  # central: accounted before the noisy mean is written anywhere
         privacy.record_evaluation(Path(settings.run_dir), rnd, release)
-    if strategy.last_eval.failed:
+    if strategy.last_eval.failed:  # a failure's text may name its user: private modes count
+        why = (
+            ""
+            if settings.privacy.enabled
+            else f" ({next(iter(strategy.last_eval.failed.values()))})"
+        )
         log.warning(
-            "evaluation round %d: %d users failed (%s)",
-            rnd,
-            len(strategy.last_eval.failed),
-            next(iter(strategy.last_eval.failed.values())),
+            "evaluation round %d: %d users failed%s", rnd, len(strategy.last_eval.failed), why
         )
     return None if summary is None else dict(summary)
 

@@ -170,7 +170,7 @@ def test_deploy_local_three_nodes_two_rounds(
     assert rc == 0
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(sorted(r["participants"]) == [0, 1, 2] and not r["failed"] for r in rounds)
+    assert all(sorted(r["participants"]) == [1, 2, 3] and not r["failed"] for r in rounds)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["users_evaluated"] == 3 and 0.0 <= metrics["ndcg@10"] <= 1.0
     for name in ("config.json", "checkpoint.npz", "report.md", "logs/superlink.log"):

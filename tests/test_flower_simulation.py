@@ -29,7 +29,7 @@ def test_simulation_engine_matches_in_process_run_with_a_failing_client(tmp_path
     # Assert
     assert seen == [1, 2]
     rounds = read_rounds(tmp_path / "ray")
-    assert any(0 in r["failed"] for r in rounds)
+    assert any(1 in r["failed"] for r in rounds)  # index 0 = original id 1
     assert all(r["participants"] for r in rounds)
     a, b = load_checkpoint(tmp_path / "ray"), load_checkpoint(tmp_path / "twin")
     assert a is not None and b is not None

@@ -162,9 +162,9 @@ def test_a_crash_after_the_ledger_write_keeps_the_spend(
     rounds = read_rounds(run_dir)
     ledger = read_ledgers(run_dir / "clients")[0]
     # Assert
-    crashed = [r["round"] for r in rounds if 0 in r["failed"]]
+    crashed = [r["round"] for r in rounds if 1 in r["failed"]]  # index 0 = original id 1
     assert crashed, "user 0 joins a round of this run"
-    assert "after the ledger write" in next(r for r in rounds if 0 in r["failed"])["failures"]["0"]
+    assert "after the ledger write" in next(r for r in rounds if 1 in r["failed"])["failures"]["1"]
     assert ledger.rounds_participated == len(crashed)
     assert ledger.epsilon > 0  # the server never got these updates; the ledger kept the spend
 
