@@ -10,6 +10,7 @@ recorded per-client epsilons.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 
 from fedrec.errors import DataError
 from server.checkpoint import headcount
+from simulations import privacy_words as words
 
 TABLE_KEYS = (
     "ndcg@10",
@@ -117,15 +119,32 @@ def plot_utility(
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(xs, ys, marker="o", markersize=3, label="federated (sampled users; last: all)")
+    top = max(ys)
     for (name, ref), style in zip(refs.items(), ("--", ":"), strict=False):
         if ref.get("ndcg@10") is not None:
-            ax.axhline(float(ref["ndcg@10"]), linestyle=style, color="gray", label=name)
+            top = max(top, float(ref["ndcg@10"]))
+            label = f"{name} (centralized, not private)"
+            ax.axhline(float(ref["ndcg@10"]), linestyle=style, color="gray", label=label)
+    _readable_axes(ax, rounds, bottom=0.0, top=top)
     ax.set_xlabel("round")
     ax.set_ylabel("NDCG@10")
     ax.set_title("Utility against round")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, run_dir / "utility.png")
+
+
+def _readable_axes(ax: Any, rounds: list[dict[str, Any]], *, bottom: float, top: float) -> None:
+    """Whole rounds on x (a short run is not a dot on a 0.2-wide axis); y from ``bottom``."""
+    from matplotlib.ticker import MaxNLocator
+
+    last = max((int(r["round"]) for r in rounds), default=1)
+    ax.set_xlim(0.5, max(last, 1) + 0.5)
+    if last <= 10:
+        ax.set_xticks(range(1, max(last, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom, top * 1.15 if top > 0 else 1.0)
 
 
 def plot_loss(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
@@ -137,6 +156,7 @@ def plot_loss(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+    _readable_axes(ax, rounds, bottom=0.0, top=max(p[1] for p in pts))
     ax.set_xlabel("round")
     ax.set_ylabel("mean client training loss")
     ax.set_title("Training loss (non-private runs only)")
@@ -144,8 +164,11 @@ def plot_loss(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
     return _save(fig, run_dir / "loss.png")
 
 
-def plot_epsilon(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
-    """Epsilon spent so far against round (run epsilon, or median and max per client)."""
+def plot_epsilon(
+    run_dir: Path, rounds: list[dict[str, Any]], target: float | None = None
+) -> str | None:
+    """Epsilon spent so far against round (run epsilon, or median and max per client),
+    with the target budget as a line."""
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rounds:
         eps = row.get("epsilon")
@@ -158,8 +181,14 @@ def plot_epsilon(run_dir: Path, rounds: list[dict[str, Any]]) -> str | None:
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    top = max(v for pts in series.values() for _, v in pts)
     for name, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+        label = f"per-device {name}" if name in ("median", "max") else name
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
+    if target is not None:
+        top = max(top, float(target))
+        ax.axhline(float(target), linestyle="--", color="red", label=f"target {float(target):g}")
+    _readable_axes(ax, rounds, bottom=0.0, top=top)
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon spent")
     ax.set_title("Privacy budget spent")
@@ -192,57 +221,188 @@ def _save(fig: Any, path: Path) -> str:
 def _privacy_section(
     run_dir: Path, config: dict[str, Any], rounds: list[dict[str, Any]]
 ) -> list[str]:
+    """The guarantee in words (unit, trust, what the server sees), then its numbers."""
     path = run_dir / "privacy.json"
     mode = config.get("privacy", "none")
     if isinstance(mode, dict):
         mode = mode.get("mode", "none")
     privacy = _read_json(path) if path.exists() else {"mode": mode}
-    if privacy.get("mode", "none") == "none":
+    mode = str(privacy.get("mode") or "none")
+    kind = _model_kind(config)
+    lines = ["## Privacy", ""]
+    if mode == "none":
         return [
-            "## Privacy",
+            *lines,
+            "Privacy mode `none`: no privacy guarantee is claimed (no epsilon, no delta).",
             "",
-            "Privacy mode `none`: no privacy guarantee is claimed. Uploads are dense but "
-            "un-noised item-side updates, from which the server can tell which items a "
-            "user touched (docs/PRIVACY.md).",
+            words.unit_sentence(mode, kind),
+            "",
+            words.trust_sentence(mode, kind),
+            "",
+            words.server_sees_sentence(mode, kind),
             "",
         ]
-    lines = ["## Privacy", ""]
-    eps = privacy.get("epsilon")
-    lines.append(
-        f"Mode `{privacy.get('mode')}`, accountant `{privacy.get('accountant')}` (Opacus), "
-        f"delta = {privacy.get('delta')}, epsilon = {_fmt(eps)}."
-    )
+    eps, delta, target = privacy.get("epsilon"), privacy.get("delta"), privacy.get("target_epsilon")
+    per = "the largest of any device (each device has its own budget)" if mode == "local" else ""
+    lines += [
+        f"Mode `{mode}`: **epsilon = {_fmt(eps)}**{', ' + per if per else ''}, at "
+        f"**delta = {delta}** (the probability that the epsilon bound may fail), "
+        f"target epsilon {_fmt(target)}; accountant `{privacy.get('accountant')}` (Opacus).",
+        "",
+        words.unit_sentence(mode, kind),
+        "",
+        words.trust_sentence(mode, kind),
+        "",
+        words.server_sees_sentence(mode, kind),
+        "",
+        words.mechanism_sentence(privacy, config),
+        "",
+    ]
     settings: dict[str, Any] = config["privacy"] if isinstance(config.get("privacy"), dict) else {}
     if privacy.get("insecure_noise_seed") is not None or (
         settings.get("insecure_noise_seed") is not None
     ):
         lines += [
-            "",
             "**WARNING: this run used `--insecure-noise-seed`; its noise is reproducible "
             "and its privacy guarantee does not hold. For tests only.**",
+            "",
         ]
+    if privacy.get("epsilon_valid_only_if"):
+        lines += [f"The epsilon holds only if {privacy['epsilon_valid_only_if']}.", ""]
     clients = privacy.get("clients") or {}
-    if clients:
-        values = sorted(
-            float(c["epsilon"]) for c in clients.values() if c.get("epsilon") is not None
-        )
-        if values:
-            median = values[len(values) // 2]
-            lines.append(
-                f"Per-client epsilon over {len(values)} clients: "
-                f"median {median:.3f}, max {values[-1]:.3f}."
-            )
-    if privacy.get("target_epsilon") is not None:
-        lines.append(f"Target epsilon {privacy['target_epsilon']}.")
+    values = sorted(float(c["epsilon"]) for c in clients.values() if c.get("epsilon") is not None)
+    if values:
+        lines += [
+            f"Per-client epsilon over {len(values)} clients: "
+            f"median {values[len(values) // 2]:.3f}, max {values[-1]:.3f}.",
+            "",
+        ]
     lines += [f"**{r['stopped']}**" for r in rounds if r.get("stopped")]
     exhausted = sum(headcount(r.get("budget_exhausted")) for r in rounds)
     if exhausted:
-        lines.append(f"{exhausted} client refusals for a spent budget (rounds.jsonl).")
-    lines += ["", "See docs/PRIVACY.md for the unit protected and the threat model.", ""]
-    for image in (plot_epsilon(run_dir, rounds), plot_client_epsilons(run_dir, privacy)):
+        lines += [_refusals_sentence(exhausted, config), ""]
+    not_protected = [str(x) for x in privacy.get("not_protected") or []]
+    if not_protected:
+        lines += ["**Not protected:** " + "; ".join(not_protected) + ".", ""]
+    lines += [
+        f"Threat model, exact guarantees and how to read privacy.json: {words.PRIVACY_DOC}.",
+        "",
+    ]
+    images = (plot_epsilon(run_dir, rounds, target), plot_client_epsilons(run_dir, privacy))
+    for image in images:
         if image:
             lines += [f"![{image}]({image})", ""]
     return lines
+
+
+def _refusals_sentence(exhausted: int, config: dict[str, Any]) -> str:
+    """Why devices refused: a spent budget, and how many rounds a budget was made for."""
+    users = (config.get("fingerprint") or {}).get("data", {}).get("users")
+    rounds, per_round = config.get("rounds"), config.get("clients_per_round")
+    planned = ""
+    if users and rounds and per_round:
+        r = math.ceil(int(rounds) * min(1.0, int(per_round) / int(users)))
+        planned = (
+            f" The noise was calibrated so that a device can afford about {r} round(s) "
+            f"(rounds x clients per round / users = {rounds} x {per_round} / {users}, rounded "
+            f"up): a device sampled more often spent its whole budget in the first {r} "
+            "round(s) it joined and sat out the later ones."
+        )
+    return (
+        f"**{exhausted} refusals:** a sampled device refused to train because its privacy "
+        f"budget was already spent.{planned} Its epsilon stays within the target; the model "
+        "simply trains on fewer devices in those rounds (rounds.jsonl, `budget_exhausted`)."
+    )
+
+
+def _model_kind(config: dict[str, Any]) -> str | None:
+    model = config.get("model")
+    if isinstance(model, dict):
+        return str(model.get("kind")) if model.get("kind") else None
+    settings = config.get("settings")
+    if model is None and isinstance(settings, dict):
+        model = settings.get("model")
+    return None if model is None else str(model)
+
+
+def _accuracy_section(
+    run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], refs: dict[str, Any]
+) -> list[str]:
+    """NDCG@10 against popularity, EASE and the non-private run of the same settings."""
+    ndcg = metrics.get("ndcg@10")
+    lines = ["## Accuracy against the references", ""]
+    for name, ref in refs.items():
+        value = ref.get("ndcg@10")
+        if ndcg is not None and value:
+            lines.append(
+                f"- against {name}: NDCG@10 {float(ndcg):.4f} vs {float(value):.4f} "
+                f"({float(ndcg) / float(value):.0%} of it)"
+            )
+    mode = _mode(config)
+    if mode == "none":
+        lines.append("- this run has no privacy: it is the non-private reference for private runs")
+    else:
+        other = find_non_private_twin(run_dir, config)
+        if other is None:
+            lines.append(
+                "- against the non-private run of the same settings: none found beside this "
+                f"run (in {run_dir.parent}). Run `fedrec simulate` with the same flags and "
+                "without the privacy flags into a folder there, then `fedrec report` again; "
+                "or use `fedrec sweep`, whose report shows both."
+            )
+        else:
+            value = _read_json(other / "metrics.json").get("ndcg@10")
+            share = f" ({float(ndcg) / float(value):.0%} of it)" if ndcg and value else ""
+            lines.append(
+                f"- against the non-private run of the same settings (`{other.name}`): "
+                f"NDCG@10 {_fmt(ndcg)} vs {_fmt(value)}{share}"
+            )
+    lines.append("")
+    popularity = refs.get("popularity", {}).get("ndcg@10")
+    flag = words.below_popularity(ndcg, popularity, private=mode != "none")
+    if flag:
+        lines += [flag, ""]
+    note = words.references_sentence([name for name in refs])
+    if note:
+        lines += [note, ""]
+    return lines
+
+
+def _mode(config: dict[str, Any]) -> str:
+    mode = config.get("privacy", "none")
+    if isinstance(mode, dict):
+        mode = mode.get("mode", "none")
+    return str(mode or "none")
+
+
+_RUN_SPECIFIC = ("run-dir", "privacy")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's settings without its directory and privacy settings (None: unreadable)."""
+    settings = config.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    return {
+        k: v for k, v in settings.items() if k not in _RUN_SPECIFIC and not k.startswith("privacy.")
+    }
+
+
+def find_non_private_twin(run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """A finished non-private run beside ``run_dir`` with the same other settings."""
+    mine = _comparable(config)
+    if mine is None or not run_dir.parent.is_dir():
+        return None
+    for other in sorted(run_dir.parent.iterdir()):
+        if other == run_dir or not (other / "metrics.json").is_file():
+            continue
+        try:
+            theirs = json.loads((other / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(theirs, dict) and _mode(theirs) == "none" and _comparable(theirs) == mine:
+            return other
+    return None
 
 
 def _audit_section(run_dir: Path) -> list[str]:
@@ -286,6 +446,10 @@ def write_report(run_dir: str | Path, *, tradeoff: bool = False) -> Path:
         raise DataError(
             "run directory not found", where=str(run_dir), fix="pass the --out of a run"
         )
+    from simulations.sweep import SWEEP_JSON, render_sweep_dir
+
+    if (run_dir / SWEEP_JSON).is_file() and not (run_dir / "config.json").exists():
+        return render_sweep_dir(run_dir)  # a fedrec sweep directory
     config = _read_json(run_dir / "config.json")
     metrics = _read_json(run_dir / "metrics.json")
     if config.get("command") == "baseline":
@@ -307,6 +471,7 @@ def write_report(run_dir: str | Path, *, tradeoff: bool = False) -> Path:
         "",
         metrics_table([("federated", metrics), *refs.items()]),
         "",
+        *_accuracy_section(run_dir, config, metrics, refs),
     ]
     for image in (plot_utility(run_dir, rounds, refs), plot_loss(run_dir, rounds)):
         if image:

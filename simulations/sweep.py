@@ -86,38 +86,91 @@ def summarize(epsilon: float | None, run_dir: Path, metrics: dict[str, Any]) -> 
     }
 
 
-def write_sweep(out_dir: Path, mode: str, rows: list[dict[str, Any]], refs: dict[str, Any]) -> Path:
+def write_sweep(
+    out_dir: Path,
+    mode: str,
+    rows: list[dict[str, Any]],
+    refs: dict[str, Any],
+    *,
+    model: str | None = None,
+) -> Path:
     """Write ``sweep.json``, the frontier plot and ``report.md``; return the report path."""
-    atomic_write_json(out_dir / SWEEP_JSON, {"mode": mode, "runs": rows, "reference": refs})
+    from simulations import privacy_words as words
+
+    payload: dict[str, Any] = {"mode": mode, "runs": rows, "reference": refs}
+    if model is not None:
+        payload["model"] = model
+    atomic_write_json(out_dir / SWEEP_JSON, payload)
     image = plot_frontier(out_dir, rows, refs)
     lines = [
         f"# fedrec sweep: {out_dir.name}",
         "",
-        f"Privacy mode `{mode}`; one run per target epsilon (see each run's report.md).",
-        "Every run spends privacy on the same data: the sweep is not covered by one guarantee.",
+        f"Privacy mode `{mode}`" + (f", model `{model}`" if model else "") + "; one run per "
+        "target epsilon and the same settings without privacy (`none`); each run's folder "
+        "has its own report.md.",
         "",
-        "| run | target epsilon | epsilon spent | delta | NDCG@10 | Recall@20 |",
-        "|---|---|---|---|---|---|",
+        words.unit_sentence(mode, model),
+        "",
+        words.trust_sentence(mode, model),
+        "",
+        "Every run spends privacy on the same data: the sweep as a whole is not covered by "
+        "one run's guarantee (docs/PRIVACY.md, hyperparameter tuning).",
+        "",
+        "| run | target epsilon | epsilon spent | delta | noise multiplier | NDCG@10 | "
+        "Recall@20 | vs non-private | vs popularity |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    plain = next((r["metrics"].get("ndcg@10") for r in rows if r["epsilon"] is None), None)
+    popularity = refs.get("popularity", {}).get("ndcg@10")
     for r in rows:
         m = r["metrics"]
         lines.append(
             f"| {r['run']} | {_fmt(r['target_epsilon'])} | {_fmt(r['epsilon'])} | "
-            f"{_fmt(r['delta'])} | {_fmt(m.get('ndcg@10'))} | {_fmt(m.get('recall@20'))} |"
+            f"{_fmt(r['delta'])} | {_fmt(r.get('noise_multiplier'))} | {_fmt(m.get('ndcg@10'))} | "
+            f"{_fmt(m.get('recall@20'))} | {_share(m.get('ndcg@10'), plain)} | "
+            f"{_share(m.get('ndcg@10'), popularity)} |"
         )
     for name, ref in refs.items():
         lines.append(
-            f"| {name} (central) | – | – | – | {_fmt(ref.get('ndcg@10'))} | "
-            f"{_fmt(ref.get('recall@20'))} |"
+            f"| {name} (centralized, not private) | – | – | – | – | {_fmt(ref.get('ndcg@10'))} | "
+            f"{_fmt(ref.get('recall@20'))} | {_share(ref.get('ndcg@10'), plain)} | "
+            f"{_share(ref.get('ndcg@10'), popularity)} |"
         )
-    lines += ["", f"![{image}]({image})" if image else "", ""]
+    lines.append("")
+    below = [
+        f"`{r['run']}`"
+        for r in rows
+        if words.below_popularity(r["metrics"].get("ndcg@10"), popularity) is not None
+    ]
+    if below:
+        lines += [
+            f"**Below popularity:** {', '.join(below)} rank worse (NDCG@10) than recommending "
+            f"the most popular items to everyone ({_fmt(popularity)}); such a model is not "
+            "worth deploying as is (docs/PRIVACY.md, 'DP popularity release', publishes a "
+            "private popularity ranking instead).",
+            "",
+        ]
+    note = words.references_sentence(list(refs))
+    if note:
+        lines += [note, ""]
+    lines += [f"![{image}]({image})" if image else "", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
+def render_sweep_dir(out_dir: Path) -> Path:
+    """Re-render ``report.md`` and the frontier of a sweep directory from its sweep.json."""
+    sweep = json.loads((out_dir / SWEEP_JSON).read_text())
+    return write_sweep(
+        out_dir, sweep["mode"], sweep["runs"], sweep.get("reference", {}), model=sweep.get("model")
+    )
+
+
 def plot_frontier(out_dir: Path, rows: list[dict[str, Any]], refs: dict[str, Any]) -> str | None:
-    """NDCG@10 against epsilon spent, popularity and the non-private run as lines."""
+    """NDCG@10 against epsilon spent; the non-private run, popularity and EASE as lines."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
     pts = sorted(
         (float(r["epsilon"]), float(r["metrics"]["ndcg@10"]))
         for r in rows
@@ -128,23 +181,43 @@ def plot_frontier(out_dir: Path, rows: list[dict[str, Any]], refs: dict[str, Any
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="private runs")
     lines = [
-        (r["metrics"].get("ndcg@10"), "non-private", "--") for r in rows if r["epsilon"] is None
+        (r["metrics"].get("ndcg@10"), "same settings, no privacy", "--", "black")
+        for r in rows
+        if r["epsilon"] is None
     ]
-    if "popularity" in refs:
-        lines.append((refs["popularity"].get("ndcg@10"), "popularity", ":"))
-    for value, label, style in lines:
+    for name, style, color in (("popularity", ":", "gray"), ("ease", "-.", "gray")):
+        if name in refs:
+            label = f"{'EASE' if name == 'ease' else name} (centralized, not private)"
+            lines.append((refs[name].get("ndcg@10"), label, style, color))
+    top = max(p[1] for p in pts)
+    for value, label, style, color in lines:
         if value is not None:
-            ax.axhline(float(value), linestyle=style, color="gray", label=label)
+            top = max(top, float(value))
+            ax.axhline(float(value), linestyle=style, color=color, label=label)
     ax.set_xscale("log")
+    ticks = sorted({p[0] for p in pts})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if len(ticks) == 1:
+        ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
     ax.set_xlabel("epsilon spent (log scale)")
     ax.set_ylabel("NDCG@10")
     ax.set_title("Privacy-utility frontier")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / FRONTIER_PNG, dpi=110)
     plt.close(fig)
     return FRONTIER_PNG
+
+
+def _share(value: Any, reference: Any) -> str:
+    if value is None or not reference:
+        return "–"
+    return f"{float(value) / float(reference):.0%}"
 
 
 def _fmt(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""``fedrec report RUN_DIR``: (re)render a run's report.md and PNG plots."""
+"""``fedrec report RUN_DIR``: (re)render a run's (or a sweep directory's) report.md and plots."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 NAME = "report"
-HELP = "render RUN_DIR/report.md and its plots from the run's files"
+HELP = "render RUN_DIR/report.md and its plots from the run's files (or a sweep directory's)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, or a fedrec sweep --out"
+    )
     parser.add_argument(
         "--tradeoff",
         action="store_true",

@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clients-per-round",
         type=int,
-        default=_DEFAULTS.clients_per_round,
+        default=None,
         metavar="K",
-        help="expected users per round (Poisson sampling, q = K / users)",
+        help="expected users per round (Poisson sampling, q = K / users; default: "
+        f"{_DEFAULTS.clients_per_round}, or every user when there are fewer)",
     )
     parser.add_argument("--out", type=Path, default=None, help="run directory to create")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR")
@@ -103,7 +104,11 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         "num-server-rounds": (
             args.rounds if args.rounds is not None else default_rounds(args.model, args.privacy)
         ),
-        "clients-per-round": args.clients_per_round,
+        "clients-per-round": (
+            args.clients_per_round
+            if args.clients_per_round is not None
+            else _DEFAULTS.clients_per_round
+        ),
         "seed": args.seed,
         "privacy": args.privacy,
         "eval-every": args.eval_every,
@@ -286,6 +291,37 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+USED_ON_RESUME = ("resume", "engine", "cpus_per_client", "verbose")
+"""Flags a resumed run still follows; every other one is read from config.json."""
+
+
+def resume_line(args: argparse.Namespace) -> str:
+    """What ``--resume`` does, naming the flags it ignores (config.json's settings win)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    ignored = [
+        f"--{name.replace('_', '-')}"
+        for name, value in vars(args).items()
+        if name in defaults and name not in USED_ON_RESUME and value != defaults[name]
+    ]
+    line = f"resuming {args.resume} with the settings recorded in its config.json"
+    return line + (f"; ignored: {' '.join(ignored)}" if ignored else "")
+
+
+def check_clients_per_round(args: argparse.Namespace, split: Split) -> None:
+    """Refuse a ``--clients-per-round`` above the number of users who can be sampled."""
+    from server.privacy_run import eligible_users
+
+    k, n = getattr(args, "clients_per_round", None), len(eligible_users(split))
+    if k is not None and k > n:
+        raise ConfigError(
+            f"{k} is more than the {n} users with train data",
+            where="--clients-per-round",
+            fix=f"use at most {n} (every user, each round)",
+        )
+
+
 def prepare_settings(settings: RunSettings, split: Split | None = None) -> RunSettings:
     """Resolve delta and (central) the noise multiplier, so config.json records them."""
     if not settings.privacy.enabled:
@@ -347,6 +383,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = Path(args.resume).resolve()
         settings = resume_settings(run_dir)
+        print(resume_line(args))
         lock = acquire_run_dir(run_dir)  # before reading anything the run will change
         try:
             check_fingerprint(run_dir, load_split(settings), settings)
@@ -358,6 +395,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         check_output_dir(Path(settings.run_dir), fix_not_empty=NOT_EMPTY_FIX)  # before loading
         split = load_split(settings)
+        check_clients_per_round(args, split)
         settings = prepare_settings(settings, split)
         lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0
@@ -369,8 +407,7 @@ def _run(args: argparse.Namespace) -> int:
             fields = {"round": record["round"], "failed": headcount(record["failed"])}
             if metrics.get("ndcg@10") is not None:
                 fields["ndcg@10"] = float(metrics["ndcg@10"])
-            if isinstance(record.get("epsilon"), float):
-                fields["eps"] = round(float(record["epsilon"]), 3)
+            fields.update(epsilon_fields(record.get("epsilon")))
             if record.get("stopped"):
                 print(record["stopped"])
             bar.update(1, **fields)
@@ -391,6 +428,15 @@ def _run(args: argparse.Namespace) -> int:
             raise
     _print_summary(settings, metrics)
     return 0
+
+
+def epsilon_fields(epsilon: Any) -> dict[str, float]:
+    """The progress line's epsilon: the run's (central), the largest device's (local)."""
+    if isinstance(epsilon, dict) and epsilon.get("max") is not None:
+        return {"eps_max": round(float(epsilon["max"]), 3)}
+    if isinstance(epsilon, int | float) and not isinstance(epsilon, bool):
+        return {"eps": round(float(epsilon), 3)}
+    return {}
 
 
 def remove_if_unstarted(run_dir: Path) -> None:
@@ -452,7 +498,8 @@ def _run_gram(args: argparse.Namespace) -> int:
     with lock, Progress(1, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
-            bar.update(1, ndcg=float((record.get("metrics") or {}).get("ndcg@10", 0.0)))
+            ndcg = float((record.get("metrics") or {}).get("ndcg@10", 0.0))
+            bar.update(1, ndcg=ndcg, **epsilon_fields(record.get("epsilon")))
 
         measure = gram_evaluator(settings.base)  # the harness's, outside the messages
         if args.engine == "inprocess":
