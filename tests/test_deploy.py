@@ -228,3 +228,40 @@ def test_a_run_past_its_timeout_stops_every_flower_process(tmp_path: Path) -> No
     commands = {r["command"] for r in rows}
     assert {"flower-superlink", "flower-supernode", "flower-superexec", "flwr"} <= commands
     assert not any(_running(r["pid"], r["start"]) for r in rows)
+
+
+def test_deploy_local_resume_is_refused_while_another_process_drives_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a run directory whose lock another process (here: this test) holds
+    from simulations.cli import main
+    from simulations.run_dir import acquire_run_dir, create_run_dir
+
+    run = tmp_path / "run"
+    create_run_dir(run, RunSettings.from_run_config({"data": TINY, "run-dir": str(run)}))
+    with acquire_run_dir(run):
+        # Execute
+        code = main(["deploy-local", "--resume", str(run), "--nodes", "3"])
+    # Assert: refused before any Flower process starts
+    err = capsys.readouterr().err
+    assert code == 2 and "in use by another fedrec process" in err
+
+
+def test_deploy_local_resume_is_refused_on_changed_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a run on a CSV, then the CSV loses a user
+    from simulations.cli import main
+    from simulations.run_dir import create_run_dir
+
+    data = tmp_path / "log.csv"
+    rows = [f"{u},{i}" for u in range(1, 4) for i in range(1, 9)]
+    data.write_text("user,item\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    create_run_dir(run, RunSettings.from_run_config({"data": str(data), "run-dir": str(run)}))
+    data.write_text("user,item\n" + "\n".join(rows[:-8]) + "\n")
+    # Execute
+    code = main(["deploy-local", "--resume", str(run), "--nodes", "3"])
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2 and "users 3 -> 2" in err

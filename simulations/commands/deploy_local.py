@@ -79,21 +79,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.settings import load_split
     from simulations.deploy import check_nodes, deploy_local
-    from simulations.run_dir import create_run_dir, finished_round, resume_settings
+    from simulations.run_dir import (
+        acquire_run_dir,
+        check_fingerprint,
+        finished_round,
+        open_new_run_dir,
+        resume_settings,
+    )
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec deploy-local")
     if args.resume is not None:
         settings = resume_settings(Path(args.resume).resolve())
-        check_nodes(settings, args.nodes)
+        lock = acquire_run_dir(Path(settings.run_dir))  # one process per run directory
+        try:  # the data first: a changed data set is the error to report, not its size
+            check_fingerprint(Path(settings.run_dir), load_split(settings), settings)
+            check_nodes(settings, args.nodes)
+        except BaseException:
+            lock.release()
+            raise
         done = finished_round(Path(settings.run_dir))
     else:
         settings = _settings(args)
         check_nodes(settings, args.nodes)
-        create_run_dir(Path(settings.run_dir), settings)
+        lock = open_new_run_dir(Path(settings.run_dir), settings, load_split(settings))
         done = 0
-    with _signals_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
+    with lock, _signals_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
             ndcg = (record.get("metrics") or {}).get("ndcg@10")
