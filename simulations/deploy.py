@@ -280,7 +280,8 @@ class Processes:
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         """Start ``cmd`` as ``name``, stdout and stderr to ``log``."""
-        out = open(log, "ab")  # noqa: SIM115 (closed in stop())
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # logs can name users
+        out = os.fdopen(fd, "ab")  # closed in stop()
         self._logs[name] = (out, out.tell())
         proc = subprocess.Popen(
             cmd,
@@ -543,7 +544,8 @@ def deploy_local(
     run_dir = Path(settings.run_dir)
     check_nodes(settings, n_nodes)
     logs = run_dir / LOGS_DIR
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(logs, 0o700)
     say = status or (lambda _: None)
     with supervised(logs, say) as (procs, tmp):
         creds = create_credentials(tmp / "credentials", n_nodes)
