@@ -93,11 +93,21 @@ def mechanism_sentence(privacy: dict[str, Any], config: dict[str, Any]) -> str:
     settings = settings or {}
     z = privacy.get("noise_multiplier", settings.get("noise_multiplier"))
     clip = privacy.get("clip_norm", settings.get("clip_norm"))
-    parts = [f"noise multiplier z = {_num(z)}", f"clip norm C = {_num(clip)}"]
+    parts = [f"noise multiplier z = {_num(z)}"] if z is not None else []
+    parts.append(f"clip norm C = {_num(clip)}")
     mode = privacy.get("mode")
+    shares = privacy.get("distributed") or {}
+    if mode == "distributed" and shares:
+        parts.append(
+            f"{shares.get('mechanism', 'skellam')} noise shares from "
+            f"{shares.get('noise_devices', '–')} devices, summed under secure aggregation; "
+            f"noise standard deviation of the release {_num(shares.get('release_noise_std'))}"
+        )
     if mode == "central":
         rates = sorted({float(e[1]) for e in privacy.get("history") or []})
-        if rates:
+        if rates == [1.0]:
+            parts.append("sampling rate q = 1 (every user's update joins every release)")
+        elif rates:
             parts.append(
                 "sampling rate q = "
                 + ", ".join(_num(q) for q in rates)

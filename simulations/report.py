@@ -244,10 +244,12 @@ def _privacy_section(
         ]
     eps, delta, target = privacy.get("epsilon"), privacy.get("delta"), privacy.get("target_epsilon")
     per = "the largest of any device (each device has its own budget)" if mode == "local" else ""
+    accountant = str(privacy.get("accountant"))
     lines += [
         f"Mode `{mode}`: **epsilon = {_fmt(eps)}**{', ' + per if per else ''}, at "
         f"**delta = {delta}** (the probability that the epsilon bound may fail), "
-        f"target epsilon {_fmt(target)}; accountant `{privacy.get('accountant')}` (Opacus).",
+        f"target epsilon {_fmt(target)}; accountant `{accountant}`"
+        + ("." if "Opacus" in accountant else " (Opacus)."),
         "",
         words.unit_sentence(mode, kind),
         "",
