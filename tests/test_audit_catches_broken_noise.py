@@ -93,7 +93,10 @@ def test_fedrec_audit_bounds_epsilon_above_the_claim_only_when_the_noise_is_cut(
     membership = entries[MEMBERSHIP]
     assert membership["epsilon_accounted"] == pytest.approx(accounted)
     assert membership["test"]["members"] == membership["test"]["nonmembers"] == 150
+    one_run = entries["one_run/canary_membership_release"]  # reported beside
+    assert one_run["epsilon_accounted"] == pytest.approx(accounted)
     if noise_divisor == 1.0:
         assert membership["epsilon_lower_bound"] <= accounted
+        assert one_run["epsilon_lower_bound"] <= accounted
     else:
         assert membership["epsilon_lower_bound"] > accounted

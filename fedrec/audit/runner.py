@@ -33,6 +33,7 @@ from fedrec.audit.attacks import (
 )
 from fedrec.audit.lower_bound import epsilon_lower_bound
 from fedrec.audit.membership import global_membership
+from fedrec.audit.one_run import one_run_bound
 from fedrec.audit.regenerate import (
     AuditTarget,
     central_release,
@@ -52,6 +53,9 @@ from fedrec.audit.shadow import popularity_proxy, shadow_profiles, train_row_cla
 from fedrec.federated.client import derive_seed
 from fedrec.models.base import Arrays
 from fedrec.privacy.noise import secure_rng
+
+ONE_RUN_CANARIES_PER_USER = 10
+"""Canary clients of the one-run audit per audited user (they cost no training)."""
 
 
 def audit_uploads(
@@ -173,6 +177,8 @@ def audit_releases(
             epsilon_accounted=eps_accounted, scores=scores, labels=labels,
             note="the user's items are not the central unit: no bound",
         ))  # fmt: skip
+    canaries = ONE_RUN_CANARIES_PER_USER * len(train)
+    out.append(one_run_membership(target, canaries, eps_accounted, eps_release, opts, rng))
     labels = np.array([True] * len(members) + [False] * len(nonmembers))
     scores = np.array(members + nonmembers)
     out.append(AttackResult(
@@ -183,6 +189,47 @@ def audit_releases(
         note="bound: user-level canary, adversary knows the user's update and everyone else's",
     ))  # fmt: skip
     return out
+
+
+def one_run_membership(
+    target: AuditTarget,
+    n_canaries: int,
+    eps_accounted: float | None,
+    eps_release: float | None,
+    opts: AuditOptions,
+    rng: np.random.Generator,
+) -> AttackResult:
+    """Membership of canary clients in ONE release (Steinke, Nasr & Jagielski, NeurIPS 2023).
+
+    Canary clients as in Andrew et al. (ICLR 2024): each update is a random direction
+    (public, seeded) ten times the clip norm, so the mechanism clips it to exactly ``S``,
+    and random directions are nearly orthogonal in many dimensions. Each canary is
+    included with probability 1/2 (then, as in the run, Poisson-sampled with ``q``);
+    the run's mechanism releases once; each canary is scored by projecting the release
+    onto its own clipped direction.
+    """
+    gen = np.random.default_rng([opts.seed, 4])
+    canaries: list[Arrays] = []
+    for _ in range(n_canaries):
+        raw = [gen.standard_normal(g.shape) for g in target.global_items]
+        norm = float(np.sqrt(sum(float(np.sum(a**2)) for a in raw)))
+        canaries.append(
+            [(a * (10 * target.privacy.clip_norm / norm)).astype(np.float32) for a in raw]
+        )
+    coins = rng.random(n_canaries) < 0.5
+    joined = [c for c, inside in zip(canaries, coins, strict=True) if inside]
+    joined = [c for c in joined if rng.random() < target.sample_rate]
+    release = central_release(target, joined, rng)
+    scores = np.array([project(release, clipped_direction(target, c)) for c in canaries])
+    bound = one_run_bound(scores, coins, delta=target.privacy.delta or 1e-5, beta=opts.alpha)
+    return AttackResult(
+        attack="one_run/canary_membership_release", sees="one DP-FedAvg release of m canaries",
+        auc=roc_auc(scores, coins), precision_at_k=None, clients_audited=n_canaries,
+        epsilon_accounted=eps_accounted, epsilon_lower_bound=bound.epsilon,
+        epsilon_release=eps_release, scores=scores, labels=coins,
+        note=f"one-run audit: {bound.canaries} canary clients, {bound.guesses} guesses, "
+        f"{bound.correct} correct, bound at confidence {1 - bound.beta:g}",
+    )  # fmt: skip
 
 
 def popularity_prior(
