@@ -258,3 +258,24 @@ def test_central_dp_run_trains_and_accounts(tmp_path: Path) -> None:
     assert verify_privacy_json(tmp_path / "privacy.json") == []
     report = json.loads((tmp_path / "privacy.json").read_text())
     assert report["mode"] == "central" and 0 < report["epsilon"] <= 8.0
+
+
+def test_device_serves_the_closed_form_user_vector(tmp_path: Path) -> None:
+    # Prepare: a device holding iALS global items and four interactions
+    from clients import DeviceClient
+    from clients.device import RoundConfig
+
+    cfg = ModelConfig(kind="ials", dim=4, alpha0=0.5, l2=0.05)
+    items = init_item_arrays(cfg, 15, seed=0)
+    seen = [0, 2, 5, 9]
+    with DeviceClient.open(tmp_path / "d.db", user_id="u", min_interactions=3) as device:
+        device.set_global(items, RoundConfig(model=cfg, train=IALS_LOCAL, round=1, seed=1))
+        device.record_many(seen)
+        # Execute
+        recs = device.recommend(15)
+    # Assert: the ranking is Q p with p the exact solve, seen items excluded
+    p = ials.solve_user(items[0], np.array(seen, dtype=np.int64), alpha0=0.5, lam=0.05)
+    scores = items[0].astype(np.float64) @ p
+    expected = [i for i in np.argsort(-scores, kind="stable") if i not in seen]
+    assert [r.item for r in recs] == expected and not any(r.fallback for r in recs)
+    np.testing.assert_allclose([r.score for r in recs], scores[expected], rtol=1e-4, atol=1e-6)
