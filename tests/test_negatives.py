@@ -100,3 +100,26 @@ def test_a_device_keeps_a_secret_key_a_simulated_device_none(tmp_path: Path) -> 
     # Assert: 32 secret bytes, persisted on the device; the simulation uses the public key
     assert key is not None and len(key) == KEY_BYTES and bytes.fromhex(stored) == key
     assert kept == key and sim_key is None
+
+
+def test_a_device_trains_with_its_own_key(tmp_path: Path) -> None:
+    # Prepare: a device with a secret key, hand-set global arrays, four interactions
+    from clients.device import RoundConfig
+    from fedrec.federated.client import client_fit
+    from fedrec.models.config import LocalTrainConfig, ModelConfig
+    from fedrec.models.registry import init_item_arrays
+
+    model, train = ModelConfig(kind="mf", dim=4), LocalTrainConfig(epochs=1, refit_steps=2)
+    arrays = init_item_arrays(model, 10, seed=0)
+    items = np.array([0, 1, 2, 3], dtype=np.int64)
+    with DeviceClient.open(tmp_path / "d.sqlite") as device:
+        device.record_many([0, 1, 2, 3])
+        # Execute
+        reply = device.fit_round(arrays, RoundConfig(model=model, train=train, round=1, seed=5))
+        key = device.negative_key
+    keyed = client_fit(model, train, arrays, None, items, seed=5, key=key)
+    public = client_fit(model, train, arrays, None, items, seed=5)
+    # Assert: the device's upload is the update with its key, not with the public key
+    assert reply.ok and reply.item_arrays is not None
+    np.testing.assert_array_equal(reply.item_arrays[0], keyed.item_arrays[0])
+    assert not np.array_equal(reply.item_arrays[0], public.item_arrays[0])
