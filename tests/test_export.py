@@ -23,12 +23,12 @@ from simulations.cli import main
 N_USERS, N_ITEMS, PER_USER = 40, 60, 12
 
 
-def write_ml100k_folder(folder: Path, seed: int = 0) -> Path:
+def write_ml100k_folder(folder: Path, seed: int = 0, n_users: int = N_USERS) -> Path:
     """A tiny MovieLens-100K-format folder (``u.data`` + ``u.item`` with titles)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     lines = []
-    for u in range(1, N_USERS + 1):
+    for u in range(1, n_users + 1):
         group = u % 3  # planted taste: each group prefers one third of the catalog
         pool = np.arange(group * 20 + 1, group * 20 + 21)
         items = rng.choice(pool, size=PER_USER, replace=False)
