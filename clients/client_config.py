@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import ConfigRecord
 
 from fedrec.data import resolve_data
-from fedrec.data.split import Split, random_split, temporal_split
+from fedrec.data.split import Split, random_split, temporal_split, validation_split
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.privacy.config import PrivacyConfig
 
@@ -35,6 +35,21 @@ def load_split(config: ConfigRecord) -> Split:
     key = tuple(
         config.get(k) for k in ("data", "min-rating", "k-core", "split", "test-fraction", "seed")
     )
+    fraction = config.get("validation-fraction")
+    if fraction is not None:  # fedrec tune's trials: the validation split (server.settings)
+        with _LOCK:
+            vkey = (*key, float(fraction))  # type: ignore[arg-type]
+            if vkey in _SPLITS:
+                return _SPLITS[vkey]
+        protocol = load_split_protocol(key)
+        split = validation_split(protocol, seed=int(key[5]), test_fraction=float(fraction))  # type: ignore[arg-type]
+        with _LOCK:
+            return _SPLITS.setdefault(vkey, split)
+    return load_split_protocol(key)
+
+
+def load_split_protocol(key: tuple[Any, ...]) -> Split:
+    """The protocol split named by ``key`` (data, min-rating, k-core, split, fraction, seed)."""
     with _LOCK:
         if key not in _SPLITS:
             data, min_rating, k_core, method, fraction, seed = key

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data import resolve_data
-from fedrec.data.split import Split, random_split, temporal_split
+from fedrec.data.split import Split, random_split, temporal_split, validation_split
 from fedrec.errors import ConfigError, DataError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import federated_preset
@@ -37,6 +37,7 @@ _TOP = {
     "k-core": "k_core",
     "split": "split",
     "test-fraction": "test_fraction",
+    "validation-fraction": "validation_fraction",
     "num-server-rounds": "rounds",
     "clients-per-round": "clients_per_round",
     "seed": "seed",
@@ -54,6 +55,7 @@ _CLIENT_TOP = (
     "k-core",
     "split",
     "test-fraction",
+    "validation-fraction",
     "seed",
     "noop",
     "fail-users",
@@ -68,6 +70,9 @@ class RunSettings:
     of every test user (scale runs: 100k evaluations cost more than the training).
     ``noop`` (clients echo the global arrays; for timing the Flower overhead) and
     ``fail_users`` (these users' clients raise) are TEST-ONLY switches.
+    ``validation_fraction`` (``fedrec tune``'s trials): train on the protocol train set
+    minus a per-user validation holdout of this fraction, and score on that holdout
+    only (:func:`fedrec.data.split.validation_split`); the test items are in neither.
     """
 
     data: str = "synthetic"
@@ -75,6 +80,7 @@ class RunSettings:
     k_core: int | None = None
     split: str = "random"
     test_fraction: float = 0.2
+    validation_fraction: float | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -98,6 +104,13 @@ class RunSettings:
             raise ConfigError(f"must be >= 0, got {self.eval_every}", where="eval-every")
         if self.split not in ("random", "temporal"):
             raise ConfigError(f"unknown split {self.split!r}", where="split", fix="random|temporal")
+        vf = self.validation_fraction
+        if vf is not None and not 0.0 < float(vf) < 1.0:
+            raise ConfigError(
+                f"must be strictly between 0 and 1, got {vf}",
+                where="validation-fraction",
+                fix="use e.g. 0.2 (or leave it out: the run is scored on the test items)",
+            )
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat kebab-case form (``config.json``, ``run_config``); ``None`` is left out."""
@@ -206,8 +219,18 @@ def load_split(settings: RunSettings) -> Split:
     """The protocol split of the run's data (same call as the clients make)."""
     data = resolve_data(settings.data, min_rating=settings.min_rating, k_core=settings.k_core)
     if settings.split == "temporal":
-        return temporal_split(data, test_fraction=settings.test_fraction)
-    return random_split(data, test_fraction=settings.test_fraction, seed=settings.seed)
+        split = temporal_split(data, test_fraction=settings.test_fraction)
+    else:
+        split = random_split(data, test_fraction=settings.test_fraction, seed=settings.seed)
+    return with_validation(split, settings.validation_fraction, settings.seed)
+
+
+def with_validation(split: Split, fraction: float | None, seed: int) -> Split:
+    """``split`` itself, or (``fraction`` set) its validation split: train minus a
+    per-user holdout, scored on that holdout; the test items are in neither."""
+    if fraction is None:
+        return split
+    return validation_split(split, seed=seed, test_fraction=float(fraction))
 
 
 def read_flat(run_dir: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ COMMANDS = (
     "baseline",
     "download",
     "simulate",
+    "tune",
     "sweep",
     "deploy_local",
     "report",

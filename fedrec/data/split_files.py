@@ -1,5 +1,10 @@
 """Split files: ``train.csv`` and ``test.csv`` with header ``user,item`` and ORIGINAL ids.
 
+``fedrec split --validation`` also writes ``valid.csv``, carved from the train items
+(:func:`fedrec.data.split.validation_split`); then ``train.csv``, ``valid.csv`` and
+``test.csv`` are disjoint, and :func:`read_split` counts ``valid.csv`` as train (the
+protocol's train set is their union).
+
 Design rule: the files alone define the split, so ``fedrec evaluate`` can score any
 recommender against them. Rows are written in source-file order; a directory is
 written atomically (see :mod:`fedrec.data.atomic`).
@@ -22,6 +27,7 @@ from fedrec.data.split import Split, _matrix, first_occurrences
 from fedrec.errors import DataError
 
 FILES = ("train.csv", "test.csv")
+VALID_FILE = "valid.csv"
 
 
 def test_rows(split: Split) -> npt.NDArray[np.int64]:
@@ -38,10 +44,18 @@ def _frame(data: Interactions, rows: npt.NDArray[np.int64]) -> pd.DataFrame:
     return pd.DataFrame({"user": users, "item": items})
 
 
-def write_split(split: Split, directory: str | Path) -> Path:
-    """Write ``train.csv`` and ``test.csv`` into a new (or empty) ``directory``."""
+def write_split(split: Split, directory: str | Path, validation: Split | None = None) -> Path:
+    """Write ``train.csv`` and ``test.csv`` into a new (or empty) ``directory``.
+
+    With ``validation`` (``validation_split(split)``), ``train.csv`` holds its reduced
+    train set and ``valid.csv`` its held-out items: three disjoint files.
+    """
     with atomic_output_dir(directory) as tmp:
-        _frame(split.data, split.train_rows).to_csv(tmp / "train.csv", index=False)
+        if validation is None:
+            _frame(split.data, split.train_rows).to_csv(tmp / "train.csv", index=False)
+        else:
+            _frame(split.data, validation.train_rows).to_csv(tmp / "train.csv", index=False)
+            _frame(split.data, test_rows(validation)).to_csv(tmp / VALID_FILE, index=False)
         _frame(split.data, test_rows(split)).to_csv(tmp / "test.csv", index=False)
     return Path(directory)
 
@@ -73,7 +87,9 @@ def read_split(directory: str | Path, data: Interactions | None = None) -> Split
     """
     folder = Path(directory).expanduser()
     train, test = (_read(folder / name) for name in FILES)
+    valid = _read(folder / VALID_FILE) if (folder / VALID_FILE).is_file() else train.iloc[:0]
     if data is None:
+        train = pd.concat([train, valid], ignore_index=True)  # valid.csv is train here
         both = pd.concat([train, test], ignore_index=True)
         log = RawLog(
             user=canonical_ids(both["user"].to_numpy(dtype=object)),
@@ -87,6 +103,9 @@ def read_split(directory: str | Path, data: Interactions | None = None) -> Split
         train_rows, test_rows_ = rows[: len(train)], rows[len(train) :]
     else:
         train_rows = _rows_in(data, train, folder / FILES[0])
+        if len(valid):
+            valid_rows = _rows_in(data, valid, folder / VALID_FILE)
+            train_rows = np.concatenate([train_rows, valid_rows])
         test_rows_ = _rows_in(data, test, folder / FILES[1])
     _check_disjoint(data, train_rows, test_rows_, folder)
     total = max(len(train_rows) + len(test_rows_), 1)

@@ -29,6 +29,7 @@ from fedrec.training.allocator import steady_allocator
 from server.checkpoint import headcount
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
+from simulations.config_file import track_explicit
 from simulations.progress import Progress
 
 NAME = "simulate"
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=(*MODEL_KIND_NAMES, GRAM_MODEL),
         default=_DEFAULTS.model.kind,
-        help="ease: one-shot federated EASE (one round; docs/GRAM_EASE.md)",
+        help="ease: one-shot federated EASE (one round; docs/GRAM_EASE.md). Default: mf; "
+        "with --privacy central, ease when the catalog fits its cap",
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.server.strategy)
     parser.add_argument(
@@ -93,6 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per actor")
     parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="flat settings (JSON or TOML, the keys of --set; e.g. fedrec tune's best.json); "
+        "flags given on the command line and --set override it",
+    )
+    track_explicit(parser)  # --config: which flags were given (simulations/config_file.py)
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -358,11 +369,25 @@ def engine_line(engine: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
+    if args.resume is None:
+        choose_model(args)
     umask = os.umask(0o077)  # run files hold user data: private, in Ray's workers too
     try:
         return _run(args)
     finally:
         os.umask(umask)
+
+
+def choose_model(args: argparse.Namespace) -> None:
+    """Fold in ``--config``; without a model given, central mode's default (issue 17)."""
+    from simulations.commands.common import load_data
+    from simulations.config_file import apply_config, central_default_model, explicit
+
+    from_file = apply_config(args)
+    if args.privacy != "central" or "model" in explicit(args) | from_file:
+        return
+    args.model, why = central_default_model(args, load_data(args).n_items)
+    print(f"model: {why}")
 
 
 def _run(args: argparse.Namespace) -> int:
