@@ -255,3 +255,4 @@ def test_central_mode_defaults_to_federated_ease_when_the_catalog_fits(
     assert _model([*central, "--rounds", "5"]) == "mf"  # round-based flags: MF
     assert _model(["--privacy", "local", "--target-epsilon", "8"]) == "mf"
     assert _model([]) == "mf"
+    assert _model(["--privacy", "distributed", "--target-epsilon", "8"]) == "ease"

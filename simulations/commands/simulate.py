@@ -384,9 +384,12 @@ def choose_model(args: argparse.Namespace) -> None:
     from simulations.config_file import apply_config, central_default_model, explicit
 
     from_file = apply_config(args)
-    if args.privacy != "central" or "model" in explicit(args) | from_file:
+    if args.privacy not in ("central", "distributed") or "model" in explicit(args) | from_file:
         return
-    args.model, why = central_default_model(args, load_data(args).n_items)
+    if args.privacy == "distributed":
+        args.model, why = GRAM_MODEL, "ease (the only model of --privacy distributed)"
+    else:
+        args.model, why = central_default_model(args, load_data(args).n_items)
     print(f"model: {why}")
 
 
