@@ -69,7 +69,7 @@ from fedrec.training.negatives import check_key, new_device_key
 GLOBAL, TRAIN, TRAIN_PREV, SERVE = "global", "train", "train.prev", "serve"
 TITLES = "item_titles"
 """Store meta key of the held catalog's titles, ``[[item id, title], ...]`` (model files)."""
-DEVICE_KINDS = ("mf", "cdae", "multvae", "ials")
+DEVICE_KINDS = ("mf", "cdae", "multvae", "ials", "ncf")
 """Model kinds a device trains and serves (a model file of another kind is refused)."""
 NEGATIVE_KEY = "negative_key"
 """Store meta key of the device's secret negative-sampling key (hex)."""

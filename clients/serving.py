@@ -86,7 +86,7 @@ class HeldGlobal:
         model.eval()
         vectors = (
             unit_rows(item_vectors(model_cfg.kind, arrays))
-            if model_cfg.kind in ("mf", "cdae", "multvae", "ials")
+            if model_cfg.kind in ("mf", "cdae", "multvae", "ials", "ncf")
             else None
         )
         return cls(

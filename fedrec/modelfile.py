@@ -38,7 +38,7 @@ VERSION = 1
 METADATA_KEY = "fedrec"
 ItemId = int | str
 """An original item id as the data spell it (JSON keeps ints and strings apart)."""
-SERVABLE_KINDS = ("mf", "cdae", "multvae", "ials", "ease", "popularity", "itemknn")
+SERVABLE_KINDS = ("mf", "cdae", "multvae", "ials", "ncf", "ease", "popularity", "itemknn")
 """Kinds a model file may hold: the federated models and the centralized baselines."""
 
 

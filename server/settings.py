@@ -27,6 +27,7 @@ from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.ials import refuse_local_dp
+from fedrec.models.ncf import refuse_local_dp as refuse_ncf_local_dp
 from fedrec.privacy.config import PrivacyConfig
 
 Scalar = bool | int | float | str
@@ -188,6 +189,7 @@ class RunSettings:
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err
         refuse_local_dp(model.kind, privacy.mode)  # iALS: no local-DP mechanism
+        refuse_ncf_local_dp(model.kind, privacy.mode)  # NCF: no audited local-DP unit
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
             train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)
         return cls(model=model, train=train, server=server, privacy=privacy, **top)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fedrec.errors import ConfigError
 
-MODEL_KIND_NAMES = ("mf", "cdae", "multvae", "ials")
+MODEL_KIND_NAMES = ("mf", "cdae", "multvae", "ials", "ncf")
 MF_LOSSES = ("bce", "bpr")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 
@@ -41,15 +41,15 @@ class ModelConfig:
     Attributes
     ----------
     kind
-        ``"mf"``, ``"cdae"``, ``"multvae"`` or ``"ials"``.
+        ``"mf"``, ``"cdae"``, ``"multvae"``, ``"ials"`` or ``"ncf"``.
     dim
-        Embedding / latent dimension.
+        Embedding / latent dimension (NCF: of each tower; its MLP is ``2d -> d -> d/2``).
     init_std
         Standard deviation of the normal initialization of embeddings.
     loss
         MF only: ``"bce"`` (pointwise, sampled negatives) or ``"bpr"`` (Rendle et al. 2009).
     negatives
-        MF only: negatives per positive, drawn uniformly from *all* items,
+        MF and NCF: negatives per positive, drawn uniformly from *all* items,
         independently of the user's data.
     item_bias
         MF only: learn an item bias ``b_i`` (item-side); when off it stays frozen at 0.

@@ -55,8 +55,18 @@ def _build_ials(
     return IALS(cfg, n_items, n_users)
 
 
+def _build_ncf(
+    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
+) -> TrainableRecommender:
+    from fedrec.models.ncf import NeuMF  # registration point: the NeuMF module
+
+    del item_init  # small tables and tower, cheap to initialize
+    return NeuMF(cfg, n_items, n_users)
+
+
 def _builders() -> dict[str, Builder]:
-    return {"mf": _build_mf, "cdae": _build_cdae, "multvae": _build_multvae, "ials": _build_ials}
+    builders = {"mf": _build_mf, "cdae": _build_cdae, "multvae": _build_multvae}
+    return {**builders, "ials": _build_ials, "ncf": _build_ncf}
 
 
 def _available() -> tuple[str, ...]:
@@ -66,6 +76,7 @@ def _available() -> tuple[str, ...]:
     modules = {"mf": "fedrec.models.mf", "cdae": "fedrec.models.cdae"}
     modules["multvae"] = "fedrec.models.multvae"
     modules["ials"] = "fedrec.models.ials"
+    modules["ncf"] = "fedrec.models.ncf"
     return tuple(k for k, m in modules.items() if importlib.util.find_spec(m) is not None)
 
 

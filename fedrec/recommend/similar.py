@@ -14,7 +14,9 @@ Which item-side array holds the item vectors (rows indexed by item):
 - ``cdae``: ``decoder.weight`` ``[n_items, dim]`` (``nn.Linear(dim, n_items)`` stores
   ``W_dec`` as ``[out, in]``: row ``i`` is item ``i``'s output vector, no transpose);
 - ``multvae``: ``dec_out.weight`` ``[n_items, hidden]`` (the last decoder layer);
-- ``ials``: ``item_emb.weight`` ``[n_items, dim]`` (the ``Q`` of ``p_u . q_i``).
+- ``ials``: ``item_emb.weight`` ``[n_items, dim]`` (the ``Q`` of ``p_u . q_i``);
+- ``ncf``: ``item_gmf.weight`` ``[n_items, dim]`` (the GMF tower's item vectors; the MLP
+  tower's item vectors only mean something through the nonlinear tower).
 
 The array is found by name in the model class's ``ITEM_SIDE`` (upload order), so a
 change of upload order cannot silently pick the wrong array.
@@ -34,6 +36,7 @@ ITEM_VECTOR_PARAMETER: dict[str, str] = {
     "cdae": "decoder.weight",
     "multvae": "dec_out.weight",
     "ials": "item_emb.weight",
+    "ncf": "item_gmf.weight",
 }
 """Model kind -> the item-side parameter whose rows are the item vectors."""
 
@@ -51,6 +54,10 @@ def _item_side_names(model_kind: str) -> tuple[str, ...]:
         from fedrec.models.ials import IALS
 
         return IALS.ITEM_SIDE
+    if model_kind == "ncf":
+        from fedrec.models.ncf import NeuMF
+
+        return NeuMF.ITEM_SIDE
     from fedrec.models.multvae import MultVAE
 
     return MultVAE.ITEM_SIDE

@@ -39,6 +39,11 @@ CENTRAL_TRAIN = LocalTrainConfig(optimizer="adam", lr=0.005, batch_size=4096)
 ``ModelConfig.l2`` regularizes, the same loss as on the devices)."""
 
 
+NCF_CENTRAL_TRAIN = LocalTrainConfig(optimizer="adam", lr=0.002, batch_size=1024)
+"""Centralized NeuMF: Adam at 0.002 on minibatches of 1024 rows (He et al. use Adam at
+0.001 on 256; a larger batch at a larger rate is faster on CPU)."""
+
+
 def central_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig]:
     """The documented centralized configuration of ``kind`` (the twin of a federated run)."""
     if kind in ("cdae", "multvae"):
@@ -49,6 +54,10 @@ def central_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
 
         return IALS_MODEL, IALS_LOCAL
+    if kind == "ncf":  # the federated model and loss; He et al.'s Adam on minibatches
+        from fedrec.federated.presets import NCF_MODEL
+
+        return NCF_MODEL, NCF_CENTRAL_TRAIN
     return ModelConfig(kind=kind), CENTRAL_TRAIN
 
 

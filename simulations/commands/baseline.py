@@ -30,8 +30,8 @@ from simulations.commands.common import add_data_arguments, load_data, prepare_o
 from simulations.seeds import SeedSummary, parse_seeds, run_seeds
 
 NAME = "baseline"
-HELP = "Train a centralized reference model (popularity, itemknn, ease, mf, cdae, multvae, ials)."
-TRAINED = ("mf", "cdae", "multvae", "ials")
+HELP = "Train a centralized reference (popularity, itemknn, ease, mf, cdae, multvae, ials, ncf)."
+TRAINED = ("mf", "cdae", "multvae", "ials", "ncf")
 MODELS = (*BASELINES, *TRAINED)
 
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=None,
-        help="mf/cdae/multvae: training epochs; ials: ALS iterations (default: model's)",
+        help="mf/cdae/multvae/ncf: training epochs; ials: ALS iterations (default: model's)",
     )
 
 

@@ -1,0 +1,199 @@
+"""NeuMF (``--model ncf``): the item-side / user-side split, what an upload carries,
+MF's keyed negatives, learning on planted data (federated and the twin), the privacy
+modes it takes (central) or refuses (local)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.data import random_split
+from fedrec.data.interactions import Interactions
+from fedrec.errors import ConfigError
+from fedrec.federated.client import client_fit
+from fedrec.federated.loop import run_federated
+from fedrec.federated.presets import NCF_LOCAL, NCF_MODEL, NCF_SERVER, federated_preset
+from fedrec.metrics.evaluate import evaluate_scores
+from fedrec.models.base import check_split, item_side, user_side
+from fedrec.models.config import ModelConfig
+from fedrec.models.ncf import NeuMF, tower_widths
+from fedrec.models.registry import build_model, init_item_arrays, item_array_shapes
+from fedrec.recommend import item_vectors
+from fedrec.training.centralized import central_preset, train_centralized
+
+CFG = ModelConfig(kind="ncf", dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one torch thread, as on a device (thread start-up dominates)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _planted() -> Interactions:
+    from fedrec.data import synthetic
+
+    return synthetic(n_users=120, n_items=60, dim=4, mean_interactions=15, seed=0)
+
+
+def _popularity_ndcg(split: Any) -> float:
+    from fedrec.baselines import make_baseline
+
+    pop = evaluate_scores(make_baseline("popularity").fit(split.train).score, split)
+    return float(pop["ndcg@10"] or 0)
+
+
+def test_split_is_declared_complete_and_user_embeddings_are_the_user_side() -> None:
+    # Prepare
+    model = build_model(CFG, 30, 5, seed=0)
+    names = [n for n, _ in model.named_parameters()]
+    # Execute
+    items, users = item_side(model), user_side(model)
+    # Assert: every parameter on exactly one side; the user side is the two user tables
+    check_split(model)
+    assert sorted([*items, *users]) == sorted(names) and not set(items) & set(users)
+    assert set(users) == {"user_gmf.weight", "user_mlp.weight"}
+    assert all(p.shape[0] == 5 for p in users.values())  # one row per user slot
+    assert list(items)[:2] == ["item_gmf.weight", "item_mlp.weight"]
+    assert all(items[n].shape[0] == 30 for n in ("item_gmf.weight", "item_mlp.weight"))
+    assert set(NeuMF.TOWER_PARAMETERS) == set(items) - {"item_gmf.weight", "item_mlp.weight"}
+    assert tower_widths(32) == (64, 32, 16)
+
+
+def test_upload_carries_only_item_side_arrays_and_the_tower_dense() -> None:
+    # Prepare
+    n_items = 40
+    start = init_item_arrays(CFG, n_items, seed=0)
+    own = np.array([2, 5, 11], dtype=np.int64)
+    # Execute
+    fit = client_fit(CFG, NCF_LOCAL, start, None, own, seed=1)
+    # Assert: the item-side arrays in upload order, nothing else; the user state stays
+    assert [a.shape for a in fit.item_arrays] == item_array_shapes(CFG, n_items)
+    assert set(fit.user_state) == set(NeuMF.USER_SIDE)
+    user_values = [v.ravel() for v in fit.user_state.values()]
+    for arr in fit.item_arrays:
+        for v in user_values:
+            assert not np.isin(v, arr).any(), "a user-side value is in an upload"
+    for before, after in zip(start[2:], fit.item_arrays[2:], strict=True):
+        assert not np.array_equal(before, after)  # the shared tower is uploaded whole
+    touched = np.flatnonzero((start[0] != fit.item_arrays[0]).any(axis=1))
+    assert set(own) <= set(touched)  # rows of the user's items (and its negatives) moved
+
+
+def test_negatives_are_mfs_keyed_negatives() -> None:
+    # Prepare
+    mf = build_model(ModelConfig(kind="mf", dim=8), 50, 1, seed=0)
+    ncf = build_model(CFG, 50, 1, seed=0)
+    users, items = np.zeros(6, dtype=np.int64), np.array([1, 3, 5, 7, 9, 11], dtype=np.int64)
+    key = bytes(range(32))
+    # Execute
+    a = mf.make_examples(users, items, generator=torch.Generator().manual_seed(4), key=key)
+    b = ncf.make_examples(users, items, generator=torch.Generator().manual_seed(4), key=key)
+    # Assert
+    for x, y in zip(a.inputs, b.inputs, strict=True):
+        assert torch.equal(x, y)
+    assert torch.equal(a.target, b.target)
+
+
+def test_score_is_the_forward_logit_of_every_item() -> None:
+    # Prepare
+    model = build_model(CFG, 25, 3, seed=2)
+    users = torch.tensor([0, 2])
+    # Execute
+    scores = model.score(users, torch.zeros(2, 25))
+    # Assert
+    for row, u in enumerate(users):
+        logits = model(u.repeat(25), torch.arange(25))[:, 0]
+        torch.testing.assert_close(scores[row], logits)
+
+
+def test_federated_ncf_beats_popularity_on_planted_data() -> None:
+    # Prepare
+    split = random_split(_planted(), seed=0)
+    model, local, server = federated_preset("ncf")
+    model = ModelConfig(kind="ncf", dim=8, l2=model.l2)
+    # Execute
+    result = run_federated(split, model, local, server, rounds=8, clients_per_round=30, seed=0)
+    # Assert
+    assert float(result.metrics["ndcg@10"] or 0) > _popularity_ndcg(split) + 0.1
+
+
+def test_centralized_twin_beats_popularity_on_planted_data() -> None:
+    # Prepare
+    split = random_split(_planted(), seed=0)
+    model, train = central_preset("ncf")
+    model = ModelConfig(kind="ncf", dim=8, l2=model.l2)
+    train = dataclasses.replace(train, batch_size=256)  # more steps on 1,440 positives
+    # Execute
+    scorer = train_centralized(model, train, split, seed=0, epochs=20)
+    # Assert
+    assert float(evaluate_scores(scorer, split)["ndcg@10"] or 0) > _popularity_ndcg(split) + 0.1
+
+
+def test_preset_and_item_vectors() -> None:
+    assert federated_preset("ncf") == (NCF_MODEL, NCF_LOCAL, NCF_SERVER)
+    assert central_preset("ncf")[0] == NCF_MODEL
+    arrays = init_item_arrays(NCF_MODEL, 20, seed=0)
+    np.testing.assert_array_equal(item_vectors("ncf", arrays), arrays[0].astype(np.float64))
+
+
+def _flat(tmp: Path, **over: Any) -> dict[str, Any]:
+    flat: dict[str, Any] = {
+        "data": "synthetic:users=30,items=40,dim=4,mean=12,seed=5",
+        "model": "ncf",
+        "num-server-rounds": 2,
+        "clients-per-round": 15,
+        "run-dir": str(tmp),
+    }
+    flat.update(over)
+    return flat
+
+
+def test_local_dp_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from server.settings import RunSettings
+
+    with pytest.raises(ConfigError, match="one-interaction unit") as info:
+        RunSettings.from_run_config(
+            _flat(tmp_path, privacy="local", **{"privacy.target-epsilon": 8.0})
+        )
+    assert "--privacy central" in str(info.value)
+
+
+def test_central_dp_run_trains_and_accounts(tmp_path: Path) -> None:
+    # Prepare: user-level DP-FedAvg on the clipped dense uploads, through the Flower apps
+    from fedrec.privacy.report import verify_privacy_json
+    from server.checkpoint import load_checkpoint
+    from server.privacy_run import resolve_settings
+    from server.server_app import run_server
+    from server.settings import RunSettings, load_split
+    from simulations.evaluation import device_evaluator
+    from simulations.inprocess import InProcessGrid
+    from simulations.run_dir import create_run_dir
+
+    flat = _flat(tmp_path, privacy="central", **{"privacy.target-epsilon": 8.0,
+                                                  "privacy.insecure-noise-seed": 7})  # fmt: skip
+    settings = RunSettings.from_run_config(flat)
+    split = load_split(settings)
+    settings = resolve_settings(settings, split)
+    create_run_dir(tmp_path, settings)
+    start = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
+    # Execute
+    run_server(InProcessGrid(split.n_users), settings, evaluator=device_evaluator(settings))
+    # Assert: every item-side array moved (the tower included), the guarantee verifies
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt is not None
+    for before, after in zip(start, ckpt.item_arrays, strict=True):
+        assert np.isfinite(after).all() and not np.array_equal(before, after)
+    assert verify_privacy_json(tmp_path / "privacy.json") == []
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    assert report["mode"] == "central" and 0 < report["epsilon"] <= 8.0
