@@ -72,7 +72,7 @@ def test_split_is_declared_complete_and_user_embeddings_are_the_user_side() -> N
 
 def test_upload_carries_only_item_side_arrays_and_the_tower_dense() -> None:
     # Prepare
-    n_items = 40
+    n_items = 200
     start = init_item_arrays(CFG, n_items, seed=0)
     own = np.array([2, 5, 11], dtype=np.int64)
     # Execute
@@ -86,8 +86,10 @@ def test_upload_carries_only_item_side_arrays_and_the_tower_dense() -> None:
             assert not np.isin(v, arr).any(), "a user-side value is in an upload"
     for before, after in zip(start[2:], fit.item_arrays[2:], strict=True):
         assert not np.array_equal(before, after)  # the shared tower is uploaded whole
-    touched = np.flatnonzero((start[0] != fit.item_arrays[0]).any(axis=1))
-    assert set(own) <= set(touched)  # rows of the user's items (and its negatives) moved
+    for table in (0, 1):  # item tables: the user's rows and its negatives' rows moved
+        touched = np.flatnonzero((start[table] != fit.item_arrays[table]).any(axis=1))
+        assert set(own) <= set(touched)
+        assert len(touched) <= len(own) * (1 + CFG.negatives * NCF_LOCAL.epochs)
 
 
 def test_negatives_are_mfs_keyed_negatives() -> None:
