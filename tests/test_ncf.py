@@ -199,3 +199,26 @@ def test_central_dp_run_trains_and_accounts(tmp_path: Path) -> None:
     assert verify_privacy_json(tmp_path / "privacy.json") == []
     report = json.loads((tmp_path / "privacy.json").read_text())
     assert report["mode"] == "central" and 0 < report["epsilon"] <= 8.0
+
+
+def test_device_trains_and_serves_ncf(tmp_path: Path) -> None:
+    # Prepare: a device holding NCF global arrays and four interactions
+    from clients import DeviceClient
+    from clients.device import RoundConfig
+
+    cfg = RoundConfig(model=CFG, train=NCF_LOCAL, round=1, seed=1)
+    arrays = init_item_arrays(CFG, 10, seed=0)
+    device = DeviceClient.open(tmp_path / "device.db", user_id="u1", min_interactions=3)
+    try:
+        device.set_global(arrays, cfg)
+        device.record_many([0, 1, 2, 3])
+        # Execute
+        fit = device.fit_round(arrays, cfg)
+        recs = device.recommend(3, explain=True)
+    finally:
+        device.close()
+    # Assert: the upload is the item side only; recommendations are the model's, unseen
+    assert fit.ok and fit.item_arrays is not None
+    assert [a.shape for a in fit.item_arrays] == item_array_shapes(CFG, 10)
+    assert len(recs) == 3 and not any(r.fallback for r in recs)
+    assert {r.item for r in recs}.isdisjoint({0, 1, 2, 3})
