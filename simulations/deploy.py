@@ -280,8 +280,8 @@ class Processes:
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         """Start ``cmd`` as ``name``, stdout and stderr to ``log``."""
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # logs can name users
-        out = os.fdopen(fd, "ab")  # closed in stop()
+        # closed in stop(); created 0600: process logs can name users
+        out = open(log, "ab", opener=lambda path, flags: os.open(path, flags, 0o600))  # noqa: SIM115
         self._logs[name] = (out, out.tell())
         proc = subprocess.Popen(
             cmd,
