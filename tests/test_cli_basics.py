@@ -47,3 +47,24 @@ def test_an_unknown_set_key_is_one_line_listing_the_valid_keys(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"unknown setting {flag.split('=')[0]}" in err and listed in err
+
+
+def test_the_flwr_run_defaults_equal_the_cli_defaults() -> None:
+    # Prepare: pyproject's [tool.flwr.app.config] and fedrec simulate's parser
+    import tomllib
+
+    from server.settings import RunSettings
+    from simulations.commands.simulate import settings_from_args
+
+    root = Path(__file__).resolve().parents[1]
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    parser = build_parser()
+    args = parser.parse_args(["simulate", "--data", app["data"], "--out", "unused"])
+    # Execute
+    from_pyproject = RunSettings.from_run_config(app)
+    from_cli = settings_from_args(args)
+    # Assert: everything but where the run is written
+    assert from_pyproject.rounds == from_cli.rounds == 150
+    for name in ("model", "train", "server", "privacy", "clients_per_round", "seed",
+                 "eval_every", "eval_clients", "data"):  # fmt: skip
+        assert getattr(from_pyproject, name) == getattr(from_cli, name), name
