@@ -68,8 +68,12 @@ class ExportedModel:
             problem = f"unknown model kind {self.kind!r} (one of {', '.join(SERVABLE_KINDS)})"
         elif len(set(self.item_ids)) != len(self.item_ids):
             problem = "item ids are not unique"
-        elif not self.arrays or any(a.ndim == 0 or a.shape[0] != self.n_items for a in self.arrays):
-            problem = f"every array must have one row per item ({self.n_items})"
+        elif not self.arrays or any(a.ndim == 0 for a in self.arrays):
+            problem = "no arrays, or a scalar array"
+        elif self.arrays[0].shape[0] != self.n_items:
+            # Only the first is item-indexed in every kind: an autoencoder's encoder is
+            # [hidden, n_items], NCF's tower is shared; the model checks every shape on load.
+            problem = f"the first array must have one row per item ({self.n_items})"
         elif self.fallback is not None and self.fallback.shape != (self.n_items,):
             problem = f"fallback must have shape ({self.n_items},)"
         elif self.titles is not None and len(self.titles) != self.n_items:

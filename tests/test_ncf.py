@@ -222,3 +222,20 @@ def test_device_trains_and_serves_ncf(tmp_path: Path) -> None:
     assert [a.shape for a in fit.item_arrays] == item_array_shapes(CFG, 10)
     assert len(recs) == 3 and not any(r.fallback for r in recs)
     assert {r.item for r in recs}.isdisjoint({0, 1, 2, 3})
+
+
+@pytest.mark.parametrize("kind", ["mf", "cdae", "multvae", "ials", "ncf"])
+def test_model_file_holds_every_kind_and_checks_the_item_rows(tmp_path: Path, kind: str) -> None:
+    # Prepare: an autoencoder's encoder is [hidden, n_items]; NCF's tower is not item-indexed
+    from fedrec.errors import DataError
+    from fedrec.modelfile import ExportedModel, load_model, save_model
+
+    arrays = init_item_arrays(ModelConfig(kind=kind, dim=8, hidden=16), 20, seed=0)
+    # Execute
+    save_model(tmp_path / "m.safetensors", ExportedModel(kind, list(range(20)), arrays))
+    loaded = load_model(tmp_path / "m.safetensors")
+    # Assert: the arrays come back; ids that do not match the item rows are refused
+    for a, b in zip(arrays, loaded.arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="one row per item"):
+        ExportedModel(kind, list(range(19)), arrays)
