@@ -93,7 +93,7 @@ def test_model_loss_is_the_same_loss_and_solve_users_sets_the_closed_form() -> N
         model.item_emb.weight.copy_(torch.from_numpy(q))
     ex = model.make_examples(np.zeros(len(ITEMS), np.int64), ITEMS, generator=torch.Generator())
     # Execute
-    solved_loss = model.solve_users(ex)  # type: ignore[operator]
+    solved_loss = model.solve_users(ex)
     loss = model.loss(model(*ex.inputs), ex.target)
     loss.backward()
     # Assert
@@ -136,7 +136,9 @@ def test_fast_path_equals_the_autograd_reference_path(epochs: int) -> None:
     # Execute
     fast = client_fit(cfg, train, items, None, train_items, seed=3)
     slow = client_fit(cfg, train, items, None, train_items, seed=3, fast=False)
-    scores = [client_scores(cfg, train, items, None, train_items, seed=3, fast=f) for f in (1, 0)]
+    scores = [
+        client_scores(cfg, train, items, None, train_items, seed=3, fast=f) for f in (True, False)
+    ]
     # Assert
     np.testing.assert_allclose(fast.item_arrays[0], slow.item_arrays[0], atol=1e-6)
     np.testing.assert_allclose(
