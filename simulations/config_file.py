@@ -97,7 +97,13 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(
             "expected an object of settings", where=str(path), fix='e.g. {"model.dim": 64}'
         )
+    if isinstance(loaded.get("settings"), dict):  # a run's own config.json: rerun it
+        loaded = {k: v for k, v in loaded["settings"].items() if k not in RUN_ONLY_KEYS}
     return _flatten(loaded, "")
+
+
+RUN_ONLY_KEYS = ("run-dir",)
+"""Keys of a run's config.json that belong to that run, not to a rerun (``--out`` says)."""
 
 
 def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -123,6 +129,9 @@ def apply_config(args: argparse.Namespace) -> set[str]:
         return set()
     flat = read_config(Path(path))
     given = explicit(args)
+    mode = args.privacy if "privacy" in given else flat.get("privacy", "none")
+    if mode == "none":  # a non-private run's config.json records the privacy defaults too
+        flat = {k: v for k, v in flat.items() if not k.startswith("privacy.")}
     sets: list[str] = []
     applied: set[str] = set()
     for key, value in flat.items():

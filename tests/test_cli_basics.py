@@ -68,3 +68,25 @@ def test_the_flwr_run_defaults_equal_the_cli_defaults() -> None:
     for name in ("model", "train", "server", "privacy", "clients_per_round", "seed",
                  "eval_every", "eval_clients", "data"):  # fmt: skip
         assert getattr(from_pyproject, name) == getattr(from_cli, name), name
+
+
+@pytest.mark.parametrize("privacy", [[], ["--privacy", "central", "--noise-multiplier", "1.0"]])
+def test_a_runs_own_config_json_reruns_it_with_the_same_settings(
+    tmp_path: Path, privacy: list[str]
+) -> None:
+    # Prepare
+    import json
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    data = "synthetic:users=40,items=30,seed=2"
+    argv = ["simulate", "--data", data, "--rounds", "2", "--clients-per-round", "10",
+            "--model", "mf", "--set", "model.dim=8", *privacy]  # fmt: skip
+    assert main([*argv, "--out", str(first)]) == 0
+    # Execute
+    code = main(["simulate", "--config", str(first / "config.json"), "--out", str(second)])
+    # Assert: every setting but the run directory; the same result without privacy
+    a, b = (json.loads((d / "config.json").read_text())["settings"] for d in (first, second))
+    assert code == 0 and {k for k in a if a[k] != b.get(k)} == {"run-dir"}
+    if not privacy:  # DP noise is fresh by design
+        m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+        assert m1["ndcg@10"] == m2["ndcg@10"]
