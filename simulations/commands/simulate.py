@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=None,
-        help="server rounds (non-private defaults: MF 150, CDAE 300, Mult-VAE 150; private: 20)",
+        help="server rounds (non-private defaults: MF 150, CDAE 300, Mult-VAE 400, iALS 150, "
+        "NCF 50; private: 20)",
     )
     parser.add_argument(
         "--clients-per-round",
