@@ -34,18 +34,22 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedrec.errors import ConfigError
 from fedrec.privacy.central import DPFedAvg
-from server.strategies import ARRAYS_KEY, FedAdamStrategy, FedAvgStrategy, FedProxStrategy, Outcome
+from server.strategies import (
+    ARRAYS_KEY,
+    FedAdamStrategy,
+    FedAvgStrategy,
+    FedProxStrategy,
+    StrategyWrapper,
+)
 
 FedrecStrategy = FedAvgStrategy | FedAdamStrategy | FedProxStrategy
 
 
-class CentralDPStrategy(Strategy):
+class CentralDPStrategy(StrategyWrapper):
     """Wrap a fedrec ``strategy`` with the DP-FedAvg ``mechanism``.
 
     Parameters
@@ -86,14 +90,6 @@ class CentralDPStrategy(Strategy):
         del server_round  # secret, not derived from the round or the seed
         return self.strategy.plan.eligible[self.mechanism.sample(self.rng)]
 
-    @property
-    def last_train(self) -> Outcome:
-        return self.strategy.last_train
-
-    @property
-    def last_eval(self) -> Outcome:
-        return self.strategy.last_eval
-
     def epsilon(self) -> float:
         """The run's epsilon so far at ``delta``."""
         return self.mechanism.account.epsilon(self.delta)
@@ -101,12 +97,6 @@ class CentralDPStrategy(Strategy):
     def would_exceed(self) -> bool:
         """Whether the next round would take the run past ``target_epsilon``."""
         return self.mechanism.would_exceed(self.target_epsilon, self.delta)
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The wrapped strategy's train messages, to the secret Poisson cohort."""
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -121,16 +111,3 @@ class CentralDPStrategy(Strategy):
         self.strategy.last_train = outcome
         counts: dict[str, Any] = {"clients": len(good), "failed": len(outcome.failed)}
         return ArrayRecord(new), MetricRecord(counts)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()

@@ -17,11 +17,7 @@ the exact ledgers stay on the devices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.app import RecordDict
 
 from fedrec.errors import ConfigError, DataError
 from fedrec.privacy.record import PrivacyRecord
@@ -32,7 +28,7 @@ from server.strategies import (
     FedAdamStrategy,
     FedAvgStrategy,
     FedProxStrategy,
-    Outcome,
+    StrategyWrapper,
 )
 
 FedrecStrategy = FedAvgStrategy | FedAdamStrategy | FedProxStrategy
@@ -53,7 +49,7 @@ def read_status(content: RecordDict) -> str:
     return "" if record.trained else REFUSED + record.status
 
 
-class LocalDPStrategy(Strategy):
+class LocalDPStrategy(StrategyWrapper):
     """Wrap a fedrec ``strategy`` so that it accepts local-DP replies, and only those."""
 
     def __init__(self, strategy: FedrecStrategy) -> None:
@@ -69,34 +65,3 @@ class LocalDPStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"LocalDPStrategy({type(self.strategy).__name__})"
-
-    @property
-    def last_train(self) -> Outcome:
-        return self.strategy.last_train
-
-    @property
-    def last_eval(self) -> Outcome:
-        return self.strategy.last_eval
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()

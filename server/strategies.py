@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from fedrec.data.split import Split
 from fedrec.errors import DataError
@@ -371,3 +371,44 @@ def build_strategy(
     if cfg.strategy == "fedprox":
         return FedProxStrategy(plan, optimizer, proximal_mu)
     return FedAvgStrategy(plan, optimizer)
+
+
+class StrategyWrapper(Strategy):
+    """A privacy wrapper around a fedrec strategy (after Flower's DP wrappers).
+
+    Delegates every hook to ``self.strategy``; :class:`server.central_dp.CentralDPStrategy`
+    and :class:`server.local_dp.LocalDPStrategy` override only what their mode changes.
+    """
+
+    strategy: FedAvgStrategy | FedAdamStrategy | FedProxStrategy
+
+    @property
+    def last_train(self) -> Outcome:
+        return self.strategy.last_train
+
+    @property
+    def last_eval(self) -> Outcome:
+        return self.strategy.last_eval
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
