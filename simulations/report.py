@@ -230,17 +230,20 @@ def _privacy_section(
     mode = str(privacy.get("mode") or "none")
     kind = _model_kind(config)
     lines = ["## Privacy", ""]
+    who = [
+        words.unit_sentence(mode, kind),
+        "",
+        words.trust_sentence(mode, kind),
+        "",
+        words.server_sees_sentence(mode, kind),
+        "",
+    ]
     if mode == "none":
         return [
             *lines,
             "Privacy mode `none`: no privacy guarantee is claimed (no epsilon, no delta).",
             "",
-            words.unit_sentence(mode, kind),
-            "",
-            words.trust_sentence(mode, kind),
-            "",
-            words.server_sees_sentence(mode, kind),
-            "",
+            *who,
         ]
     eps, delta, target = privacy.get("epsilon"), privacy.get("delta"), privacy.get("target_epsilon")
     per = "the largest of any device (each device has its own budget)" if mode == "local" else ""
@@ -251,12 +254,7 @@ def _privacy_section(
         f"target epsilon {_fmt(target)}; accountant `{accountant}`"
         + ("." if "Opacus" in accountant else " (Opacus)."),
         "",
-        words.unit_sentence(mode, kind),
-        "",
-        words.trust_sentence(mode, kind),
-        "",
-        words.server_sees_sentence(mode, kind),
-        "",
+        *who,
         words.mechanism_sentence(privacy, config),
         "",
     ]
