@@ -3,9 +3,7 @@ upload, learning on planted data, the ALS twin, the privacy modes it takes or re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ import torch
 
 from fedrec.data import random_split
 from fedrec.data.interactions import Interactions
-from fedrec.errors import ConfigError
 from fedrec.federated.client import client_fit, client_scores
 from fedrec.federated.loop import run_federated
 from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL, IALS_SERVER, federated_preset
@@ -208,58 +205,6 @@ def test_preset_and_item_vectors() -> None:
     assert federated_preset("ials") == (IALS_MODEL, IALS_LOCAL, IALS_SERVER)
     arrays = init_item_arrays(IALS_MODEL, 20, seed=0)
     np.testing.assert_array_equal(item_vectors("ials", arrays), arrays[0].astype(np.float64))
-
-
-def _flat(tmp: Path, **over: Any) -> dict[str, Any]:
-    flat: dict[str, Any] = {
-        "data": "synthetic:users=30,items=40,dim=4,mean=12,seed=5",
-        "model": "ials",
-        "num-server-rounds": 2,
-        "clients-per-round": 15,
-        "run-dir": str(tmp),
-    }
-    flat.update(over)
-    return flat
-
-
-def test_local_dp_is_refused_with_the_reason(tmp_path: Path) -> None:
-    from server.settings import RunSettings
-
-    with pytest.raises(ConfigError, match="closed-form") as info:
-        RunSettings.from_run_config(
-            _flat(tmp_path, privacy="local", **{"privacy.target-epsilon": 8.0})
-        )
-    assert "--privacy central" in str(info.value)
-
-
-def test_central_dp_run_trains_and_accounts(tmp_path: Path) -> None:
-    # Prepare: user-level DP-FedAvg on the clipped dense uploads, through the Flower apps
-    from fedrec.privacy.report import verify_privacy_json
-    from server.privacy_run import resolve_settings
-    from server.server_app import run_server
-    from server.settings import RunSettings, load_split
-    from simulations.evaluation import device_evaluator
-    from simulations.inprocess import InProcessGrid
-    from simulations.run_dir import create_run_dir
-
-    flat = _flat(tmp_path, privacy="central", **{"privacy.target-epsilon": 8.0,
-                                                  "privacy.insecure-noise-seed": 7})  # fmt: skip
-    settings = RunSettings.from_run_config(flat)
-    split = load_split(settings)
-    settings = resolve_settings(settings, split)
-    create_run_dir(tmp_path, settings)
-    start = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
-    # Execute
-    run_server(InProcessGrid(split.n_users), settings, evaluator=device_evaluator(settings))
-    # Assert
-    from server.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(tmp_path)
-    assert ckpt is not None and np.isfinite(ckpt.item_arrays[0]).all()
-    assert not np.array_equal(ckpt.item_arrays[0], start[0])
-    assert verify_privacy_json(tmp_path / "privacy.json") == []
-    report = json.loads((tmp_path / "privacy.json").read_text())
-    assert report["mode"] == "central" and 0 < report["epsilon"] <= 8.0
 
 
 def test_device_serves_the_closed_form_user_vector(tmp_path: Path) -> None:

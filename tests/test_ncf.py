@@ -5,7 +5,6 @@ modes it takes (central) or refuses (local)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import torch
 
 from fedrec.data import random_split
 from fedrec.data.interactions import Interactions
-from fedrec.errors import ConfigError
 from fedrec.federated.client import client_fit
 from fedrec.federated.loop import run_federated
 from fedrec.federated.presets import NCF_LOCAL, NCF_MODEL, NCF_SERVER, federated_preset
@@ -147,58 +145,6 @@ def test_preset_and_item_vectors() -> None:
     assert central_preset("ncf")[0] == NCF_MODEL
     arrays = init_item_arrays(NCF_MODEL, 20, seed=0)
     np.testing.assert_array_equal(item_vectors("ncf", arrays), arrays[0].astype(np.float64))
-
-
-def _flat(tmp: Path, **over: Any) -> dict[str, Any]:
-    flat: dict[str, Any] = {
-        "data": "synthetic:users=30,items=40,dim=4,mean=12,seed=5",
-        "model": "ncf",
-        "num-server-rounds": 2,
-        "clients-per-round": 15,
-        "run-dir": str(tmp),
-    }
-    flat.update(over)
-    return flat
-
-
-def test_local_dp_is_refused_with_the_reason(tmp_path: Path) -> None:
-    from server.settings import RunSettings
-
-    with pytest.raises(ConfigError, match="one-interaction unit") as info:
-        RunSettings.from_run_config(
-            _flat(tmp_path, privacy="local", **{"privacy.target-epsilon": 8.0})
-        )
-    assert "--privacy central" in str(info.value)
-
-
-def test_central_dp_run_trains_and_accounts(tmp_path: Path) -> None:
-    # Prepare: user-level DP-FedAvg on the clipped dense uploads, through the Flower apps
-    from fedrec.privacy.report import verify_privacy_json
-    from server.checkpoint import load_checkpoint
-    from server.privacy_run import resolve_settings
-    from server.server_app import run_server
-    from server.settings import RunSettings, load_split
-    from simulations.evaluation import device_evaluator
-    from simulations.inprocess import InProcessGrid
-    from simulations.run_dir import create_run_dir
-
-    flat = _flat(tmp_path, privacy="central", **{"privacy.target-epsilon": 8.0,
-                                                  "privacy.insecure-noise-seed": 7})  # fmt: skip
-    settings = RunSettings.from_run_config(flat)
-    split = load_split(settings)
-    settings = resolve_settings(settings, split)
-    create_run_dir(tmp_path, settings)
-    start = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
-    # Execute
-    run_server(InProcessGrid(split.n_users), settings, evaluator=device_evaluator(settings))
-    # Assert: every item-side array moved (the tower included), the guarantee verifies
-    ckpt = load_checkpoint(tmp_path)
-    assert ckpt is not None
-    for before, after in zip(start, ckpt.item_arrays, strict=True):
-        assert np.isfinite(after).all() and not np.array_equal(before, after)
-    assert verify_privacy_json(tmp_path / "privacy.json") == []
-    report = json.loads((tmp_path / "privacy.json").read_text())
-    assert report["mode"] == "central" and 0 < report["epsilon"] <= 8.0
 
 
 def test_device_trains_and_serves_ncf(tmp_path: Path) -> None:
