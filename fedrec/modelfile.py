@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import DataError
 
 FORMAT = "fedrec-model"
@@ -132,17 +131,7 @@ def save_model(path: str | Path, model: ExportedModel) -> Path:
     header = _header(model)
     header["sha256"] = _digest(header, tensors)
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(header)})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:  # mkstemp creates the file 0600
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, blob)  # a mkstemp sibling: created 0600
     return target
 
 

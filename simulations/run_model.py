@@ -28,7 +28,6 @@ end) is served from its checkpoint and its data, as before.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,7 +49,7 @@ from fedrec.models.config import ModelConfig
 from fedrec.recommend.cold_start import popularity_source
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
-from server.checkpoint import CLIENTS_DIR, load_checkpoint
+from server.checkpoint import CLIENTS_DIR, atomic_write_json, load_checkpoint
 from server.gram_settings import MODEL_KIND, GramSettings
 from server.settings import RunSettings, load_split, read_flat
 from simulations.run_dir import resume_settings
@@ -314,7 +313,7 @@ def save_run_model(run_dir: str | Path) -> Path | None:
     if load_checkpoint(path) is None:
         return None
     model = _from_checkpoint(path)
-    write_private_json(path / USERS_JSON, list(model.user_ids))
+    atomic_write_json(path / USERS_JSON, list(model.user_ids))
     return save_model(path / MODEL_FILE, model.exported)
 
 
@@ -324,15 +323,6 @@ def finish_run(run_dir: str | Path) -> Path:
 
     save_run_model(run_dir)
     return write_report(Path(run_dir))
-
-
-def write_private_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as JSON, readable by the owner only (0600), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh)
-    os.replace(tmp, path)
 
 
 def load_run_model(run_dir: str | Path) -> RunModel:
@@ -374,7 +364,7 @@ def save_baseline_model(
         privacy={"mode": "none"},
         source={"round": 0, "run": run_dir.name, "trained": "centralized"},
     )
-    write_private_json(run_dir / USERS_JSON, [str(u) for u in split.data.user_ids.tolist()])
+    atomic_write_json(run_dir / USERS_JSON, [str(u) for u in split.data.user_ids.tolist()])
     return save_model(run_dir / MODEL_FILE, exported)
 
 
