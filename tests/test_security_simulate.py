@@ -310,6 +310,7 @@ _HOLDER = (
     "import fcntl, os, sys\n"
     "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
     "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "os.ftruncate(fd, 0)\n"
     "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
     "print('held', flush=True)\n"
     "sys.stdin.read()\n"
