@@ -26,8 +26,7 @@ from fedrec.errors import ConfigError, DataError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import default_rounds, federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.ials import refuse_local_dp
-from fedrec.models.ncf import refuse_local_dp as refuse_ncf_local_dp
+from fedrec.models.registry import refuse_local_dp
 from fedrec.privacy.config import PrivacyConfig
 
 Scalar = bool | int | float | str
@@ -188,8 +187,7 @@ class RunSettings:
             privacy = PrivacyConfig(**parts["privacy"])
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err
-        refuse_local_dp(model.kind, privacy.mode)  # iALS: no local-DP mechanism
-        refuse_ncf_local_dp(model.kind, privacy.mode)  # NCF: no audited local-DP unit
+        refuse_local_dp(model.kind, privacy.mode)  # iALS, NCF: no local-DP mechanism
         top.setdefault("rounds", default_rounds(model.kind, privacy.mode))  # as the CLI
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
             train = dataclasses.replace(train, proximal_mu=FEDPROX_DEFAULT_MU)

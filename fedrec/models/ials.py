@@ -25,7 +25,6 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from fedrec.errors import ConfigError
 from fedrec.models.config import ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.training.ials import gramian, solve_user, user_loss, user_regularization
@@ -36,17 +35,6 @@ LOCAL_DP_REFUSAL = (
     "would need a clipped and noised mechanism with a stated unit, which fedrec does not "
     "implement for it; DP-SGD on the device is not iALS"
 )
-
-
-def refuse_local_dp(kind: str, mode: str) -> None:
-    """Raise :class:`ConfigError` for ``--model ials --privacy local`` (the reason above)."""
-    if kind == "ials" and mode == "local":
-        raise ConfigError(
-            LOCAL_DP_REFUSAL,
-            where="--model ials --privacy local",
-            fix="use --privacy central (user-level DP-FedAvg on the clipped uploads), "
-            "or --model mf / cdae / multvae for local DP",
-        )
 
 
 class IALS(TrainableRecommender):

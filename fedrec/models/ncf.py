@@ -35,7 +35,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedrec.errors import ConfigError
 from fedrec.models.config import ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.training.negatives import keyed_negatives
@@ -46,17 +45,6 @@ LOCAL_DP_REFUSAL = (
     "positive with its negatives, the ledger's unit and the sensitivity audit that "
     "attacks it) is wired and tested for MF only, so no local guarantee is claimed for NCF"
 )
-
-
-def refuse_local_dp(kind: str, mode: str) -> None:
-    """Raise :class:`ConfigError` for ``--model ncf --privacy local`` (the reason above)."""
-    if kind == "ncf" and mode == "local":
-        raise ConfigError(
-            LOCAL_DP_REFUSAL,
-            where="--model ncf --privacy local",
-            fix="use --privacy central (user-level DP-FedAvg on the clipped uploads), "
-            "or --model mf / cdae / multvae for local DP",
-        )
 
 
 def tower_widths(dim: int) -> tuple[int, ...]:

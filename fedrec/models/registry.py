@@ -132,3 +132,21 @@ def init_item_arrays(cfg: ModelConfig, n_items: int, *, seed: int) -> Arrays:
 def item_array_shapes(cfg: ModelConfig, n_items: int) -> list[tuple[int, ...]]:
     """Shapes of the item-side arrays in upload order."""
     return [tuple(a.shape) for a in init_item_arrays(cfg, n_items, seed=0)]
+
+
+def refuse_local_dp(kind: str, mode: str) -> None:
+    """Raise :class:`ConfigError` when model ``kind`` has no local-DP mechanism.
+
+    Each such model states its reason as ``LOCAL_DP_REFUSAL`` in its own module.
+    """
+    if mode != "local" or kind not in ("ials", "ncf"):
+        return
+    from fedrec.models import ials, ncf
+
+    reason = {"ials": ials.LOCAL_DP_REFUSAL, "ncf": ncf.LOCAL_DP_REFUSAL}[kind]
+    raise ConfigError(
+        reason,
+        where=f"--model {kind} --privacy local",
+        fix="use --privacy central (user-level DP-FedAvg on the clipped uploads), "
+        "or --model mf / cdae / multvae for local DP",
+    )
