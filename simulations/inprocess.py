@@ -93,9 +93,13 @@ class InProcessGrid(Grid):
 
 
 def simulate_in_process(
-    settings: RunSettings, *, on_round: RoundCallback | None = None
+    settings: RunSettings, *, on_round: RoundCallback | None = None, finish: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) ``settings`` in process; write the report; return final metrics."""
+    """Run (or resume) ``settings`` in process; return the final metrics.
+
+    ``finish`` writes the run's model file and report.md (:func:`finish_run`); a tuning
+    trial, whose directory is removed afterwards, passes ``False``.
+    """
     from simulations.evaluation import device_evaluator
     from simulations.run_dir import read_metrics
     from simulations.run_model import finish_run
@@ -110,5 +114,6 @@ def simulate_in_process(
         device_ledgers=simulated_ledgers(settings),
         evaluator=device_evaluator(settings),  # measured by the harness, not by messages
     )
-    finish_run(settings.run_dir)
+    if finish:
+        finish_run(settings.run_dir)
     return read_metrics(Path(settings.run_dir))

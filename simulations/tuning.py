@@ -30,7 +30,6 @@ from typing import Any
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import FEDADAM_LR
 from fedrec.federated.presets import default_rounds, federated_preset
-from server.settings import RunSettings
 
 VALIDATION_FRACTION = 0.2
 """Share of each device's train items held out for scoring trials (the protocol's)."""
@@ -202,32 +201,11 @@ def run_trial(
         if report is not None and value is not None and record["round"] < settings.rounds:
             report(float(value), int(record["round"]))
 
+    from simulations.inprocess import simulate_in_process
+
     with open_new_run_dir(Path(settings.run_dir), settings, split):
-        return _train_and_measure(settings, on_round)
-
-
-def _train_and_measure(
-    settings: RunSettings, on_round: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """:func:`simulations.inprocess.simulate_in_process` without its ``finish_run``: a
-    trial's directory is removed afterwards, so its model file and report.md are not made."""
-    from server.server_app import run_server
-    from server.settings import load_split
-    from simulations.evaluation import device_evaluator
-    from simulations.inprocess import InProcessGrid, simulated_ledgers
-    from simulations.run_dir import read_metrics
-    from simulations.simulation import absolute
-
-    settings = absolute(settings)
-    grid = InProcessGrid(load_split(settings).n_users)
-    run_server(
-        grid,
-        settings,
-        on_round,
-        device_ledgers=simulated_ledgers(settings),
-        evaluator=device_evaluator(settings),  # the harness's measurement, on validation
-    )
-    return read_metrics(Path(settings.run_dir))
+        # the trial's directory is removed afterwards: no model file, no report.md
+        return simulate_in_process(settings, on_round=on_round, finish=False)
 
 
 def tune(spec: TuneSpec, *, log: Callable[[str], None] = print) -> dict[str, Any]:
