@@ -50,6 +50,20 @@ def check_output_dir(
 
 
 @contextmanager
+def private_files() -> Iterator[None]:
+    """Create every file and folder inside the block private (umask 077: 0600 / 0700).
+
+    The umask is inherited by child processes (Ray's workers) and applies to files that
+    libraries create themselves (SQLite's WAL, matplotlib's PNGs).
+    """
+    before = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+@contextmanager
 def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block succeeds.
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from fedrec.data.atomic import private_files
 
 NAME = "report"
 HELP = "render RUN_DIR/report.md and its plots from the run's files (or a sweep directory's)"
@@ -24,10 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simulations.report import write_report
 
-    umask = os.umask(0o077)  # the report and its plots describe the users' data: 0600
-    try:
+    with private_files():  # the report and its plots describe the users' data
         path = write_report(args.run_dir, tradeoff=args.tradeoff)
-    finally:
-        os.umask(umask)
     print(path)
     return 0

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.atomic import check_output_dir
+from fedrec.data.atomic import check_output_dir, private_files
 from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
@@ -372,11 +372,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
     if args.resume is None:
         choose_model(args)
-    umask = os.umask(0o077)  # run files hold user data: private, in Ray's workers too
-    try:
+    with private_files():  # run files hold user data: private, in Ray's workers too
         return _run(args)
-    finally:
-        os.umask(umask)
 
 
 def choose_model(args: argparse.Namespace) -> None:

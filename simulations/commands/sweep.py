@@ -11,10 +11,10 @@ first look in minutes (:data:`QUICK`). ``fedrec report DIR`` re-renders the repo
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.atomic import private_files
 from fedrec.errors import ConfigError
 from simulations.commands import simulate as simulate_cmd
 
@@ -40,11 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    umask = os.umask(0o077)  # run files hold user data: private, in Ray's workers too
-    try:
+    with private_files():  # run files hold user data: private, in Ray's workers too
         return _run(args)
-    finally:
-        os.umask(umask)
 
 
 def apply_quick(args: argparse.Namespace) -> None:

@@ -10,9 +10,9 @@ settings for ``fedrec simulate --config DIR/best.json``) and ``DIR/report.md``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from fedrec.data.atomic import private_files
 from fedrec.errors import ConfigError
 from fedrec.privacy.config import PRIVACY_MODES
 from simulations.commands.common import add_data_arguments
@@ -100,11 +100,8 @@ def run(args: argparse.Namespace) -> int:
         prune=not args.no_prune and args.eval_every > 0,
         keep_runs=args.keep_runs,
     )
-    umask = os.umask(0o077)  # trial runs hold user data
-    try:
+    with private_files():  # trial runs hold user data
         best = tune(spec)
-    finally:
-        os.umask(umask)
     print(
         f"best: trial {best['trial']}, validation NDCG@10 {best['validation_ndcg@10']:.4f}; "
         f"wrote {spec.out}/trials.jsonl, best.json, report.md. Test metrics: "
