@@ -12,6 +12,11 @@ Ray cluster started here uses Ray's token authentication with a token made for t
 (:mod:`fedrec.ray_auth`); the in-process engine (:mod:`simulations.inprocess`, the
 default of ``fedrec simulate``) opens no sockets at all.
 
+Several machines: ``ray_address`` joins a Ray cluster started with ``ray start`` (head
+and worker nodes, token authentication on every node; docs/SCALE.md). The client
+actors then run on every node and open the device stores under the run directory, so
+the run directory and the data must be at the same absolute path on every node.
+
 Resources: the Ray backend runs ``os.cpu_count() / cpus_per_client`` client actors;
 on 2 cores one CPU per client (2 actors) was as fast as 0.5 (4 actors) and faster
 than 2 (1 actor) for 100-client rounds, so ``cpus_per_client=1`` is the default.
@@ -58,14 +63,46 @@ def quiet_flower(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _backend_config(verbose: bool, cpus_per_client: float) -> dict[str, Any]:
+def _backend_config(
+    verbose: bool, cpus_per_client: float, ray_address: str | None = None
+) -> dict[str, Any]:
+    init_args: dict[str, Any] = {
+        "logging_level": "INFO" if verbose else "ERROR",
+        "log_to_driver": verbose,
+    }
+    if ray_address is not None:
+        init_args["address"] = ray_address  # ray.init joins that cluster, starts none
     return {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-        "init_args": {
-            "logging_level": "INFO" if verbose else "ERROR",
-            "log_to_driver": verbose,
-        },
+        "init_args": init_args,
     }
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` (``HOST:PORT`` of a running Ray cluster's GCS) once its token is set.
+
+    Joining a cluster needs the cluster's own token (Ray's ``RAY_AUTH_MODE=token`` with
+    ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``, docs/SCALE.md): a token made for the
+    run would not be the cluster's, and a cluster without token auth is refused here.
+    """
+    from fedrec.errors import ConfigError
+    from fedrec.ray_auth import user_token_configured
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"expected HOST:PORT of the Ray head's GCS, got {address!r}",
+            where="--ray-address",
+            fix="give the address `ray start --head` printed, e.g. 10.0.0.1:6379",
+        )
+    if not user_token_configured():
+        raise ConfigError(
+            "joining a Ray cluster needs the cluster's token, and none is configured",
+            where="--ray-address",
+            fix="start every node with token authentication and export the same settings "
+            "here: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=FILE (docs/SCALE.md)",
+        )
+    return address
 
 
 def absolute(settings: RunSettings) -> RunSettings:
@@ -81,22 +118,31 @@ def run_apps(
     *,
     verbose: bool = False,
     cpus_per_client: float = 1.0,
+    ray_address: str | None = None,
 ) -> None:
     """Run ``server_app`` against ``n_nodes`` fedrec client nodes in the simulation engine.
 
     Ray runs with token authentication (:func:`fedrec.ray_auth.ray_token_auth`): its
-    ports, open on every interface, refuse any client without this run's token.
+    ports, open on every interface, refuse any client without this run's token. With
+    ``ray_address`` the client actors run on that already started (multi-node) Ray
+    cluster, joined with the cluster's own token (:func:`check_ray_address`); the
+    ServerApp and the evaluator stay in this process.
     """
     from flwr.simulation import run_simulation
 
     from fedrec.ray_auth import ray_token_auth
 
-    with quiet_flower(verbose), ray_token_auth():
+    auth: contextlib.AbstractContextManager[object]
+    if ray_address is not None:
+        auth = contextlib.nullcontext(check_ray_address(ray_address))
+    else:
+        auth = ray_token_auth()
+    with quiet_flower(verbose), auth:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=n_nodes,
-            backend_config=_backend_config(verbose, cpus_per_client),
+            backend_config=_backend_config(verbose, cpus_per_client, ray_address),
             verbose_logging=verbose,
         )
 
@@ -107,6 +153,7 @@ def simulate(
     on_round: RoundCallback | None = None,
     verbose: bool = False,
     cpus_per_client: float = 1.0,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue, from the run dir's checkpoint) the rounds of ``settings``.
 
@@ -131,6 +178,7 @@ def simulate(
         n_users,
         verbose=verbose,
         cpus_per_client=cpus_per_client,
+        ray_address=ray_address,
     )
     run_dir = Path(settings.run_dir)
     _write_report(run_dir)

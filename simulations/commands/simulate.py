@@ -95,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "simulation engine with token authentication (docs/SECURITY.md)",
     )
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per actor")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --engine ray: run the clients on this running Ray cluster (ray start on "
+        "each machine, token authentication on; docs/SCALE.md) instead of starting one",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     parser.add_argument(
         "--config",
@@ -303,7 +310,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-USED_ON_RESUME = ("resume", "engine", "cpus_per_client", "verbose")
+USED_ON_RESUME = ("resume", "engine", "cpus_per_client", "ray_address", "verbose")
 """Flags a resumed run still follows; every other one is read from config.json."""
 
 
@@ -358,10 +365,15 @@ ENGINES = {
 }
 
 
-def engine_line(engine: str) -> str:
+def engine_line(engine: str, ray_address: str | None = None) -> str:
     """The line that says which engine runs (and how Ray is secured)."""
     from fedrec.ray_auth import user_token_configured
 
+    if engine == "ray" and ray_address is not None:
+        return (
+            f"engine: Ray cluster at {ray_address} (token authentication, your "
+            "RAY_AUTH_MODE/RAY_AUTH_TOKEN settings)"
+        )
     if engine == "ray" and user_token_configured():
         return "engine: Ray (token authentication, your RAY_AUTH_MODE/RAY_AUTH_TOKEN settings)"
     return f"engine: {ENGINES[engine]}"
@@ -370,10 +382,27 @@ def engine_line(engine: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
+    check_engine_flags(args)
     if args.resume is None:
         choose_model(args)
     with private_files():  # run files hold user data: private, in Ray's workers too
         return _run(args)
+
+
+def check_engine_flags(args: argparse.Namespace) -> None:
+    """Refuse ``--ray-address`` without ``--engine ray``, or without the cluster's token."""
+    address = getattr(args, "ray_address", None)
+    if address is None:
+        return
+    if args.engine != "ray":
+        raise ConfigError(
+            f"only the Ray engine joins a cluster, and --engine is {args.engine}",
+            where="--ray-address",
+            fix="add --engine ray, or drop --ray-address",
+        )
+    from simulations.simulation import check_ray_address
+
+    check_ray_address(address)
 
 
 def choose_model(args: argparse.Namespace) -> None:
@@ -425,7 +454,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = prepare_settings(settings, split)
         lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0
-    print(engine_line(args.engine))
+    print(engine_line(args.engine, getattr(args, "ray_address", None)))
     with lock, Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
@@ -447,6 +476,7 @@ def _run(args: argparse.Namespace) -> int:
                     on_round=on_round,
                     verbose=args.verbose,
                     cpus_per_client=args.cpus_per_client,
+                    ray_address=getattr(args, "ray_address", None),
                 )
         except Exception:
             if args.resume is None:
@@ -520,7 +550,7 @@ def _run_gram(args: argparse.Namespace) -> int:
     payload = config_payload(settings.base)
     payload["fingerprint"] = fingerprint(split, settings.base)
     atomic_write_json(run_dir / CONFIG_JSON, settings.config_payload(payload))
-    print(engine_line(args.engine))
+    print(engine_line(args.engine, getattr(args, "ray_address", None)))
     with lock, Progress(1, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
@@ -533,7 +563,8 @@ def _run_gram(args: argparse.Namespace) -> int:
         else:
             server_app = make_gram_server_app(settings, on_round, evaluator=measure)
             run_apps(server_app, split.n_users, verbose=args.verbose,
-                     cpus_per_client=args.cpus_per_client)  # fmt: skip
+                     cpus_per_client=args.cpus_per_client,
+                     ray_address=getattr(args, "ray_address", None))  # fmt: skip
     finish_run(run_dir)
     metrics = read_metrics(run_dir)
     refs = metrics.get("reference", {})
