@@ -49,7 +49,7 @@ from server.checkpoint import (
     atomic_write_json,
     save_checkpoint,
 )
-from server.gram_settings import GramSettings
+from server.gram_settings import MODEL_KIND, GramSettings
 from server.privacy_run import PRIVACY_JSON, eligible_users, resolve_settings
 from server.sampling import discover_users
 from server.settings import load_split
@@ -326,4 +326,31 @@ def make_gram_server_app(
     return server_app
 
 
-__all__ = ["GramSettings", "make_gram_server_app", "resolve", "run_gram_server", "stream"]
+def is_gram_run_config(run_config: dict[str, Any]) -> bool:
+    """Whether a ``flwr run`` config (``[tool.flwr.app.config]``) is a federated-EASE run."""
+    return run_config.get("model") == MODEL_KIND
+
+
+def run_from_run_config(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
+    """``flwr run`` (``fedrec deploy-local --model ease``): the run of ``run_config``.
+
+    No evaluator: a deployment's server never scores users (``fedrec deploy-local``
+    measures ``B`` afterwards, as the harness of a simulation does).
+    """
+    settings = GramSettings.from_flat(run_config)
+    run_dir = str(Path(settings.base.run_dir).resolve())
+    settings = dataclasses.replace(
+        settings, base=dataclasses.replace(settings.base, run_dir=run_dir)
+    )
+    return run_gram_server(grid, settings)
+
+
+__all__ = [
+    "GramSettings",
+    "is_gram_run_config",
+    "make_gram_server_app",
+    "resolve",
+    "run_from_run_config",
+    "run_gram_server",
+    "stream",
+]

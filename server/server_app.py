@@ -255,6 +255,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run .``: settings from ``[tool.flwr.app.config]`` (kebab-case keys)."""
+    from server import gram_app  # --model ease: the one-round Gram server
+
+    if gram_app.is_gram_run_config(dict(context.run_config)):
+        gram_app.run_from_run_config(grid, dict(context.run_config))
+        return
     settings = RunSettings.from_run_config(dict(context.run_config))
     run_dir = str(Path(settings.run_dir).resolve())  # clients get the store path from it
     run_server(grid, dataclasses.replace(settings, run_dir=run_dir))

@@ -32,6 +32,7 @@ per message, in new sessions. ``flwr run`` reads its SuperLink address from
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import re
@@ -49,8 +50,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import ConfigError, FedrecError
 from server.checkpoint import CLIENTS_DIR, METRICS_JSON
+from server.gram_settings import GramSettings
 from server.settings import RunSettings
 from simulations import deploy_watchdog
 from simulations.deploy_credentials import Credentials, create_credentials
@@ -69,6 +72,8 @@ SUPERLINK_UP = "Uvicorn running on https://"
 # nothing is lost by SIGKILL (SuperLink state is in memory, device stores are SQLite)
 STOP_GRACE = 3.0
 Status = Callable[[str], None]
+AnySettings = RunSettings | GramSettings
+"""A round-loop run, or a one-round federated-EASE run (``--model ease``)."""
 
 
 class DeployError(FedrecError):
@@ -191,7 +196,7 @@ def register_command(public_key: Path) -> list[str]:
     return ["flwr", "supernode", "register", str(public_key), CONNECTION]
 
 
-def write_app(app_dir: Path, settings: RunSettings) -> Path:
+def write_app(app_dir: Path, settings: AnySettings) -> Path:
     """A copy of the fedrec app whose ``[tool.flwr.app.config]`` is ``settings``."""
     import tomli_w  # a dependency of flwr (its config files)
 
@@ -516,7 +521,7 @@ def flower_env() -> dict[str, str]:
 
 
 def deploy_local(
-    settings: RunSettings,
+    settings: AnySettings,
     n_nodes: int,
     *,
     timeout: float = 3600.0,
@@ -529,7 +534,10 @@ def deploy_local(
     The run directory must exist with its ``config.json``
     (:func:`simulations.run_dir.create_run_dir`); it receives the same files as
     ``fedrec simulate`` plus ``logs/`` (one log per process). Node ``i`` is user ``i``.
-    Every process started is stopped before this returns or raises.
+    Every process started is stopped before this returns or raises. A federated-EASE
+    run (:class:`GramSettings`; its ServerApp is :mod:`server.gram_app`'s, with SecAgg+
+    under ``--privacy distributed``) is measured here afterwards, outside the
+    deployment (:func:`measure_gram`), as ``fedrec simulate``'s harness measures it.
 
     Raises
     ------
@@ -540,9 +548,13 @@ def deploy_local(
     from simulations.run_dir import read_metrics
     from simulations.simulation import _write_report, absolute
 
-    settings = absolute(settings)
-    run_dir = Path(settings.run_dir)
-    check_nodes(settings, n_nodes)
+    if isinstance(settings, GramSettings):
+        settings = dataclasses.replace(settings, base=absolute(settings.base))
+        base = settings.base
+    else:
+        settings = base = absolute(settings)
+    run_dir = Path(base.run_dir)
+    check_nodes(base, n_nodes)
     logs = run_dir / LOGS_DIR
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(logs, 0o700)
@@ -550,7 +562,7 @@ def deploy_local(
     with supervised(logs, say) as (procs, tmp):
         creds = create_credentials(tmp / "credentials", n_nodes)
         cli_env = {"FLWR_HOME": str(tmp / "cli")}
-        _start(procs, tmp, creds, settings, n_nodes, logs, say, connect_timeout)
+        _start(procs, tmp, creds, base, n_nodes, logs, say, connect_timeout)
         _wait_for_nodes(procs, logs, n_nodes, connect_timeout)
         say(f"{n_nodes} SuperNodes connected; flwr run (logs in {logs})")
         app = write_app(tmp / "app", settings)
@@ -558,8 +570,36 @@ def deploy_local(
         procs.start("flwr-run", run_cmd, logs / "flwr-run.log", cli_env)
         _wait_for_run(procs, run_dir, timeout, on_round)
         _check_completed(procs, logs, cli_env)
+    if isinstance(settings, GramSettings):
+        measure_gram(settings)
     _write_report(run_dir)
     return read_metrics(run_dir)
+
+
+def measure_gram(settings: GramSettings) -> dict[str, Any] | None:
+    """Score a finished federated-EASE run's ``B`` on every test user; record it.
+
+    The deployment's server never scores users (federated EASE answers no evaluate
+    message), so this harness does it afterwards with the split it holds
+    (:func:`simulations.evaluation.gram_evaluator`, as ``fedrec simulate``): the
+    metrics go into ``metrics.json`` and the round's line of ``rounds.jsonl``.
+    """
+    from server.checkpoint import ROUNDS_JSONL, atomic_write_json, load_checkpoint
+    from simulations.evaluation import gram_evaluator
+    from simulations.run_dir import read_metrics, read_rounds
+
+    run_dir = Path(settings.base.run_dir)
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None:
+        raise DeployError("the federated-EASE run left no checkpoint", where=str(run_dir))
+    metrics = gram_evaluator(settings.base)(ckpt.item_arrays[0])
+    if metrics is None:
+        return None
+    atomic_write_json(run_dir / METRICS_JSON, {**read_metrics(run_dir), **metrics})
+    rounds = [{**r, "metrics": r.get("metrics") or metrics} for r in read_rounds(run_dir)]
+    lines = "".join(json.dumps(r) + "\n" for r in rounds)
+    atomic_write_bytes(run_dir / ROUNDS_JSONL, lines.encode("utf-8"))
+    return metrics
 
 
 @contextmanager

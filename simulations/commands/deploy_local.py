@@ -20,12 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, FedrecError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.models.config import MODEL_KIND_NAMES
 from server.checkpoint import headcount
 from server.settings import RunSettings
 from simulations.commands.common import add_data_arguments
+from simulations.commands.simulate import GRAM_MODEL
 from simulations.progress import Progress
 
 NAME = "deploy-local"
@@ -49,7 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a stopped run from its checkpoint and node stores (other flags ignored)",
     )
-    parser.add_argument("--model", choices=MODEL_KIND_NAMES, default="mf")
+    parser.add_argument(
+        "--model",
+        choices=(*MODEL_KIND_NAMES, GRAM_MODEL),
+        default="mf",
+        help="ease: one-shot federated EASE, one round (the only model of --privacy "
+        "distributed: SecAgg+ with Skellam noise; docs/SECAGG.md)",
+    )
     parser.add_argument("--strategy", choices=STRATEGIES, default="fedadam")
     parser.add_argument(
         "--clients-per-round",
@@ -79,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedrec.data.atomic import private_files
+
+    with private_files():  # run files hold user data: private, in every Flower process too
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from server.settings import load_split
     from simulations.deploy import check_nodes, deploy_local
     from simulations.run_dir import (
@@ -91,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec deploy-local")
+    if args.resume is None and args.model == GRAM_MODEL:
+        return _run_gram(args)
+    if args.resume is not None and _is_gram_run(Path(args.resume)):
+        raise ConfigError(
+            "a federated-EASE run has one round: there is nothing to resume",
+            where=str(args.resume),
+            fix="start a new run with --out (a private run then spends its budget again)",
+        )
     if args.resume is not None:
         settings = resume_settings(Path(args.resume).resolve())
         lock = acquire_run_dir(Path(settings.run_dir))  # one process per run directory
@@ -127,6 +149,41 @@ def run(args: argparse.Namespace) -> int:
         f"NDCG@10 {_fmt(ndcg)} after {settings.rounds} rounds; ease {_fmt(ease)}"
     )
     print(f"wrote {settings.run_dir}")
+    return 0
+
+
+def _is_gram_run(run_dir: Path) -> bool:
+    from server.gram_settings import is_gram_run
+
+    try:
+        return is_gram_run(run_dir)
+    except (OSError, ValueError, KeyError, TypeError, FedrecError):
+        return False  # the regular resume path reports what is wrong
+
+
+def _run_gram(args: argparse.Namespace) -> int:
+    """``--model ease``: the one-round Gram server (``--privacy distributed``: SecAgg+)."""
+    from simulations.commands.simulate import gram_settings, open_gram_run_dir
+    from simulations.deploy import check_nodes, deploy_local
+
+    settings, split = gram_settings(args)
+    check_nodes(settings.base, args.nodes)
+    lock = open_gram_run_dir(settings, split)
+    with lock, _signals_as_interrupt():
+        metrics = deploy_local(
+            settings,
+            args.nodes,
+            timeout=args.timeout,
+            status=lambda line: print(f"deploy-local: {line}", file=sys.stderr),
+        )
+    refs = metrics.get("reference") or {}
+    print(
+        f"ease (federated, privacy {settings.base.privacy.mode}) on {args.nodes} nodes: "
+        f"NDCG@10 {_fmt(metrics.get('ndcg@10'))}; "
+        f"popularity {_fmt(refs.get('popularity', {}).get('ndcg@10'))}; "
+        f"EASE {_fmt(refs.get('ease', {}).get('ndcg@10'))}"
+    )
+    print(f"wrote {settings.base.run_dir}")
     return 0
 
 

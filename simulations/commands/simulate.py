@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrec.data.atomic import check_output_dir, private_files
 from fedrec.data.split import Split
@@ -27,10 +27,14 @@ from fedrec.privacy.config import PRIVACY_MODES
 from fedrec.training.allocator import ENV as ALLOCATOR_ENV
 from fedrec.training.allocator import steady_allocator
 from server.checkpoint import headcount
+from server.gram_settings import GramSettings
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.config_file import track_explicit
 from simulations.progress import Progress
+
+if TYPE_CHECKING:
+    from simulations.run_dir import RunDirLock
 
 NAME = "simulate"
 GRAM_MODEL = "ease"
@@ -519,15 +523,13 @@ def _is_gram_run(args: argparse.Namespace) -> bool:
         return False  # the regular resume path reports what is wrong
 
 
-def _run_gram(args: argparse.Namespace) -> int:
-    """``--model ease``: settings, run directory, engine; the round is server.gram_app's."""
-    from server.checkpoint import CONFIG_JSON, atomic_write_json
-    from server.gram_app import GramSettings, make_gram_server_app, resolve, run_gram_server
-    from simulations.evaluation import gram_evaluator
-    from simulations.inprocess import InProcessGrid
-    from simulations.run_dir import config_payload, fingerprint, open_new_run_dir, read_metrics
-    from simulations.run_model import finish_run
-    from simulations.simulation import absolute, run_apps
+def gram_settings(args: argparse.Namespace) -> tuple[GramSettings, Split]:
+    """A new federated-EASE run's settings from the flags (resolved), and its split.
+
+    Also ``fedrec deploy-local --model ease``'s. A run of one round has nothing to resume.
+    """
+    from server.gram_app import resolve
+    from simulations.simulation import absolute
 
     if args.resume is not None:
         raise ConfigError(
@@ -544,12 +546,34 @@ def _run_gram(args: argparse.Namespace) -> int:
     settings = GramSettings.from_flat(flat)
     settings = dataclasses.replace(settings, base=absolute(settings.base))
     split = load_split(settings.base)
-    settings = resolve(settings, split)
+    return resolve(settings, split), split
+
+
+def open_gram_run_dir(settings: GramSettings, split: Split) -> RunDirLock:
+    """Create a federated-EASE run's directory with its own ``config.json``; its lock."""
+    from server.checkpoint import CONFIG_JSON, atomic_write_json
+    from simulations.run_dir import config_payload, fingerprint, open_new_run_dir
+
     run_dir = Path(settings.base.run_dir)
     lock = open_new_run_dir(run_dir, settings.base, split)  # config.json rewritten:
     payload = config_payload(settings.base)
     payload["fingerprint"] = fingerprint(split, settings.base)
     atomic_write_json(run_dir / CONFIG_JSON, settings.config_payload(payload))
+    return lock
+
+
+def _run_gram(args: argparse.Namespace) -> int:
+    """``--model ease``: settings, run directory, engine; the round is server.gram_app's."""
+    from server.gram_app import make_gram_server_app, run_gram_server
+    from simulations.evaluation import gram_evaluator
+    from simulations.inprocess import InProcessGrid
+    from simulations.run_dir import read_metrics
+    from simulations.run_model import finish_run
+    from simulations.simulation import run_apps
+
+    settings, split = gram_settings(args)
+    run_dir = Path(settings.base.run_dir)
+    lock = open_gram_run_dir(settings, split)
     print(engine_line(args.engine, getattr(args, "ray_address", None)))
     with lock, Progress(1, "rounds") as bar:
 
@@ -601,6 +625,8 @@ __all__ = [
     "add_arguments",
     "add_privacy_arguments",
     "engine_line",
+    "gram_settings",
+    "open_gram_run_dir",
     "parse_sets",
     "prepare_settings",
     "privacy_flat",
