@@ -57,8 +57,8 @@ from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
 from fedrec.metrics.private import PrivateEvaluation
 from fedrec.models.base import get_user_state, item_side, set_user_state, user_side
-from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
+from fedrec.models.config import MODEL_KIND_NAMES, LocalTrainConfig, ModelConfig
+from fedrec.models.registry import build_model, model_class
 from fedrec.models.trainable import TrainableRecommender
 from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
 from fedrec.recommend.explain import explain as cite_history
@@ -69,7 +69,7 @@ from fedrec.training.negatives import check_key, new_device_key
 GLOBAL, TRAIN, TRAIN_PREV, SERVE = "global", "train", "train.prev", "serve"
 TITLES = "item_titles"
 """Store meta key of the held catalog's titles, ``[[item id, title], ...]`` (model files)."""
-DEVICE_KINDS = ("mf", "cdae", "multvae", "ials", "ncf")
+DEVICE_KINDS = MODEL_KIND_NAMES
 """Model kinds a device trains and serves (a model file of another kind is refused)."""
 NEGATIVE_KEY = "negative_key"
 """Store meta key of the device's secret negative-sampling key (hex)."""
@@ -681,7 +681,10 @@ class DeviceClient:
             self._store.save_slot(SERVE, list(state.items()), info)
         self._serve = state
         self._cached_scores = None
-        vector = None if state is None else state.get("user_emb.weight")
+        # a dot-product model (the class's USER_VECTOR) is served without the model
+        g = self._global
+        name = None if g is None else model_class(g.model_cfg.kind).USER_VECTOR
+        vector = None if state is None or name is None else state.get(name)
         self._p = None if vector is None else np.ascontiguousarray(vector[0], dtype=np.float32)
 
     def _sync(self) -> None:
@@ -706,10 +709,11 @@ class DeviceClient:
         self._set_serve(get_user_state(g.model))
 
     def _scores(self, g: _Global) -> npt.NDArray[np.float32]:
-        if self._p is not None and g.model_cfg.kind == "mf":
+        if self._p is not None:  # ITEM_VECTORS @ p_u + ITEM_BIAS (see _set_serve)
             # einsum stays on this thread: a BLAS thread pool's wake-ups dominate the tail
             # latency of a 27k x 32 mat-vec on a busy device
-            scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", g.arrays[0], self._p)
+            q = g.arrays[g.item_names.index(model_class(g.model_cfg.kind).ITEM_VECTORS)]
+            scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", q, self._p)
             return scores + g.bias
         if self._cached_scores is None:
             set_user_state(g.model, self._serve or {})

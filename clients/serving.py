@@ -30,12 +30,12 @@ if TYPE_CHECKING:
     pass
 
 
-def item_bias(kind: str, model: TrainableRecommender, n_items: int) -> npt.NDArray[np.float32]:
-    """Popularity signal: the learned item bias (MF ``b``, decoder bias of the AEs)."""
-    names = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
-    param = item_side(model).get(names.get(kind, ""))
-    if param is None:
+def item_bias(model: TrainableRecommender, n_items: int) -> npt.NDArray[np.float32]:
+    """Popularity signal: the learned item bias (the class's ``ITEM_BIAS``: MF ``b``,
+    decoder bias of the AEs); zeros for a model without one."""
+    if model.ITEM_BIAS is None:
         return np.zeros(n_items, dtype=np.float32)
+    param = item_side(model)[model.ITEM_BIAS]
     values: npt.NDArray[np.float32] = param.detach().numpy().reshape(n_items).astype(np.float32)
     return values
 
@@ -84,11 +84,7 @@ class HeldGlobal:
                 str(exc), where="global arrays", fix="send arrays of the model config's shapes"
             ) from exc
         model.eval()
-        vectors = (
-            unit_rows(item_vectors(model_cfg.kind, arrays))
-            if model_cfg.kind in ("mf", "cdae", "multvae", "ials", "ncf")
-            else None
-        )
+        vectors = unit_rows(item_vectors(model_cfg.kind, arrays))
         return cls(
             model_cfg,
             train_cfg,
@@ -97,7 +93,7 @@ class HeldGlobal:
             arrays,
             model,
             get_user_state(model),
-            item_bias(model_cfg.kind, model, n_items),
+            item_bias(model, n_items),
             vectors,
         )
 

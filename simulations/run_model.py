@@ -41,11 +41,12 @@ import torch
 from fedrec.data.split import Split
 from fedrec.errors import DataError, FedrecError
 from fedrec.federated import gram
-from fedrec.federated.client import client_scores, derive_seed, load_device_model
+from fedrec.federated.client import client_scores, derive_seed
 from fedrec.federated.loop import EVAL_ROUND
 from fedrec.modelfile import ExportedModel, ItemId, load_model, save_model
-from fedrec.models.base import Arrays, item_side
+from fedrec.models.base import Arrays
 from fedrec.models.config import ModelConfig
+from fedrec.models.registry import MODEL_KINDS, model_class
 from fedrec.recommend.cold_start import popularity_source
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
@@ -56,8 +57,6 @@ from simulations.run_dir import resume_settings
 
 FloatArray = npt.NDArray[np.float64]
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
-BIAS_PARAMETER = {"mf": "item_bias.weight", "cdae": "decoder.bias", "multvae": "dec_out.bias"}
-"""Model kind -> the item-side parameter that acts as learned popularity."""
 Citations = list[list[tuple[int, float]]]
 MODEL_FILE = "model.safetensors"
 USERS_JSON = "users.json"
@@ -253,10 +252,13 @@ def fallback_scores(
         return popularity_source("none", train=split.train)
     if kind in ITEM_ITEM_KINDS:
         bias = arrays[1].astype(np.float64) if len(arrays) > 1 else None
-    else:
-        device_model = load_device_model(model, arrays, None, seed=seed)
-        param = item_side(device_model).get(BIAS_PARAMETER.get(kind, ""))
-        bias = None if param is None else param.detach().double().numpy().reshape(-1)
+    else:  # the model class's ITEM_BIAS: the item-side parameter that acts as popularity
+        facts = model_class(kind) if kind in MODEL_KINDS else None
+        name = None if facts is None else facts.ITEM_BIAS
+        index = None if facts is None or name is None else facts.ITEM_SIDE.index(name)
+        bias = None
+        if index is not None:
+            bias = np.asarray(arrays[index], dtype=np.float32).astype(np.float64).reshape(-1)
     return None if bias is None else popularity_source(mode, item_bias=bias)
 
 

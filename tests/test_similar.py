@@ -8,8 +8,8 @@ import pytest
 from fedrec.errors import ConfigError
 from fedrec.models.base import get_item_arrays, item_side
 from fedrec.models.config import ModelConfig
-from fedrec.models.registry import MODEL_KINDS, build_model
-from fedrec.recommend import ITEM_VECTOR_PARAMETER, item_vectors, similar_items
+from fedrec.models.registry import MODEL_KINDS, build_model, model_class
+from fedrec.recommend import item_vectors, similar_items
 
 
 def test_similar_items_ranks_planted_neighbours_and_excludes_the_item() -> None:
@@ -52,7 +52,7 @@ def test_item_vectors_picks_the_named_item_matrix_of_every_kind(kind: str) -> No
     vectors = item_vectors(kind, arrays)
 
     # Assert: rows are items, and the matrix is exactly the named parameter.
-    expected = item_side(model)[ITEM_VECTOR_PARAMETER[kind]].detach().numpy()
+    expected = item_side(model)[model_class(kind).ITEM_VECTORS].detach().numpy()
     assert vectors.shape[0] == 30
     np.testing.assert_array_equal(vectors, expected.astype(np.float64))
 

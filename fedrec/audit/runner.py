@@ -52,6 +52,7 @@ from fedrec.audit.sensitivity import Sensitivity, default_removals, sensitivity_
 from fedrec.audit.shadow import popularity_proxy, shadow_profiles, train_row_classifier
 from fedrec.federated.client import derive_seed
 from fedrec.models.base import Arrays
+from fedrec.models.registry import model_class
 from fedrec.privacy.noise import secure_rng
 
 ONE_RUN_CANARIES_PER_USER = 10
@@ -91,13 +92,18 @@ def audit_uploads(
     ]
 
 
+def _item_is_unit(target: AuditTarget) -> bool:
+    """Whether the model's local-DP unit is one interaction (MF), not the whole vector."""
+    return model_class(target.model.kind).LOCAL_DP_UNIT == "interaction"
+
+
 def _comparison(target: AuditTarget, train: Items) -> tuple[float | None, float]:
     """The epsilon and delta the canary test must respect (max over audited users)."""
     delta = target.privacy.delta or 1e-5
     eps = max((target.release_epsilon(len(v)) or 0.0 for v in train.values()), default=0.0)
     if target.mode == "none":
         return None, delta
-    if target.model.kind != "mf":  # unit = whole vector: removing one item is a replacement
+    if not _item_is_unit(target):  # unit = whole vector: removing one item is a replacement
         return 2 * eps, (1 + math.exp(eps)) * delta
     return eps, delta
 
@@ -260,7 +266,7 @@ def unit_sensitivity(
     """Local-DP MF: the sensitivity audit (:mod:`fedrec.audit.sensitivity`) of the
     audited user with the most interactions, on the run's global items (``None``
     in other modes and models, whose unit is the whole device or user)."""
-    if target.mode != "local" or target.model.kind != "mf" or not train:
+    if target.mode != "local" or not _item_is_unit(target) or not train:
         return None
     user = max(train, key=lambda u: (len(train[u]), -u))
     items = train[user]

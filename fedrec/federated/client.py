@@ -28,9 +28,8 @@ from fedrec.models.base import (
     set_user_state,
 )
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
+from fedrec.models.registry import build_model, model_class
 from fedrec.models.trainable import TrainableRecommender
-from fedrec.training import ials, mf_fast
 from fedrec.training.local import (
     Proximal,
     refit_user,
@@ -113,20 +112,19 @@ def client_fit(
         Seeds every random choice of this call (user init, negatives, batches).
 
     fast
-        Take :func:`fedrec.training.mf_fast.fit` where it applies (MF): the same update
+        Take the model's fast path where it applies (its class's ``fast_fit``: MF's
+        :func:`fedrec.training.mf_fast.fit`, iALS's closed forms): the same update
         without autograd; ``False`` forces the autograd reference path.
     key
         The device's secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`);
         ``None``: the public key (reference loop, simulated devices).
     """
-    if fast and ials.supports(model_cfg, train_cfg):  # closed-form user solve, dense grad
-        solved = ials.fit(model_cfg, train_cfg, global_items, user_state, train_items)
-        return FitResult(solved.item_arrays, solved.user_state, len(train_items), solved.train_loss)
-    if fast and mf_fast.supports(model_cfg, train_cfg):
-        r = mf_fast.fit(
+    if fast:
+        r = model_class(model_cfg.kind).fast_fit(
             model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
         )
-        return FitResult(r.item_arrays, r.user_state, len(train_items), r.train_loss)
+        if r is not None:
+            return FitResult(r.item_arrays, r.user_state, len(train_items), r.train_loss)
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     examples = user_examples(model, train_items, key=key)
@@ -182,16 +180,15 @@ def client_scores(
 ) -> torch.Tensor:
     """Scores ``[n_items]`` of every item for one user (refitted as in evaluation).
 
-    ``fast`` as in :func:`client_fit` (the refit of MF without autograd).
+    ``fast`` as in :func:`client_fit` (the class's ``fast_scores``: MF's refit without
+    autograd, iALS's closed-form user vector).
     """
-    if fast and model_cfg.kind == "ials":  # the closed-form user vector
-        p64 = ials.user_vector(model_cfg, global_items, train_items)
-        q64 = np.asarray(global_items[0], dtype=np.float64)
-        return torch.from_numpy((q64 @ p64).astype(np.float32))
-    if fast and mf_fast.supports(model_cfg, train_cfg):  # the same refit without autograd
-        p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
-        q, b = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in global_items[:2])
-        return (torch.from_numpy(p) @ q.T + b.T)[0]
+    if fast:
+        scores = model_class(model_cfg.kind).fast_scores(
+            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed
+        )
+        if scores is not None:
+            return scores
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     refit_user(model, train_cfg, user_examples(model, train_items), generator=gen)

@@ -94,21 +94,57 @@ def federated_preset(
     autoencoders' FedSGD preset needs the server's Adam and hundreds of rounds; with
     FedAvg or FedProx, or under a privacy mode (20 rounds by default, each spending
     budget), they train locally with :data:`AE_LOCAL_AVG` and :data:`AE_SERVER_FEW`.
-    """
-    if kind in ("cdae", "multvae"):
-        from fedrec.training.autoencoder import PRESETS
 
-        model, twin = PRESETS[kind]
-        if strategy not in (None, AE_SERVER.strategy) or privacy != "none":
-            return model, AE_LOCAL_AVG, AE_SERVER_FEW
-        local = replace(AE_FEDSGD, weight_decay=twin.weight_decay)
-        model = replace(model, anneal_rounds=MULTVAE_ANNEAL_ROUNDS) if kind == "multvae" else model
-        return model, local, AE_SERVER
-    if kind == "ials":
-        return IALS_MODEL, IALS_LOCAL, IALS_SERVER
-    if kind == "ncf":
-        return NCF_MODEL, NCF_LOCAL, NCF_SERVER
-    return ModelConfig(kind=kind), MF_LOCAL, MF_SERVER
+    Each model class names its preset (``federated_preset`` classmethod, one of the
+    functions below).
+    """
+    from fedrec.models.registry import model_class
+
+    return model_class(kind).federated_preset(strategy, privacy)
+
+
+Preset = tuple[ModelConfig, LocalTrainConfig, ServerConfig]
+
+
+def mf_preset(strategy: str | None, privacy: str) -> Preset:
+    """MF: local SGD with the warm refit, FedAdam with the late step decay."""
+    del strategy, privacy
+    return ModelConfig(kind="mf"), MF_LOCAL, MF_SERVER
+
+
+def _autoencoder_preset(
+    kind: str, strategy: str | None, privacy: str, anneal_rounds: int
+) -> Preset:
+    from fedrec.training.autoencoder import PRESETS
+
+    model, twin = PRESETS[kind]
+    if strategy not in (None, AE_SERVER.strategy) or privacy != "none":
+        return model, AE_LOCAL_AVG, AE_SERVER_FEW
+    local = replace(AE_FEDSGD, weight_decay=twin.weight_decay)
+    model = replace(model, anneal_rounds=anneal_rounds) if anneal_rounds else model
+    return model, local, AE_SERVER
+
+
+def cdae_preset(strategy: str | None, privacy: str) -> Preset:
+    """CDAE: FedSGD with server Adam (or local Adam with FedAvg / under privacy)."""
+    return _autoencoder_preset("cdae", strategy, privacy, 0)
+
+
+def multvae_preset(strategy: str | None, privacy: str) -> Preset:
+    """Mult-VAE: as CDAE, with the KL weight annealed over :data:`MULTVAE_ANNEAL_ROUNDS`."""
+    return _autoencoder_preset("multvae", strategy, privacy, MULTVAE_ANNEAL_ROUNDS)
+
+
+def ials_preset(strategy: str | None, privacy: str) -> Preset:
+    """iALS: closed-form user solve, dense item gradient, FedAdam."""
+    del strategy, privacy
+    return IALS_MODEL, IALS_LOCAL, IALS_SERVER
+
+
+def ncf_preset(strategy: str | None, privacy: str) -> Preset:
+    """NeuMF: local Adam, FedAdam."""
+    del strategy, privacy
+    return NCF_MODEL, NCF_LOCAL, NCF_SERVER
 
 
 def default_rounds(kind: str, privacy: str = "none") -> int:

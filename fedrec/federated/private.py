@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +38,7 @@ from fedrec.errors import BudgetExhaustedError, ConfigError
 from fedrec.federated.client import UserState, derive_seed, load_device_model
 from fedrec.models.base import Arrays, get_item_arrays, get_user_state, item_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
+from fedrec.models.registry import model_class
 from fedrec.models.trainable import TrainableRecommender
 from fedrec.privacy.accounting import (
     PrivacyAccount,
@@ -53,7 +52,7 @@ from fedrec.privacy.ledger import PrivacyLedger
 from fedrec.privacy.local_dp import dp_train, interaction_units
 from fedrec.privacy.noise import secure_rng
 from fedrec.privacy.record import BUDGET_EXHAUSTED, TRAINED
-from fedrec.privacy.report import UNITS
+from fedrec.privacy.report import local_unit
 from fedrec.training.local import (
     Proximal,
     freeze_except,
@@ -117,7 +116,7 @@ class LocalPrivacy:
             epsilon_budget=privacy.target_epsilon,
             delta=privacy.delta,
             accountant=privacy.accountant,
-            unit=UNITS["local-mf" if model.kind == "mf" else "local-ae"],
+            unit=local_unit(model.kind),
             bias_scale=privacy.bias_scale,
             insecure_noise_seed=privacy.insecure_noise_seed,
         )
@@ -138,14 +137,9 @@ class PrivateFit:
     releases: list[Release]
 
 
-@lru_cache(maxsize=16)
-def _has_user_side(model: ModelConfig) -> bool:
-    return bool(build_model(model, 1, 1, seed=0).USER_SIDE)
-
-
 def privacy_units(model: ModelConfig, n_train: int) -> int:
     """Units of a device: one per interaction (MF), the whole vector (autoencoders)."""
-    return n_train if model.kind == "mf" else 1
+    return n_train if model_class(model.kind).LOCAL_DP_UNIT == "interaction" else 1
 
 
 def dp_batch_size(n_units: int, batch_size: int) -> int:
@@ -156,7 +150,7 @@ def dp_batch_size(n_units: int, batch_size: int) -> int:
 def reconstructs(model: ModelConfig, train: LocalTrainConfig, *, first: bool) -> bool:
     """Whether the round refits the user state first (as :func:`client_fit` does)."""
     every = first or train.refit_every_round
-    return _has_user_side(model) and train.refit_epochs(first=first) > 0 and every
+    return bool(model_class(model.kind).USER_SIDE) and train.refit_epochs(first=first) > 0 and every
 
 
 def planned_releases(
@@ -300,7 +294,7 @@ class _DPRun:
         self.batch_size = dp_batch_size(n, batch_size)
         q = min(1.0, self.batch_size / n)
         # MF: the item step is the noisy SUM over the sampled units / B (public), not / q n
-        self.item_lr_scale = q * n / batch_size if model.kind == "mf" else 1.0
+        self.item_lr_scale = q * n / batch_size if model.LOCAL_DP_UNIT == "interaction" else 1.0
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = privacy.rng(seed)
 

@@ -23,15 +23,20 @@ module runs under Opacus's ``GradSampleModule``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from fedrec.models.config import ModelConfig
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.base import LocalUnit
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from fedrec.federated.aggregation import ServerConfig
 
 
 def corrupt(
@@ -110,6 +115,10 @@ class CDAE(TrainableRecommender):
         "encoder.bias",
     )
     USER_SIDE: ClassVar[tuple[str, ...]] = ("user_input.weight",)
+    BIAS_PARAMETERS: ClassVar[tuple[str, ...]] = ("decoder.bias", "encoder.bias")
+    ITEM_BIAS: ClassVar[str | None] = "decoder.bias"
+    ITEM_VECTORS: ClassVar[str] = "decoder.weight"  # W_dec [n_items, dim]: row i is item i
+    LOCAL_DP_UNIT: ClassVar[LocalUnit | None] = "user"  # one example = the user's row
 
     def __init__(
         self, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool = True
@@ -122,6 +131,39 @@ class CDAE(TrainableRecommender):
         if item_init:  # False: the caller overwrites the item side (see build_model)
             xavier_(self.encoder, self.decoder)
         nn.init.zeros_(self.user_input.weight)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> CDAE:
+        return cls(cfg, n_items, n_users, item_init=item_init)
+
+    @classmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        from fedrec.federated.presets import cdae_preset
+
+        return cdae_preset(strategy, privacy)
+
+    @classmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        from fedrec.training.autoencoder import PRESETS
+
+        return PRESETS[cls.kind]
+
+    @classmethod
+    def train_twin(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        split: Split,
+        *,
+        seed: int,
+        epochs: int | None,
+    ) -> ScoreFn:
+        """:func:`fedrec.training.autoencoder.train_autoencoder_centralized`."""
+        from fedrec.training.autoencoder import train_autoencoder_centralized
+
+        return train_autoencoder_centralized(model_cfg, train_cfg, split, seed, epochs)
 
     def forward(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Item logits ``[b, n_items]`` for an (already corrupted) input ``x``."""

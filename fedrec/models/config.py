@@ -15,8 +15,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from fedrec.errors import ConfigError
+from fedrec.models.kinds import MODEL_CLASSES
 
-MODEL_KIND_NAMES = ("mf", "cdae", "multvae", "ials", "ncf")
+MODEL_KIND_NAMES = tuple(MODEL_CLASSES)
 MF_LOSSES = ("bce", "bpr")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 

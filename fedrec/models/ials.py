@@ -19,15 +19,27 @@ refuses for this model (:data:`LOCAL_DP_REFUSAL`).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from fedrec.models.config import ModelConfig
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.base import Arrays
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.trainable import (
+    Examples,
+    FastUpdate,
+    ScoreFn,
+    TrainableRecommender,
+    UserState,
+)
 from fedrec.training.ials import gramian, solve_user, user_loss, user_regularization
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from fedrec.federated.aggregation import ServerConfig
 
 LOCAL_DP_REFUSAL = (
     "--model ials has no local-DP mechanism: its user vector is an exact closed-form "
@@ -43,6 +55,9 @@ class IALS(TrainableRecommender):
     kind = "ials"
     ITEM_SIDE = ("item_emb.weight",)
     USER_SIDE = ("user_emb.weight",)
+    ITEM_VECTORS = "item_emb.weight"  # the Q of p_u . q_i
+    LOCAL_DP_UNIT = None
+    LOCAL_DP_REFUSAL = LOCAL_DP_REFUSAL
 
     def __init__(self, cfg: ModelConfig, n_items: int, n_users: int = 1) -> None:
         super().__init__(n_items, n_users)
@@ -52,6 +67,80 @@ class IALS(TrainableRecommender):
         std = cfg.init_std / math.sqrt(cfg.dim)  # Rendle et al.'s init scale
         nn.init.normal_(self.user_emb.weight, std=std)
         nn.init.normal_(self.item_emb.weight, std=std)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> IALS:
+        del item_init  # one embedding table, cheap to initialize
+        return cls(cfg, n_items, n_users)
+
+    @classmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        from fedrec.federated.presets import ials_preset
+
+        return ials_preset(strategy, privacy)
+
+    @classmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        """The federated run's loss settings; ALS solves need no optimizer."""
+        from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
+
+        return IALS_MODEL, IALS_LOCAL
+
+    @classmethod
+    def train_twin(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        split: Split,
+        *,
+        seed: int,
+        epochs: int | None,
+    ) -> ScoreFn:
+        """Vectorized ALS (:func:`fedrec.training.ials.train_ials_centralized`)."""
+        from fedrec.training.ials import train_ials_centralized
+
+        return train_ials_centralized(model_cfg, train_cfg, split, seed, epochs)
+
+    @classmethod
+    def fast_fit(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+        key: bytes | None,
+    ) -> FastUpdate | None:
+        """Closed-form user solve and dense item gradient (:func:`fedrec.training.ials.fit`)."""
+        from fedrec.training import ials
+
+        del seed, key  # no random choice
+        if not ials.supports(model_cfg, train_cfg):
+            return None
+        return ials.fit(model_cfg, train_cfg, global_items, user_state, train_items)
+
+    @classmethod
+    def fast_scores(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+    ) -> torch.Tensor | None:
+        """``Q p`` with the closed-form user vector (any ``train_cfg``: it is the refit)."""
+        from fedrec.training import ials
+
+        del train_cfg, user_state, seed
+        p64 = ials.user_vector(model_cfg, global_items, train_items)
+        q64 = np.asarray(global_items[0], dtype=np.float64)
+        return torch.from_numpy((q64 @ p64).astype(np.float32))
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``[b, 2]``: the prediction ``p_u . q_i`` and the example's share of its user's

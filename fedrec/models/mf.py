@@ -24,15 +24,21 @@ scales with the data like the loss, and is clipped with the example under DP-SGD
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedrec.models.config import ModelConfig
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.base import Arrays
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.trainable import Examples, FastUpdate, TrainableRecommender, UserState
 from fedrec.training.negatives import keyed_negatives
+
+if TYPE_CHECKING:
+    from fedrec.federated.aggregation import ServerConfig
 
 
 class MatrixFactorization(TrainableRecommender):
@@ -41,6 +47,11 @@ class MatrixFactorization(TrainableRecommender):
     kind = "mf"
     ITEM_SIDE = ("item_emb.weight", "item_bias.weight")
     USER_SIDE = ("user_emb.weight",)
+    BIAS_PARAMETERS = ("item_bias.weight",)
+    ITEM_BIAS = "item_bias.weight"
+    ITEM_VECTORS = "item_emb.weight"  # the Q of p_u . q_i
+    USER_VECTOR = "user_emb.weight"
+    LOCAL_DP_UNIT = "interaction"  # a positive with its sampled negatives
 
     def __init__(self, cfg: ModelConfig, n_items: int, n_users: int = 1) -> None:
         super().__init__(n_items, n_users)
@@ -52,6 +63,77 @@ class MatrixFactorization(TrainableRecommender):
         nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
         nn.init.zeros_(self.item_bias.weight)
         self.item_bias.weight.requires_grad_(cfg.item_bias)
+
+    @classmethod
+    def build(
+        cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool
+    ) -> MatrixFactorization:
+        del item_init  # MF's item tables are cheap to initialize; its RNG order stays fixed
+        return cls(cfg, n_items, n_users)
+
+    @classmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        from fedrec.federated.presets import mf_preset
+
+        return mf_preset(strategy, privacy)
+
+    @classmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        from fedrec.training.centralized import CENTRAL_TRAIN
+
+        return ModelConfig(kind=cls.kind), CENTRAL_TRAIN
+
+    @classmethod
+    def fast_fit(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+        key: bytes | None,
+    ) -> FastUpdate | None:
+        """:func:`fedrec.training.mf_fast.fit` where it applies (``mf_fast.supports``)."""
+        from fedrec.training import mf_fast
+
+        if not mf_fast.supports(model_cfg, train_cfg):
+            return None
+        return mf_fast.fit(
+            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
+        )
+
+    @classmethod
+    def fast_scores(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+    ) -> torch.Tensor | None:
+        """``p Q^T + b^T`` after :func:`fedrec.training.mf_fast.refit` (no autograd)."""
+        from fedrec.training import mf_fast
+
+        if not mf_fast.supports(model_cfg, train_cfg):
+            return None
+        p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+        q, b = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in global_items[:2])
+        return (torch.from_numpy(p) @ q.T + b.T)[0]
+
+    def example_units(self, n_interactions: int) -> torch.Tensor:
+        """Interaction ``j``'s positive row and its ``negatives`` rows (BCE), or its
+        ``negatives`` pairs (BPR), all map to unit ``j`` (the layout of
+        :meth:`make_examples`)."""
+        base = torch.arange(n_interactions)
+        if self.cfg.loss == "bpr":
+            return base.repeat_interleave(self.cfg.negatives)
+        return torch.cat([base, base.repeat_interleave(self.cfg.negatives)])
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``[..., 2]``: logits and penalties for ``users`` ``[b]``, ``items`` ``[b]`` / ``[b, k]``.

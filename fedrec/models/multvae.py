@@ -19,15 +19,20 @@ generator), so ``forward`` is deterministic.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.models.base import LocalUnit
 from fedrec.models.cdae import corrupt, linear, multinomial_nll, user_rows, xavier_
-from fedrec.models.config import ModelConfig
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from fedrec.federated.aggregation import ServerConfig
 
 
 class MultVAE(TrainableRecommender):
@@ -56,6 +61,15 @@ class MultVAE(TrainableRecommender):
         "enc_hidden.bias",
     )
     USER_SIDE: ClassVar[tuple[str, ...]] = ()
+    BIAS_PARAMETERS: ClassVar[tuple[str, ...]] = (
+        "dec_out.bias",
+        "dec_hidden.bias",
+        "enc_out.bias",
+        "enc_hidden.bias",
+    )
+    ITEM_BIAS: ClassVar[str | None] = "dec_out.bias"
+    ITEM_VECTORS: ClassVar[str] = "dec_out.weight"  # the last decoder layer [n_items, hidden]
+    LOCAL_DP_UNIT: ClassVar[LocalUnit | None] = "user"  # one example = the user's row
 
     def __init__(
         self, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool = True
@@ -70,6 +84,39 @@ class MultVAE(TrainableRecommender):
         self.dec_out = linear(cfg.hidden, n_items)
         if item_init:  # False: the caller overwrites the item side (see build_model)
             xavier_(self.enc_hidden, self.enc_out, self.dec_hidden, self.dec_out)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> MultVAE:
+        return cls(cfg, n_items, n_users, item_init=item_init)
+
+    @classmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        from fedrec.federated.presets import multvae_preset
+
+        return multvae_preset(strategy, privacy)
+
+    @classmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        from fedrec.training.autoencoder import PRESETS
+
+        return PRESETS[cls.kind]
+
+    @classmethod
+    def train_twin(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        split: Split,
+        *,
+        seed: int,
+        epochs: int | None,
+    ) -> ScoreFn:
+        """:func:`fedrec.training.autoencoder.train_autoencoder_centralized`."""
+        from fedrec.training.autoencoder import train_autoencoder_centralized
+
+        return train_autoencoder_centralized(model_cfg, train_cfg, split, seed, epochs)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance ``[b, dim]`` of ``q(z | x)``."""

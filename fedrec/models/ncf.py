@@ -27,7 +27,7 @@ elementwise operations are used.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +35,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedrec.models.config import ModelConfig
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.base import LocalUnit
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from fedrec.federated.aggregation import ServerConfig
 from fedrec.training.negatives import keyed_negatives
 
 LOCAL_DP_REFUSAL = (
@@ -75,6 +80,10 @@ class NeuMF(TrainableRecommender):
     USER_SIDE: ClassVar[tuple[str, ...]] = ("user_gmf.weight", "user_mlp.weight")
     TOWER_PARAMETERS: ClassVar[tuple[str, ...]] = ITEM_SIDE[2:]
     """Item-side but not item-indexed: shared weights, uploaded dense."""
+    BIAS_PARAMETERS: ClassVar[tuple[str, ...]] = ("tower.0.bias", "tower.2.bias", "output.bias")
+    ITEM_VECTORS: ClassVar[str] = "item_gmf.weight"  # the GMF tower's item vectors
+    LOCAL_DP_UNIT: ClassVar[LocalUnit | None] = None
+    LOCAL_DP_REFUSAL: ClassVar[str | None] = LOCAL_DP_REFUSAL
 
     def __init__(self, cfg: ModelConfig, n_items: int, n_users: int = 1) -> None:
         super().__init__(n_items, n_users)
@@ -95,6 +104,44 @@ class NeuMF(TrainableRecommender):
             assert isinstance(layer, nn.Linear)
             nn.init.xavier_uniform_(layer.weight)  # Glorot, as He et al.'s MLP
             nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> NeuMF:
+        del item_init  # small tables and tower, cheap to initialize
+        return cls(cfg, n_items, n_users)
+
+    @classmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        from fedrec.federated.presets import ncf_preset
+
+        return ncf_preset(strategy, privacy)
+
+    @classmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        """The federated model and loss; He et al.'s Adam on minibatches."""
+        from fedrec.federated.presets import NCF_MODEL
+        from fedrec.training.centralized import NCF_CENTRAL_TRAIN
+
+        return NCF_MODEL, NCF_CENTRAL_TRAIN
+
+    @classmethod
+    def train_twin(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        split: Split,
+        *,
+        seed: int,
+        epochs: int | None,
+    ) -> ScoreFn:
+        """The generic twin, for :data:`fedrec.training.centralized.NCF_CENTRAL_EPOCHS`
+        epochs unless told (it overfits)."""
+        from fedrec.training.centralized import NCF_CENTRAL_EPOCHS, train_generic
+
+        epochs = NCF_CENTRAL_EPOCHS if epochs is None else epochs
+        return train_generic(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
 
     def _logits(
         self, pg: torch.Tensor, pm: torch.Tensor, qg: torch.Tensor, qm: torch.Tensor

@@ -1,87 +1,57 @@
-"""Build any fedrec model by kind, and its global item-side initialization.
+"""Find any fedrec model's class by kind; build it and its global item-side initialization.
 
-Design rule: :data:`MODEL_KINDS` maps a kind to a builder
-``(cfg, n_items, n_users) -> TrainableRecommender``. A model module registers itself
-by adding one line to :func:`_builders` (kept lazy so importing the registry does not
-import every model). The global item-side initialization is a pure function of
+Design rule: :data:`fedrec.models.kinds.MODEL_CLASSES` maps a kind to ``"module:Class"``,
+one line per model; :func:`model_class` imports the class lazily (importing the registry
+does not import every model), and every fact about a model is read from its class
+(``model_class(kind).ITEM_SIDE``, ``.LOCAL_DP_REFUSAL``, ``.federated_preset(...)``), never
+from a ``kind == ...`` branch. The global item-side initialization is a pure function of
 ``(cfg, n_items, seed)``: the server and the centralized twin start from the same point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import importlib.util
+from functools import cache
 
 import torch
 
 from fedrec.errors import ConfigError
 from fedrec.models.base import Arrays, check_split, get_item_arrays
 from fedrec.models.config import ModelConfig
+from fedrec.models.kinds import MODEL_CLASSES
 from fedrec.models.trainable import TrainableRecommender
-
-Builder = Callable[[ModelConfig, int, int, bool], TrainableRecommender]
-
-
-def _build_mf(
-    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
-) -> TrainableRecommender:
-    from fedrec.models.mf import MatrixFactorization
-
-    del item_init  # MF's item tables are cheap to initialize; its RNG order stays fixed
-    return MatrixFactorization(cfg, n_items, n_users)
-
-
-def _build_cdae(
-    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
-) -> TrainableRecommender:
-    from fedrec.models.cdae import CDAE  # registration point: the CDAE module
-
-    return CDAE(cfg, n_items, n_users, item_init=item_init)
-
-
-def _build_multvae(
-    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
-) -> TrainableRecommender:
-    from fedrec.models.multvae import MultVAE  # registration point: the Mult-VAE module
-
-    return MultVAE(cfg, n_items, n_users, item_init=item_init)
-
-
-def _build_ials(
-    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
-) -> TrainableRecommender:
-    from fedrec.models.ials import IALS  # registration point: the iALS module
-
-    del item_init  # one embedding table, cheap to initialize
-    return IALS(cfg, n_items, n_users)
-
-
-def _build_ncf(
-    cfg: ModelConfig, n_items: int, n_users: int, item_init: bool
-) -> TrainableRecommender:
-    from fedrec.models.ncf import NeuMF  # registration point: the NeuMF module
-
-    del item_init  # small tables and tower, cheap to initialize
-    return NeuMF(cfg, n_items, n_users)
-
-
-def _builders() -> dict[str, Builder]:
-    builders = {"mf": _build_mf, "cdae": _build_cdae, "multvae": _build_multvae}
-    return {**builders, "ials": _build_ials, "ncf": _build_ncf}
 
 
 def _available() -> tuple[str, ...]:
-    """Kinds whose module is importable (the AE modules may not exist yet)."""
-    import importlib.util
-
-    modules = {"mf": "fedrec.models.mf", "cdae": "fedrec.models.cdae"}
-    modules["multvae"] = "fedrec.models.multvae"
-    modules["ials"] = "fedrec.models.ials"
-    modules["ncf"] = "fedrec.models.ncf"
+    """Kinds whose module is importable."""
+    modules = {kind: path.partition(":")[0] for kind, path in MODEL_CLASSES.items()}
     return tuple(k for k, m in modules.items() if importlib.util.find_spec(m) is not None)
 
 
 MODEL_KINDS: tuple[str, ...] = _available()
 """Kinds that can be built in this installation (tests parametrize over it)."""
+
+
+@cache
+def model_class(kind: str) -> type[TrainableRecommender]:
+    """The class of model ``kind``, imported on first use; every model fact is on it."""
+    if kind not in MODEL_KINDS:
+        raise ConfigError(
+            f"model kind {kind!r} is not available",
+            where="model.kind",
+            fix=f"use one of {', '.join(MODEL_KINDS)}",
+        )
+    module, _, name = MODEL_CLASSES[kind].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, TrainableRecommender)) or cls.kind != kind:
+        raise TypeError(f"{MODEL_CLASSES[kind]} is not the TrainableRecommender of {kind!r}")
+    return cls
+
+
+def local_dp_kinds() -> tuple[str, ...]:
+    """The kinds that support ``--privacy local`` (no :attr:`LOCAL_DP_REFUSAL`)."""
+    return tuple(k for k in MODEL_KINDS if model_class(k).LOCAL_DP_REFUSAL is None)
 
 
 def build_model(
@@ -105,12 +75,7 @@ def build_model(
         initialization was 40% of a Mult-VAE client update). User-side values are the
         same either way.
     """
-    if cfg.kind not in MODEL_KINDS:
-        raise ConfigError(
-            f"model kind {cfg.kind!r} is not available",
-            where="model.kind",
-            fix=f"use one of {', '.join(MODEL_KINDS)}",
-        )
+    cls = model_class(cfg.kind)
     if n_items < 1 or n_users < 1:
         raise ConfigError(
             f"need n_items >= 1 and n_users >= 1, got {n_items} and {n_users}",
@@ -119,7 +84,7 @@ def build_model(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _builders()[cfg.kind](cfg, n_items, n_users, item_init)
+        model = cls.build(cfg, n_items, n_users, item_init=item_init)
     check_split(model)
     return model
 
@@ -137,16 +102,14 @@ def item_array_shapes(cfg: ModelConfig, n_items: int) -> list[tuple[int, ...]]:
 def refuse_local_dp(kind: str, mode: str) -> None:
     """Raise :class:`ConfigError` when model ``kind`` has no local-DP mechanism.
 
-    Each such model states its reason as ``LOCAL_DP_REFUSAL`` in its own module.
+    The reason is the model class's ``LOCAL_DP_REFUSAL``.
     """
-    if mode != "local" or kind not in ("ials", "ncf"):
+    reason = model_class(kind).LOCAL_DP_REFUSAL if mode == "local" else None
+    if reason is None:
         return
-    from fedrec.models import ials, ncf
-
-    reason = {"ials": ials.LOCAL_DP_REFUSAL, "ncf": ncf.LOCAL_DP_REFUSAL}[kind]
     raise ConfigError(
         reason,
         where=f"--model {kind} --privacy local",
         fix="use --privacy central (user-level DP-FedAvg on the clipped uploads), "
-        "or --model mf / cdae / multvae for local DP",
+        f"or --model {' / '.join(local_dp_kinds())} for local DP",
     )

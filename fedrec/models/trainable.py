@@ -15,13 +15,37 @@ pairs into :class:`Examples` (``inputs`` fed to ``forward``, ``target`` fed to
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedrec.models.base import Recommender
+from fedrec.models.base import Arrays, Recommender
+from fedrec.models.config import LocalTrainConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from fedrec.federated.aggregation import ServerConfig
+
+UserState = dict[str, npt.NDArray[np.float32]]
+ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+"""``score_fn(users) -> [b, n_items]``: a centralized twin's scorer."""
+
+
+class FastUpdate(Protocol):
+    """What a model's :meth:`TrainableRecommender.fast_fit` returns."""
+
+    @property
+    def item_arrays(self) -> Arrays: ...
+
+    @property
+    def user_state(self) -> UserState: ...
+
+    @property
+    def train_loss(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -51,8 +75,96 @@ class TrainableRecommender(Recommender):
     """A :class:`Recommender` that builds its own examples and loss.
 
     Subclasses implement ``forward``, :meth:`make_examples`, :meth:`loss` and
-    ``score``; :func:`fedrec.training.local.train_epochs` drives them.
+    ``score``; :func:`fedrec.training.local.train_epochs` drives them. They also state
+    their behaviour facts as classmethods, read without building a model (import
+    trainers lazily inside them): :meth:`build`, :meth:`federated_preset`,
+    :meth:`twin_preset` (required), :meth:`train_twin`, :meth:`fast_fit`,
+    :meth:`fast_scores` and :meth:`example_units` (defaults: the generic path).
     """
+
+    @classmethod
+    @abstractmethod
+    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> Self:
+        """A new model (``n_users`` user slots), initialized from torch's global RNG.
+
+        ``item_init=False``: the caller overwrites the item side at once (a model whose
+        item-side initialization is costly may skip it; user-side values must not change).
+        """
+
+    @classmethod
+    @abstractmethod
+    def federated_preset(
+        cls, strategy: str | None, privacy: str
+    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
+        """The federated defaults (:func:`fedrec.federated.presets.federated_preset`)."""
+
+    @classmethod
+    @abstractmethod
+    def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
+        """The centralized twin's configuration
+        (:func:`fedrec.training.centralized.central_preset`)."""
+
+    @classmethod
+    def train_twin(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        split: Split,
+        *,
+        seed: int,
+        epochs: int | None,
+    ) -> ScoreFn:
+        """Train the centralized twin on every user of ``split``; return its scorer.
+
+        Default: the same model with ``n_users`` slots, its own examples and loss, and
+        :func:`fedrec.training.centralized.train_generic`.
+        """
+        from fedrec.training.centralized import train_generic
+
+        return train_generic(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
+
+    @classmethod
+    def fast_fit(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+        key: bytes | None,
+    ) -> FastUpdate | None:
+        """A device's update without autograd, equal to the autograd path
+        (:func:`fedrec.federated.client.client_fit`); ``None``: no fast path for these
+        configs (the default)."""
+        del model_cfg, train_cfg, global_items, user_state, train_items, seed, key
+        return None
+
+    @classmethod
+    def fast_scores(
+        cls,
+        model_cfg: ModelConfig,
+        train_cfg: LocalTrainConfig,
+        global_items: Arrays,
+        user_state: UserState | None,
+        train_items: npt.NDArray[np.int64],
+        *,
+        seed: int,
+    ) -> torch.Tensor | None:
+        """Scores ``[n_items]`` of one user as evaluation computes them
+        (:func:`fedrec.federated.client.client_scores`), without autograd; ``None``: no
+        fast path (the default)."""
+        del model_cfg, train_cfg, global_items, user_state, train_items, seed
+        return None
+
+    def example_units(self, n_interactions: int) -> torch.Tensor | None:
+        """The unit (interaction index) of each row of :meth:`make_examples`'s output
+        under local DP; ``None``: one row per unit (the default). A model whose
+        :attr:`LOCAL_DP_UNIT` is ``"interaction"`` and that makes several rows per
+        interaction must override it."""
+        del n_interactions
+        return None
 
     @abstractmethod
     def make_examples(

@@ -15,7 +15,7 @@ import dataclasses
 
 from fedrec.errors import ConfigError
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
+from fedrec.models.registry import model_class
 from fedrec.privacy.accounting import calibrate_noise, default_delta
 from fedrec.privacy.central import AdaptiveClipping, DPFedAvg
 from fedrec.privacy.config import PrivacyConfig
@@ -92,13 +92,15 @@ def make_dp_fedavg(
         # sigma_b must exceed z / 2 (AdaptiveClipping.update_noise_multiplier)
         sigma_b = max(q * n_clients * BIT_NOISE_PER_CLIENT, privacy.noise_multiplier)
         adaptive = AdaptiveClipping(bit_noise_std=sigma_b)
-    names = build_model(model, 1, 1, seed=0).ITEM_SIDE
+    facts = model_class(model.kind)
     return DPFedAvg(
         noise_multiplier=privacy.noise_multiplier,
         clip_norm=privacy.clip_norm,
         sample_rate=q,
         n_clients=n_clients,
         accountant=privacy.accountant,
-        array_scales=[privacy.bias_scale if "bias" in name else 1.0 for name in names],
+        array_scales=[
+            privacy.bias_scale if name in facts.BIAS_PARAMETERS else 1.0 for name in facts.ITEM_SIDE
+        ],
         adaptive=adaptive,
     )

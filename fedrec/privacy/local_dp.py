@@ -99,16 +99,11 @@ class _SecretNoiseDPOptimizer(DPOptimizer):
 def interaction_units(model: TrainableRecommender, n_interactions: int) -> torch.Tensor | None:
     """The unit (interaction index) of each row of ``model.make_examples``'s output.
 
-    ``None`` means one row per unit (autoencoders: one row per user). Tested against
-    :class:`fedrec.models.mf.MatrixFactorization`'s row layout.
+    ``None`` means one row per unit (autoencoders: one row per user). The layout is the
+    model's own (:meth:`~fedrec.models.trainable.TrainableRecommender.example_units`;
+    tested against :class:`fedrec.models.mf.MatrixFactorization`'s rows).
     """
-    if model.kind != "mf":
-        return None
-    cfg = model.cfg
-    base = torch.arange(n_interactions)
-    if cfg.loss == "bpr":
-        return base.repeat_interleave(cfg.negatives)
-    return torch.cat([base, base.repeat_interleave(cfg.negatives)])
+    return model.example_units(n_interactions)
 
 
 def _check_args(

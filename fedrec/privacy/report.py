@@ -55,6 +55,18 @@ UNITS = {
     "local-mf": "one interaction (a positive with its sampled negatives)",
     "local-ae": "one user's whole interaction vector, per device",
 }
+LOCAL_UNITS = {"interaction": UNITS["local-mf"], "user": UNITS["local-ae"]}
+"""A model class's ``LOCAL_DP_UNIT`` -> the unit in words (``privacy.json``)."""
+
+
+def local_unit(kind: str) -> str:
+    """What ``--privacy local`` protects for model ``kind``, in words."""
+    from fedrec.models.registry import model_class
+
+    unit = model_class(kind).LOCAL_DP_UNIT
+    if unit is None:
+        raise ValueError(f"model {kind!r} has no local-DP unit (local DP is refused for it)")
+    return LOCAL_UNITS[unit]
 
 
 def _base(

@@ -19,11 +19,10 @@ from fedrec.recommend.explain import (
     item_based_scores,
     recommend_with_explanations,
 )
-from fedrec.recommend.similar import ITEM_VECTOR_PARAMETER, item_vectors, similar_items
+from fedrec.recommend.similar import item_vectors, similar_items
 from fedrec.recommend.types import Recommendation, with_original_ids
 
 __all__ = [
-    "ITEM_VECTOR_PARAMETER",
     "Recommendation",
     "candidate_pools",
     "contributions",

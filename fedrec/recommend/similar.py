@@ -8,7 +8,8 @@ Sarwar et al. (WWW 2001) and Deshpande & Karypis (TOIS 2004), computed on learne
 factors instead of co-occurrence columns (Koren, KDD 2008). The functions are pure and
 need only the global item parameters, so a device can run them on its own.
 
-Which item-side array holds the item vectors (rows indexed by item):
+Which item-side array holds the item vectors (rows indexed by item) is the model
+class's ``ITEM_VECTORS`` (:mod:`fedrec.models.base`); today:
 
 - ``mf``: ``item_emb.weight`` ``[n_items, dim]`` (the ``Q`` of ``p_u . q_i``);
 - ``cdae``: ``decoder.weight`` ``[n_items, dim]`` (``nn.Linear(dim, n_items)`` stores
@@ -18,8 +19,8 @@ Which item-side array holds the item vectors (rows indexed by item):
 - ``ncf``: ``item_gmf.weight`` ``[n_items, dim]`` (the GMF tower's item vectors; the MLP
   tower's item vectors only mean something through the nonlinear tower).
 
-The array is found by name in the model class's ``ITEM_SIDE`` (upload order), so a
-change of upload order cannot silently pick the wrong array.
+The array is found by that name in the model class's ``ITEM_SIDE`` (upload order), so
+a change of upload order cannot silently pick the wrong array.
 """
 
 from __future__ import annotations
@@ -31,37 +32,6 @@ from fedrec.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 
-ITEM_VECTOR_PARAMETER: dict[str, str] = {
-    "mf": "item_emb.weight",
-    "cdae": "decoder.weight",
-    "multvae": "dec_out.weight",
-    "ials": "item_emb.weight",
-    "ncf": "item_gmf.weight",
-}
-"""Model kind -> the item-side parameter whose rows are the item vectors."""
-
-
-def _item_side_names(model_kind: str) -> tuple[str, ...]:
-    if model_kind == "mf":
-        from fedrec.models.mf import MatrixFactorization
-
-        return MatrixFactorization.ITEM_SIDE
-    if model_kind == "cdae":
-        from fedrec.models.cdae import CDAE
-
-        return CDAE.ITEM_SIDE
-    if model_kind == "ials":
-        from fedrec.models.ials import IALS
-
-        return IALS.ITEM_SIDE
-    if model_kind == "ncf":
-        from fedrec.models.ncf import NeuMF
-
-        return NeuMF.ITEM_SIDE
-    from fedrec.models.multvae import MultVAE
-
-    return MultVAE.ITEM_SIDE
-
 
 def item_vectors(
     model_kind: str, item_arrays: list[npt.NDArray[np.float32]] | list[FloatArray]
@@ -71,25 +41,28 @@ def item_vectors(
     Parameters
     ----------
     model_kind
-        ``"mf"``, ``"cdae"`` or ``"multvae"``.
+        A trained model kind (:data:`fedrec.models.registry.MODEL_KINDS`).
     item_arrays
         The model's item-side arrays in upload order (e.g. the server's global
         parameters, or :func:`fedrec.models.base.get_item_arrays`).
     """
-    if model_kind not in ITEM_VECTOR_PARAMETER:
+    from fedrec.models.registry import MODEL_KINDS, model_class
+
+    if model_kind not in MODEL_KINDS:
         raise ConfigError(
             f"no item vectors for model kind {model_kind!r}",
             where="model.kind",
-            fix=f"use one of {', '.join(ITEM_VECTOR_PARAMETER)}",
+            fix=f"use one of {', '.join(MODEL_KINDS)}",
         )
-    names = _item_side_names(model_kind)
+    cls = model_class(model_kind)
+    names = cls.ITEM_SIDE
     if len(item_arrays) != len(names):
         raise ConfigError(
             f"{model_kind} has {len(names)} item-side arrays {names}, got {len(item_arrays)}",
             where="item_arrays",
             fix="pass every item-side array in upload order",
         )
-    vectors = np.asarray(item_arrays[names.index(ITEM_VECTOR_PARAMETER[model_kind])])
+    vectors = np.asarray(item_arrays[names.index(cls.ITEM_VECTORS)])
     if vectors.ndim != 2:
         raise ConfigError(
             f"item vectors must be 2-D, got shape {vectors.shape}", where="item_arrays"

@@ -1,10 +1,11 @@
 """The centralized twin: the same model code trained on all users at once.
 
 Design rule: a centralized model is the device model with ``n_users`` user slots, the
-same :meth:`make_examples`, the same loss and the same :func:`train_epochs`, so the gap
-between a federated run and its twin measures federation alone. Models whose
-centralized training differs (e.g. KL annealing) register a trainer in
-:data:`CENTRAL_TRAINERS`.
+same :meth:`make_examples`, the same loss and the same :func:`train_epochs`
+(:func:`train_generic`), so the gap between a federated run and its twin measures
+federation alone. Each model class states its twin: ``twin_preset`` (the configuration)
+and ``train_twin`` (a model whose centralized training differs, e.g. KL annealing or ALS
+solves, overrides it); :data:`CENTRAL_TRAINERS` overrides both per kind.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import torch
 
 from fedrec.data.split import Split
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
-from fedrec.models.trainable import Examples, TrainableRecommender
+from fedrec.models.registry import build_model, model_class
+from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
 from fedrec.training.local import make_optimizer, train_epochs
 
-ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
 CentralTrainer = Callable[[ModelConfig, LocalTrainConfig, Split, int, int | None], ScoreFn]
 
 CENTRAL_TRAINERS: dict[str, CentralTrainer] = {}
@@ -48,20 +48,9 @@ NCF_CENTRAL_EPOCHS = 5
 
 
 def central_preset(kind: str) -> tuple[ModelConfig, LocalTrainConfig]:
-    """The documented centralized configuration of ``kind`` (the twin of a federated run)."""
-    if kind in ("cdae", "multvae"):
-        from fedrec.training.autoencoder import PRESETS
-
-        return PRESETS[kind]
-    if kind == "ials":  # the same loss as the federated run; ALS solves need no optimizer
-        from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
-
-        return IALS_MODEL, IALS_LOCAL
-    if kind == "ncf":  # the federated model and loss; He et al.'s Adam on minibatches
-        from fedrec.federated.presets import NCF_MODEL
-
-        return NCF_MODEL, NCF_CENTRAL_TRAIN
-    return ModelConfig(kind=kind), CENTRAL_TRAIN
+    """The documented centralized configuration of ``kind`` (the twin of a federated run;
+    the model class's ``twin_preset``)."""
+    return model_class(kind).twin_preset()
 
 
 def train_pairs(split: Split) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -101,20 +90,25 @@ def train_centralized(
         epochs per round) is not used: pass ``epochs`` (default :data:`CENTRAL_EPOCHS`).
     seed
         Seeds initialization, negatives and batch order.
+    epochs
+        ``None``: the model's default (the model class's ``train_twin``).
     """
-    if model_cfg.kind in ("cdae", "multvae") and model_cfg.kind not in CENTRAL_TRAINERS:
-        # Lazy: fedrec.training.autoencoder imports this module's neighbours.
-        from fedrec.training.autoencoder import train_autoencoder_centralized
-
-        CENTRAL_TRAINERS[model_cfg.kind] = train_autoencoder_centralized
-    if model_cfg.kind == "ials" and "ials" not in CENTRAL_TRAINERS:
-        from fedrec.training.ials import train_ials_centralized
-
-        CENTRAL_TRAINERS["ials"] = train_ials_centralized
     if model_cfg.kind in CENTRAL_TRAINERS:
         return CENTRAL_TRAINERS[model_cfg.kind](model_cfg, train_cfg, split, seed, epochs)
-    if epochs is None and model_cfg.kind == "ncf":
-        epochs = NCF_CENTRAL_EPOCHS
+    twin = model_class(model_cfg.kind).train_twin
+    return twin(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
+
+
+def train_generic(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    split: Split,
+    *,
+    seed: int,
+    epochs: int | None = None,
+) -> ScoreFn:
+    """The generic twin: the model with ``split.n_users`` slots, its own examples and loss,
+    :func:`train_epochs` for ``epochs`` (default :data:`CENTRAL_EPOCHS`)."""
     model = build_model(model_cfg, split.n_items, split.n_users, seed=seed)
     users, items = train_pairs(split)
     gen = torch.Generator().manual_seed(seed)
