@@ -65,6 +65,9 @@ class Recommender(nn.Module):
     """What ``--privacy local`` protects (:data:`LocalUnit`); ``None`` when refused."""
     LOCAL_DP_REFUSAL: ClassVar[str | None] = None
     """Why ``--privacy local`` is refused for this model; ``None`` when it is supported."""
+    ORDERED: ClassVar[bool] = False
+    """Whether the model reads the order of a user's history (a sequential model): its
+    train items come in time order and its ``history`` rows carry positions."""
 
     def __init__(self, n_items: int, n_users: int) -> None:
         super().__init__()
