@@ -67,7 +67,7 @@ class Recommender(nn.Module):
     """Why ``--privacy local`` is refused for this model; ``None`` when it is supported."""
     ORDERED: ClassVar[bool] = False
     """Whether the model reads the order of a user's history (a sequential model): its
-    train items come in time order and its ``history`` rows carry positions."""
+    callers pass the user's train items in time order (:mod:`fedrec.data.sequences`)."""
 
     def __init__(self, n_items: int, n_users: int) -> None:
         super().__init__()
