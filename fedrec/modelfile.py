@@ -31,13 +31,14 @@ import numpy.typing as npt
 
 from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import DataError
+from fedrec.models.config import MODEL_KIND_NAMES
 
 FORMAT = "fedrec-model"
 VERSION = 1
 METADATA_KEY = "fedrec"
 ItemId = int | str
 """An original item id as the data spell it (JSON keeps ints and strings apart)."""
-SERVABLE_KINDS = ("mf", "cdae", "multvae", "ials", "ncf", "ease", "popularity", "itemknn")
+SERVABLE_KINDS = (*MODEL_KIND_NAMES, "ease", "popularity", "itemknn")
 """Kinds a model file may hold: the federated models and the centralized baselines."""
 
 

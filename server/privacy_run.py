@@ -39,10 +39,10 @@ from fedrec.privacy.distributed import refuse_for_model
 from fedrec.privacy.ledger import Spent
 from fedrec.privacy.noise import secure_rng
 from fedrec.privacy.report import (
-    UNITS,
     central_report,
     local_budget_report,
     local_report,
+    local_unit,
     none_report,
     other_release,
     worst_case_user,
@@ -309,7 +309,7 @@ class RunPrivacy:
             out["other_releases"] = [*out.get("other_releases", []), *self._evaluation_entry()]
         elif self.mode == "local":
             assert self.delta is not None
-            unit = UNITS["local-mf" if self.settings.model.kind == "mf" else "local-ae"]
+            unit = local_unit(self.settings.model.kind)
             if self.device_ledgers is None:
                 out = local_budget_report(
                     target_epsilon=privacy.target_epsilon, delta=self.delta,

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedrec.models.registry import MODEL_KINDS, model_class
+
 PRIVACY_DOC = "docs/PRIVACY.md"
 SERVER_SEES = f"{PRIVACY_DOC}, section 'What the server sees, mode by mode and model by model'"
-AUTOENCODERS = ("cdae", "multvae")
 
 
 def unit_sentence(mode: str, model: str | None) -> str:
     """What one epsilon protects, in words (the unit of privacy)."""
     if mode == "local":
-        if model in AUTOENCODERS:
+        if model in MODEL_KINDS and model_class(model).LOCAL_DP_UNIT == "user":
             return (
                 "**What epsilon protects: one user's whole interaction vector, on that user's "
                 "own device.** Each upload is (epsilon, delta)-indistinguishable from the "

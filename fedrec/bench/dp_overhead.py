@@ -33,7 +33,7 @@ import torch
 
 from fedrec.federated.presets import federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
+from fedrec.models.registry import build_model, local_dp_kinds
 from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.privacy.fast_dp import secret_normal
 from fedrec.privacy.local_dp import DPStep, interaction_units, make_dp_step
@@ -41,7 +41,6 @@ from fedrec.privacy.noise import secure_rng
 from fedrec.training.allocator import steady_allocator
 from fedrec.training.local import make_optimizer, user_examples
 
-KINDS = ("mf", "cdae", "multvae")
 SIZES = (1682, 27000)
 
 
@@ -105,7 +104,7 @@ def dp_overhead(
     Parameters
     ----------
     model_kind
-        ``"mf"``, ``"cdae"`` or ``"multvae"`` (default :class:`ModelConfig` otherwise).
+        A kind with local DP (:func:`fedrec.models.registry.local_dp_kinds`).
     n_items
         Catalog size.
     device
@@ -219,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--optimizer", default=None, choices=("adam", "sgd"))
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", default=list(local_dp_kinds()))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--quick", action="store_true")

@@ -34,17 +34,20 @@ import torch
 
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.mf import MatrixFactorization
 from fedrec.training.negatives import keyed_negatives
 
 F32 = npt.NDArray[np.float32]
-USER_KEY = "user_emb.weight"
+USER_KEY = MatrixFactorization.USER_SIDE[0]
 BETAS, EPS = (0.9, 0.999), 1e-8
 
 
 def supports(model_cfg: ModelConfig, train_cfg: LocalTrainConfig) -> bool:
-    """Whether :func:`fit` / :func:`refit` reproduce the autograd path for these configs."""
+    """Whether :func:`fit` / :func:`refit` reproduce the autograd path of MF for these
+    configs (:meth:`fedrec.models.mf.MatrixFactorization.fast_fit` asks)."""
     # every other LocalTrainConfig combination (sgd/adam, decay, FedProx) is covered
-    return model_cfg.kind == "mf" and train_cfg.user_lr is None
+    del model_cfg
+    return train_cfg.user_lr is None
 
 
 @dataclass

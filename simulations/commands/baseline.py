@@ -26,13 +26,14 @@ from fedrec.data.split import Split, random_split, temporal_split
 from fedrec.errors import ConfigError
 from fedrec.metrics import evaluate_scores
 from fedrec.metrics.evaluate import Metrics
+from fedrec.models.config import MODEL_KIND_NAMES
 from simulations.commands.common import add_data_arguments, load_data, prepare_output_dir
 from simulations.seeds import SeedSummary, parse_seeds, run_seeds
 
 NAME = "baseline"
-HELP = "Train a centralized reference (popularity, itemknn, ease, mf, cdae, multvae, ials, ncf)."
-TRAINED = ("mf", "cdae", "multvae", "ials", "ncf")
+TRAINED = MODEL_KIND_NAMES
 MODELS = (*BASELINES, *TRAINED)
+HELP = f"Train a centralized reference ({', '.join(MODELS)})."
 
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
 MAX_DENSE_ITEMS = 20_000
