@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -97,13 +100,16 @@ def train(msg: Message, context: Context) -> Message:
     user, config, rnd = _begin(msg, context)
     arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
     if bool(config.get("noop", False)):
-        return Message(RecordDict({"arrays": ArrayRecord(arrays)}), reply_to=msg)
+        echo = _upload(arrays, arrays, config, seed=0)
+        return Message(RecordDict({"arrays": ArrayRecord(echo)}), reply_to=msg)
     round_config = _round_config(config, user, rnd - 1, rnd)
     with _device(config, context, user) as device:
         reply = device.fit_round(arrays, round_config)
     if reply.ok and user in fail_users(config, "fail-after-ledger"):  # the ledger is durable
         raise InjectedFailure(f"test-only failure after the ledger write for user {user}")
-    return Message(_pack_fit(reply, config, private=round_config.privacy is not None), reply_to=msg)
+    private = round_config.privacy is not None
+    content = _pack_fit(reply, config, private=private, reference=arrays, seed=round_config.seed)
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
@@ -177,13 +183,40 @@ def _local_privacy(config: ConfigRecord, model: ModelConfig) -> LocalPrivacy | N
     return LocalPrivacy.from_config(privacy, model, noise_multiplier=privacy.noise_multiplier)
 
 
-def _pack_fit(reply: FitReply, config: ConfigRecord, *, private: bool) -> RecordDict:
+def _upload(
+    new: list[npt.NDArray[np.float32]],
+    reference: list[npt.NDArray[np.float32]],
+    config: ConfigRecord,
+    *,
+    seed: int,
+) -> list[npt.NDArray[Any]]:
+    """The wire arrays of an upload: the float32 arrays, or (``train.upload-bits``) the
+    update from the round's global arrays, quantized with unbiased stochastic rounding
+    (:mod:`fedrec.federated.compression`; post-processing of what the device releases)."""
+    codec = train_config(config).upload_codec()
+    if not codec.enabled:
+        return list(new)
+    return codec.encode(new, reference, np.random.default_rng([seed, _UPLOAD_STREAM]))
+
+
+_UPLOAD_STREAM = 0x5155414E
+"""Seed part of the stochastic rounding's stream (apart from the training's)."""
+
+
+def _pack_fit(
+    reply: FitReply,
+    config: ConfigRecord,
+    *,
+    private: bool,
+    reference: list[npt.NDArray[np.float32]],
+    seed: int,
+) -> RecordDict:
     if not private and not reply.ok:
         raise RuntimeError(f"device did not train: {reply.status} ({reply.message})")
     content = RecordDict()
     if reply.ok:
         assert reply.item_arrays is not None
-        content["arrays"] = ArrayRecord(reply.item_arrays)
+        content["arrays"] = ArrayRecord(_upload(reply.item_arrays, reference, config, seed=seed))
         metrics: dict[str, int | float | list[int] | list[float]] = {}
         if bool(config.get("weighted", False)):
             metrics["num-examples"] = reply.num_examples

@@ -39,7 +39,6 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from fedrec.errors import ConfigError
 from fedrec.privacy.central import DPFedAvg
 from server.strategies import (
-    ARRAYS_KEY,
     FedAdamStrategy,
     FedAvgStrategy,
     FedProxStrategy,
@@ -103,7 +102,7 @@ class CentralDPStrategy(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Clip, noise the sum, divide by ``q N``; one server-optimizer step on that."""
         good, outcome = self.strategy.collect_train(replies)
-        uploads = [m.content.array_records[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]
+        uploads = [self.strategy.upload_arrays(m.content) for _, m in good]  # decoded
         current = self.strategy.global_arrays
         noisy = self.mechanism.aggregate(current, uploads, self.rng)
         pseudo = [g + d for g, d in zip(current, noisy, strict=True)]

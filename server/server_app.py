@@ -104,6 +104,7 @@ def run_server(
         privacy_mode=settings.privacy.mode,
         evaluation=None if evaluator is not None else evaluation_mechanism(settings.privacy),
         eval_noise_seed=_eval_noise_seed(settings),
+        upload=settings.train.upload_codec(),
     )
     privacy = RunPrivacy(
         settings,

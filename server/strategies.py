@@ -40,6 +40,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from fedrec.data.split import Split
 from fedrec.errors import DataError
 from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer
+from fedrec.federated.compression import UploadCodec
 from fedrec.metrics import USER_METRIC_KEYS
 from fedrec.metrics.private import PrivateEvaluation, aggregate_replies
 from fedrec.models.base import Arrays
@@ -64,7 +65,9 @@ REFUSED = "refused: "
 class RoundPlan:
     """What the hooks need to know about the population (fixed for a run).
 
-    ``catalog`` is the split; ``item_shapes`` are the declared upload shapes;
+    ``catalog`` is the split; ``item_shapes`` are the item arrays' shapes and
+    ``upload`` how a device encodes them (float32, or a quantized update:
+    :mod:`fedrec.federated.compression`);
     ``evaluation`` is the DP evaluation of a private deployment (``None``: none is
     requested in ``local``/``central``) and ``eval_noise_seed`` its TESTS-ONLY seed.
     """
@@ -81,6 +84,7 @@ class RoundPlan:
     privacy_mode: str = "none"
     evaluation: PrivateEvaluation | None = None
     eval_noise_seed: int | None = None
+    upload: UploadCodec = field(default_factory=UploadCodec)
 
 
 @dataclass
@@ -149,7 +153,7 @@ class _FedrecHooks:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Uniform mean of the valid uploads, then one server-optimizer step."""
         good, outcome = self.collect_train(replies)
-        uploads = [m.content.array_records[ARRAYS_KEY].to_numpy_ndarrays() for _, m in good]
+        uploads = [self.upload_arrays(m.content) for _, m in good]
         weights = None
         if self.plan.weighted and good:
             weights = [
@@ -175,6 +179,11 @@ class _FedrecHooks:
     def global_arrays(self) -> Arrays:
         """The global arrays sent in the train step in flight."""
         return self._global
+
+    def upload_arrays(self, content: RecordDict) -> Arrays:
+        """The item arrays a valid upload stands for (a quantized update decoded)."""
+        wire = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+        return self.plan.upload.decode(wire, self._global)
 
     def collect_train(
         self, replies: Iterable[Message]
@@ -300,9 +309,10 @@ class _FedrecHooks:
             return "count weighting is on but the reply has no num-examples"
         arrays = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
         shapes = [tuple(a.shape) for a in arrays]
-        if shapes != [tuple(s) for s in self.plan.item_shapes]:
-            return f"upload shapes {shapes} != declared {self.plan.item_shapes}"
-        return ""
+        declared = self.plan.upload.wire_shapes(self.plan.item_shapes)
+        if shapes != declared:
+            return f"upload shapes {shapes} != declared {declared}"
+        return self.plan.upload.check_wire(arrays)
 
 
 def _reason(text: str) -> str:

@@ -8,8 +8,8 @@ the server holds too) quantized to ``bits`` bits per value with unbiased stochas
 rounding (QSGD, Alistarh et al., NeurIPS 2017; Suresh et al., ICML 2017): each value
 ``x`` in ``[lo, hi]`` becomes one of ``2**bits`` levels ``lo + k * step``, rounded up
 with probability equal to its distance from the level below, so ``E[decode(x)] = x``
-exactly. ``lo`` and ``step`` are per row (``scale="row"``: one pair per item) or per
-array (``scale="tensor"``). The codes of **every** element are sent, packed
+exactly. ``lo`` and ``step`` are per row (``scale="row"``: one pair per item; per array
+for one-value-per-item arrays such as biases) or per array (``scale="tensor"``). The codes of **every** element are sent, packed
 ``8 // bits`` per byte, with no index: the upload's layout does not depend on the data.
 
 Privacy: quantization is post-processing. Under local DP it is applied to the
@@ -65,7 +65,10 @@ class UploadCodec:
         return self.bits > 0
 
     def _rows(self, shape: tuple[int, ...]) -> int:
-        return shape[0] if self.scale == "row" and len(shape) >= 2 else 1
+        """Scale pairs of an array: one per row (item) with ``scale="row"``, one per array
+        otherwise and for arrays of one value per item (biases: a pair would cost 8x)."""
+        per_row = self.scale == "row" and len(shape) >= 2 and int(np.prod(shape[1:])) > 1
+        return shape[0] if per_row else 1
 
     def wire_shapes(self, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """The shapes of the wire arrays for item arrays of ``shapes``."""
@@ -83,6 +86,18 @@ class UploadCodec:
             return sum(4 * int(np.prod(s)) for s in shapes)
         sizes = [int(np.prod(s)) for s in self.wire_shapes(shapes)]
         return sum(n if i % PARTS == 0 else 4 * n for i, n in enumerate(sizes))
+
+    def check_wire(self, wire: Wire) -> str:
+        """Why ``wire`` (of the declared shapes) is not a valid upload ('' when it is)."""
+        if not self.enabled:
+            return ""
+        for k in range(0, len(wire), PARTS):
+            codes, lo, step = wire[k : k + PARTS]
+            if codes.dtype != np.uint8 or lo.dtype != np.float32 or step.dtype != np.float32:
+                return "a quantized upload must hold uint8 codes and float32 lo/step"
+            if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(step)) and np.all(step >= 0)):
+                return "a quantized upload's lo/step must be finite (step >= 0)"
+        return ""
 
     def encode(self, new: Arrays, reference: Arrays, rng: np.random.Generator) -> Wire:
         """The wire arrays of ``new``: its update from ``reference``, quantized (unbiased)."""

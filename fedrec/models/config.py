@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedrec.errors import ConfigError
 from fedrec.models.kinds import MODEL_CLASSES
+
+if TYPE_CHECKING:
+    from fedrec.federated.compression import UploadCodec
 
 MODEL_KIND_NAMES = tuple(MODEL_CLASSES)
 MF_LOSSES = ("bce", "bpr")
@@ -68,6 +72,9 @@ class ModelConfig:
         Mult-VAE in federated training: the KL weight rises linearly from 0 to ``beta``
         over this many server rounds (Liang et al.'s KL annealing, counted in rounds;
         see :meth:`at_round`); 0 = ``beta`` from the first round.
+    max_len, blocks
+        SASRec only: the longest item sequence the encoder reads (the most recent
+        items) and its number of self-attention blocks (``dropout`` is its dropout rate).
     """
 
     kind: str = "mf"
@@ -82,6 +89,8 @@ class ModelConfig:
     dropout: float = 0.5
     beta: float = 0.2
     anneal_rounds: int = 0
+    max_len: int = 50
+    blocks: int = 2
 
     def __post_init__(self) -> None:
         _require(
@@ -117,6 +126,10 @@ class ModelConfig:
             "model.anneal_rounds",
             "use 0 (off) or a number of rounds",
         )
+        _require(
+            self.max_len >= 1, f"must be >= 1, got {self.max_len}", "model.max_len", "use e.g. 50"
+        )
+        _require(self.blocks >= 1, f"must be >= 1, got {self.blocks}", "model.blocks", "use 2")
 
     def at_round(self, server_round: int) -> ModelConfig:
         """The model a device trains in ``server_round`` (1-based): Mult-VAE's KL weight
@@ -168,6 +181,12 @@ class LocalTrainConfig:
         FedSGD (one SGD step of rate 1: the upload is the gradient, which the server's
         Adam scales) needs it: the user vector never passes through the server's
         optimizer, so it takes its own small step.
+    upload_bits
+        Opt-in smaller uploads: the device sends its update quantized to this many bits
+        per value with unbiased stochastic rounding (1, 2, 4 or 8; 0 = float32, the
+        default; :mod:`fedrec.federated.compression`, docs/SCALE.md).
+    upload_scale
+        ``"row"`` (one offset and step per item row) or ``"tensor"`` (one per array).
     """
 
     epochs: int = 5
@@ -182,6 +201,8 @@ class LocalTrainConfig:
     refit_optimizer: str = "adam"
     warm_refit_steps: int | None = None
     user_lr: float | None = None
+    upload_bits: int = 0
+    upload_scale: str = "row"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"must be >= 1, got {self.epochs}", "train.epochs", "use 1+")
@@ -221,6 +242,13 @@ class LocalTrainConfig:
         )
         if self.user_lr is not None:
             _positive(self.user_lr, "train.user_lr")
+        self.upload_codec()  # refuses unknown bits or scale
+
+    def upload_codec(self) -> UploadCodec:
+        """How this config's uploads are encoded (:mod:`fedrec.federated.compression`)."""
+        from fedrec.federated.compression import UploadCodec
+
+        return UploadCodec(self.upload_bits, self.upload_scale)
 
     def refit_epochs(self, *, first: bool) -> int:
         """Epochs of the user-side refit before an update (first participation or not)."""
