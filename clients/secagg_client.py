@@ -5,8 +5,7 @@ Flower messages. A message is a SecAgg message when its ``config`` record carrie
 ``secagg.stage`` (:func:`handles`). The participant's secrets (two X25519 private keys,
 the self-mask seed, the received ciphertexts) stay in the node's ``Context.state``
 between stages and are deleted after unmasking; they are never uploaded. Shamir
-shares are made with Flower's
-:func:`flwr.common.secure_aggregation.crypto.shamir.create_shares`.
+shares are made with pycryptodome's ``Shamir`` (:func:`fedrec.secagg.shamir.split`).
 
 What a device uploads, per stage: two public keys; one AES-GCM ciphertext per
 neighbour; its input masked in ``Z_{2^bits}`` (``uint32`` for ``bits <= 32``); shares
@@ -21,9 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
 from clients.client_config import fail_users
+from fedrec.secagg import shamir
 from fedrec.secagg.protocol import Participant, SecAggAbort, SecAggParams
 
 U64 = npt.NDArray[np.uint64]
@@ -99,7 +98,7 @@ def handle(msg: Message, context: Context, encode: Encoder) -> Message:
         ids = _list(rec, "ids", int)
         pks = zip(_list(rec, "enc-pks", bytes), _list(rec, "mask-pks", bytes), strict=True)
         keys = dict(zip(ids, pks, strict=True))
-        cts = participant.share_keys(keys, create_shares)
+        cts = participant.share_keys(keys, shamir.split)
         _save(context, participant)
         order = sorted(cts)
         return _reply(msg, {"ids": order, "ciphertexts": [cts[v] for v in order]})

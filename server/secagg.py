@@ -6,8 +6,8 @@ carries ``secagg.stage`` (``advertise``, ``share``, ``masked``, ``unmask``) and 
 ``secagg`` record carries the stage's payload; the device side is
 :mod:`clients.secagg_client`. It can carry any vector sum: the caller says what the
 devices encode (the ``config`` it passes, e.g. a distributed-DP plan) and gets back
-the sum in ``Z_{2^bits}``. Shamir secret sharing is Flower's
-(:mod:`flwr.common.secure_aggregation.crypto.shamir`, over pycryptodome's).
+the sum in ``Z_{2^bits}``. Shamir secret sharing is pycryptodome's
+(:mod:`fedrec.secagg.shamir`; the primitive Flower's own wrapper uses).
 
 Nodes are numbered ``1..n`` for the protocol (Flower node ids may not fit a signed
 64-bit record value). Masked inputs are added into one running sum as they arrive
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.serverapp import Grid
 
+from fedrec.secagg import shamir
 from fedrec.secagg.config import SecAggConfig
 from fedrec.secagg.graph import harary_graph
 from fedrec.secagg.protocol import Aggregator, SecAggAbort, SecAggParams
@@ -214,7 +214,7 @@ def secure_sum(
 
     run_stage("unmask", survivors, lambda i: {"survivors": survivors}, accept_unmask)
     t0 = time.perf_counter()
-    total = agg.unmasked_sum(combine_shares)
+    total = agg.unmasked_sum(shamir.combine)
     seconds["unmask-server"] = round(time.perf_counter() - t0, 3)
     for i in u3:
         failed.pop(users[node_of[i]], None)  # a survivor that missed unmasking still counts

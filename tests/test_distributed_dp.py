@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 from opacus.accountants.analysis import rdp as opacus_rdp
+from scipy import linalg
 
 from fedrec.errors import ConfigError
 from fedrec.privacy import distributed as dd
+from fedrec.privacy import hadamard
 from fedrec.privacy.noise import secure_rng
 
 
@@ -69,8 +71,38 @@ def test_rotation_is_orthogonal_and_inverted_exactly() -> None:
     # Execute
     y = dd.rotate(x, plan)
     # Assert
-    assert y.size == 512 and np.linalg.norm(y) == pytest.approx(np.linalg.norm(x))
+    assert y.size == 320 and np.linalg.norm(y) == pytest.approx(np.linalg.norm(x))
     np.testing.assert_allclose(dd.unrotate(y, plan), x, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [64, 12 * 8, 20 * 4, 28 * 2, 36, 44 * 4, 60])
+def test_the_fast_transform_is_a_hadamard_matrix_of_its_order(length: int) -> None:
+    # Prepare: the dense Kronecker product H_m (x) H_{2^k}
+    m, block = hadamard.split_length(length)
+    dense = np.kron(hadamard.factor_matrix(m), linalg.hadamard(block))
+    x = np.random.default_rng(5).normal(size=length)
+    # Execute
+    fast, fast_t = hadamard.transform(x.copy()), hadamard.transform(x.copy(), transpose=True)
+    # Assert: +-1 entries, H H^T = D I, and the fast transform applies H and H^T
+    assert set(np.unique(dense)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(dense @ dense.T, length * np.eye(length))
+    np.testing.assert_allclose(fast, dense @ x, atol=1e-9)
+    np.testing.assert_allclose(fast_t, dense.T @ x, atol=1e-9)
+
+
+def test_padding_is_the_smallest_hadamard_order_and_rotation_flattens_a_spike() -> None:
+    # Prepare: ml-100k's and ml-1m's packed Gram lengths; a one-hot (worst-case) input
+    plan = _plan(dim=900)
+    spike = np.zeros(900)
+    spike[899] = 1.0
+    # Execute
+    y = dd.rotate(spike, plan)
+    # Assert: 1,415,403 -> 44 x 2^15 (not 2^21), 6,869,571 -> 28 x 2^18 (not 2^23); every
+    # rotated coordinate of a spike is +-1 / sqrt(D), as the wrap bound's Hoeffding step needs
+    assert dd.padded_dim(1_415_403) == 44 * 2**15 and dd.padded_dim(6_869_571) == 28 * 2**18
+    assert dd.padded_dim(512) == 512 and dd.padded_dim(513) == 36 * 16
+    assert plan.padded == 60 * 16 and y.size == 960
+    np.testing.assert_allclose(np.abs(y), 1 / math.sqrt(960))
 
 
 def test_conditional_rounding_is_unbiased_and_within_the_bound() -> None:

@@ -1,4 +1,4 @@
-"""SecAgg+ (fedrec.secagg) with Flower's Shamir: exact sums, dropouts, aborts, the server's view."""
+"""SecAgg+ (fedrec.secagg): exact sums, dropouts, aborts, the server's view, Shamir, masks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from scipy import stats
 
-from fedrec.secagg import crypto
+from fedrec.secagg import crypto, shamir
 from fedrec.secagg.config import SecAggConfig
 from fedrec.secagg.graph import harary_graph
 from fedrec.secagg.protocol import KEY, SEED, Aggregator, Participant, SecAggAbort, SecAggParams
@@ -15,7 +15,9 @@ from fedrec.secagg.protocol import KEY, SEED, Aggregator, Participant, SecAggAbo
 BITS, LENGTH = 20, 256
 
 
-def _setup(n: int, degree: int, threshold: int, *, bits: int = BITS, length: int = LENGTH):
+def _setup(
+    n: int, degree: int, threshold: int, *, bits: int = BITS, length: int = LENGTH, split=None
+):
     params = SecAggParams(bits=bits, length=length, threshold=threshold, round_id="test")
     nodes = list(range(1, n + 1))
     agg = Aggregator(params, harary_graph(nodes, degree, np.random.default_rng(0)))
@@ -23,13 +25,22 @@ def _setup(n: int, degree: int, threshold: int, *, bits: int = BITS, length: int
     for u, p in parts.items():
         agg.add_keys(u, *p.advertise())
     for u, p in parts.items():
-        agg.add_ciphertexts(u, p.share_keys(agg.neighbour_keys(u), create_shares))
+        agg.add_ciphertexts(u, p.share_keys(agg.neighbour_keys(u), split or shamir.split))
     return params, agg, parts
 
 
-def _run(n: int, degree: int, threshold: int, drop: set[int], *, bits: int = BITS):
+def _run(
+    n: int,
+    degree: int,
+    threshold: int,
+    drop: set[int],
+    *,
+    bits: int = BITS,
+    split=None,
+    combine=None,
+):
     """Full protocol; ``drop`` go offline after sharing keys. Returns (sum, expected)."""
-    _params, agg, parts = _setup(n, degree, threshold, bits=bits)
+    _params, agg, parts = _setup(n, degree, threshold, bits=bits, split=split)
     rng = np.random.default_rng(1)
     inputs = {u: rng.integers(0, 2**bits, LENGTH, dtype=np.uint64) for u in parts}
     for u, p in parts.items():
@@ -39,7 +50,7 @@ def _run(n: int, degree: int, threshold: int, drop: set[int], *, bits: int = BIT
     survivors = agg.survivors()
     for u in survivors:
         agg.add_shares(u, parts[u].unmask(survivors))
-    total = agg.unmasked_sum(combine_shares)
+    total = agg.unmasked_sum(combine or shamir.combine)
     expected = sum(inputs[u] for u in parts if u not in drop) % np.uint64(2**bits)
     return total, expected
 
@@ -59,6 +70,52 @@ def test_masks_cancel_exactly_with_dropouts_after_key_sharing() -> None:
     total, expected = _run(14, 6, 4, drop)
     # Assert
     np.testing.assert_array_equal(total, expected)
+
+
+def test_masks_cancel_with_flowers_shamir_injected() -> None:
+    # Prepare / Execute: the same protocol with Flower's padded, threaded wrapper
+    total, expected = _run(10, 6, 4, {5}, split=create_shares, combine=combine_shares)
+    # Assert
+    np.testing.assert_array_equal(total, expected)
+
+
+def test_shamir_rebuilds_from_any_threshold_shares_and_not_from_fewer() -> None:
+    # Prepare
+    secret = crypto.new_seed()
+    shares = shamir.split(secret, 5, 9)
+    rng = np.random.default_rng(4)
+    # Execute
+    rebuilt = [shamir.combine([shares[i] for i in rng.choice(9, 5, replace=False)])
+               for _ in range(4)]  # fmt: skip
+    short = shamir.combine(shares[:4])
+    # Assert: two 16-byte blocks per share (no padding block), any 5 rebuild, 4 do not
+    assert all(len(s) == 4 + 32 for s in shares) and len({s[:4] for s in shares}) == 9
+    assert rebuilt == [secret] * 4 and short != secret
+    with pytest.raises(ValueError, match="multiple of 16"):
+        shamir.split(secret[:20], 5, 9)
+    with pytest.raises(ValueError, match="duplicate"):
+        shamir.combine([shares[0], shares[0], *shares[1:4]])
+
+
+def test_raw_mask_words_reduce_to_the_mask_and_sums_reduce_once() -> None:
+    # Prepare
+    seeds = [crypto.new_seed() for _ in range(3)]
+    low = np.uint32(2**BITS - 1)
+    # Execute: a sum of raw words, reduced once, against the sum of reduced masks
+    raw = np.zeros(1000, np.uint32)
+    reduced = np.zeros(1000, np.uint64)
+    scratch = np.empty(1000, np.dtype(np.uint32).newbyteorder("<"))
+    for sign, seed in zip((1, -1, 1), seeds, strict=True):
+        words = crypto.mask_words(seed, 1000, BITS, out=scratch)
+        raw = raw + words if sign > 0 else raw - words
+        mask = crypto.expand_mask(seed, 1000, BITS).astype(np.uint64)
+        reduced = reduced + mask if sign > 0 else reduced + 2**BITS - mask
+    # Assert
+    np.testing.assert_array_equal(crypto.mask_words(seeds[0], 1000, BITS) & low,
+                                  crypto.expand_mask(seeds[0], 1000, BITS))  # fmt: skip
+    np.testing.assert_array_equal(raw & low, reduced % 2**BITS)
+    with pytest.raises(ValueError, match="contiguous words"):
+        crypto.mask_words(seeds[0], 1000, BITS, out=np.empty(999, np.uint32))
 
 
 def test_too_many_dropped_neighbours_abort_and_release_nothing() -> None:
@@ -105,7 +162,7 @@ def test_the_server_view_of_one_upload_is_uniform_whatever_the_input() -> None:
         for u, p in parts.items():
             agg.add_keys(u, *p.advertise())
         for u, p in parts.items():
-            agg.add_ciphertexts(u, p.share_keys(agg.neighbour_keys(u), create_shares))
+            agg.add_ciphertexts(u, p.share_keys(agg.neighbour_keys(u), shamir.split))
         x = np.full(length, value, dtype=np.uint64)
         views.append(parts[1].masked_input(x, agg.inbox(1)))
     # Execute: chi-square of each view against uniform on Z_256, and of the two against each other

@@ -6,10 +6,12 @@ decodes after secure aggregation (:mod:`fedrec.secagg`) is a Skellam mechanism; 
 party ever holds the noise-free sum. Following Kairouz, Liu & Steinke (ICML 2021) and
 Agarwal et al. (2021), a device
 
-1. clips ``x`` to L2 norm ``clip`` and zero-pads it to ``D = 2^m`` coordinates;
+1. clips ``x`` to L2 norm ``clip`` and zero-pads it to ``D`` coordinates, the smallest
+   order ``m 2^k`` of a Hadamard matrix built here (:mod:`fedrec.privacy.hadamard`);
 2. rotates it with the public randomized Hadamard transform ``H diag(signs) / sqrt(D)``
    (flattens every coordinate to about ``|x| sqrt(2 ln(D) / D)``, which bounds the
-   modular sum; an orthogonal map, so the L2 norm is unchanged);
+   modular sum; an orthogonal map, so the L2 norm is unchanged; the bound needs only
+   entries ``+-1 / sqrt(D)``, which every Hadamard matrix has, not ``D = 2^m``);
 3. scales by ``s`` and rounds each coordinate stochastically (unbiased), *conditionally*:
    it redraws the rounding until the integer vector's L2 norm is at most ``gamma``
    (Kairouz et al., "conditional randomized rounding"), so ``gamma`` is the integer
@@ -45,9 +47,11 @@ import numpy.typing as npt
 from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedrec.errors import ConfigError
+from fedrec.privacy.hadamard import hadamard_length, transform
 
 F64 = npt.NDArray[np.float64]
 U64 = npt.NDArray[np.uint64]
+Ring = npt.NDArray[np.unsignedinteger[Any]]
 ORDERS: tuple[int, ...] = (*range(2, 129), 160, 192, 256, 384, 512, 1024)
 """Integer RDP orders (the Skellam bound holds for integer ``alpha > 1``)."""
 MECHANISM = "skellam"
@@ -108,8 +112,9 @@ def rounded_l2_bound(norm: float, dim: int, beta: float = ROUNDING_BETA) -> floa
 
 
 def padded_dim(dim: int) -> int:
-    """``D``: the next power of two (the Hadamard transform's length)."""
-    return 1 << max(0, (dim - 1).bit_length())
+    """``D``: the smallest order ``m 2^k >= dim`` of a Hadamard matrix
+    (:func:`fedrec.privacy.hadamard.hadamard_length`)."""
+    return hadamard_length(dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +124,7 @@ class DistributedPlan:
     Attributes
     ----------
     dim, padded
-        Length of the real vector and of the rotated one (``D``, a power of two).
+        Length of the real vector and of the rotated one (``D = m 2^k``, a Hadamard order).
     bits
         Ring ``Z_{2^bits}`` per coordinate (SecAgg's modulus).
     clip
@@ -287,18 +292,6 @@ def plan_distributed(
     )
 
 
-def _hadamard(x: F64) -> F64:
-    """Unnormalized fast Walsh-Hadamard transform (length a power of two), in place."""
-    h, n = 1, x.size
-    while h < n:
-        view = x.reshape(-1, 2, h)
-        first = view[:, 0, :].copy()
-        view[:, 0, :] += view[:, 1, :]
-        view[:, 1, :] = first - view[:, 1, :]
-        h *= 2
-    return x
-
-
 def _signs(plan: DistributedPlan) -> F64:
     return _signs_of(plan.rotation_seed, plan.padded)
 
@@ -312,17 +305,20 @@ def _signs_of(seed: int, padded: int) -> F64:
 
 
 def rotate(x: npt.ArrayLike, plan: DistributedPlan) -> F64:
-    """``H diag(signs) pad(x) / sqrt(D)``: an orthogonal map (public signs)."""
+    """``H diag(signs) pad(x) / sqrt(D)``: an orthogonal map (public signs; ``H`` a
+    Hadamard matrix of order ``D``, :mod:`fedrec.privacy.hadamard`)."""
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
     v = np.zeros(plan.padded, dtype=np.float64)
-    arr = np.asarray(x, dtype=np.float64)
-    v[: arr.size] = arr
-    v *= _signs(plan)
-    return _hadamard(v) / math.sqrt(plan.padded)
+    np.multiply(arr, _signs(plan)[: arr.size], out=v[: arr.size])
+    v = transform(v)
+    v *= 1.0 / math.sqrt(plan.padded)
+    return v
 
 
 def unrotate(y: npt.ArrayLike, plan: DistributedPlan) -> F64:
     """The inverse of :func:`rotate`, truncated to ``dim``."""
-    v = _hadamard(np.array(y, dtype=np.float64)) / math.sqrt(plan.padded)
+    v = transform(np.array(y, dtype=np.float64), transpose=True)
+    v *= 1.0 / math.sqrt(plan.padded)
     v *= _signs(plan)
     return v[: plan.dim]
 
@@ -332,22 +328,30 @@ def conditional_round(y: F64, bound: float, rng: np.random.Generator) -> npt.NDA
     low = np.floor(y)
     frac = y - low
     for _ in range(MAX_ROUNDING_TRIES):
-        out = (low + (rng.random(y.size) < frac)).astype(np.int64)
-        if float(np.dot(out.astype(np.float64), out.astype(np.float64))) <= bound**2:
-            return out
+        out = rng.random(y.size)
+        np.less(out, frac, out=out)  # 1.0 where rounded up, w.p. frac
+        out += low
+        if float(np.dot(out, out)) <= bound**2:  # exact: integers below 2^53
+            return out.astype(np.int64)
     raise RuntimeError(f"conditional rounding failed {MAX_ROUNDING_TRIES} times (bound too tight)")
 
 
 def skellam_noise(size: int, variance: float, rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """``Sk(variance)`` per coordinate: the difference of two ``Poisson(variance / 2)``."""
-    a = rng.poisson(variance / 2, size)
-    b = rng.poisson(variance / 2, size)
-    return (a - b).astype(np.int64)
+    out = rng.poisson(variance / 2, size).astype(np.int64, copy=False)
+    out -= rng.poisson(variance / 2, size)
+    return out
 
 
-def encode(x: npt.ArrayLike, plan: DistributedPlan, rng: np.random.Generator) -> U64:
+def ring_words(bits: int) -> type[np.unsignedinteger[Any]]:
+    """Word type of ``Z_{2^bits}`` residues: ``uint32`` up to 32 bits, else ``uint64``
+    (the same as :func:`fedrec.secagg.crypto.ring_dtype`)."""
+    return np.uint32 if bits <= 32 else np.uint64
+
+
+def encode(x: npt.ArrayLike, plan: DistributedPlan, rng: np.random.Generator) -> Ring:
     """A device's ring vector: clip, rotate, scale, round conditionally, add its Skellam
-    share, reduce mod ``2^bits``. ``rng`` must be secret
+    share, reduce mod ``2^bits`` (words of :func:`ring_words`). ``rng`` must be secret
     (:func:`fedrec.privacy.noise.secure_rng`)."""
     arr = np.asarray(x, dtype=np.float64).reshape(-1)
     if arr.size != plan.dim:
@@ -355,20 +359,25 @@ def encode(x: npt.ArrayLike, plan: DistributedPlan, rng: np.random.Generator) ->
     norm = float(np.linalg.norm(arr))
     if norm > plan.clip:
         arr = arr * (plan.clip / norm)
-    ints = conditional_round(rotate(arr, plan) * plan.scale, plan.l2, rng)
+    rotated = rotate(arr, plan)
+    rotated *= plan.scale
+    ints = conditional_round(rotated, plan.l2, rng)
+    del rotated
     ints += skellam_noise(plan.padded, plan.device_variance, rng)
-    out: U64 = ints.astype(np.uint64) & np.uint64((1 << plan.bits) - 1)  # two's complement mod
+    dtype = ring_words(plan.bits)
+    out: Ring = ints.astype(dtype)  # two's complement: the residue mod 2^32 / 2^64
+    np.bitwise_and(out, dtype((1 << plan.bits) - 1), out=out)
     return out
 
 
-def centre(residues: U64, bits: int) -> npt.NDArray[np.int64]:
+def centre(residues: Ring, bits: int) -> npt.NDArray[np.int64]:
     """Residues of ``Z_{2^bits}`` as integers in ``[-2^(bits-1), 2^(bits-1))``."""
     r = np.asarray(residues, dtype=np.uint64).astype(np.int64)
     half = 1 << (bits - 1)
     return np.where(r >= half, r - (1 << bits), r)
 
 
-def decode(total: U64, plan: DistributedPlan) -> F64:
+def decode(total: Ring, plan: DistributedPlan) -> F64:
     """The released real sum: centre the ring sum, un-rotate, divide by ``s``."""
     return unrotate(centre(total, plan.bits).astype(np.float64), plan) / plan.scale
 
@@ -409,6 +418,7 @@ __all__ = [
     "plan_distributed",
     "privacy_record",
     "refuse_for_model",
+    "ring_words",
     "rotate",
     "rounded_l2_bound",
     "skellam_epsilon",

@@ -4,6 +4,7 @@ Flower-free maths of the protocol: key agreement, authenticated encryption and m
 expansion from the ``cryptography`` package (:mod:`fedrec.secagg.crypto`), the
 neighbour graph (:mod:`fedrec.secagg.graph`) and the two roles as state machines
 (:mod:`fedrec.secagg.protocol`). Shamir secret sharing is injected by the caller
-(the apps pass Flower's, :mod:`flwr.common.secure_aggregation.crypto.shamir`), so this
-package never imports Flower. See docs/SECAGG.md.
+(the apps pass :mod:`fedrec.secagg.shamir`, pycryptodome's ``Shamir`` in GF(2^128),
+the primitive under Flower's wrapper); the package never imports Flower. See
+docs/SECAGG.md.
 """

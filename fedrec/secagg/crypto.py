@@ -12,6 +12,7 @@ words and reduced modulo ``2^bits`` by masking the low bits: as ``2^bits`` divid
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -101,20 +102,40 @@ def ring_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
     return np.uint32 if bits <= 32 else np.uint64
 
 
+@lru_cache(maxsize=2)
+def _zeros(nbytes: int) -> bytes:
+    """A reusable all-zero plaintext: CTR encryption of zeros is the keystream."""
+    return bytes(nbytes)
+
+
+def mask_words(seed: bytes, length: int, bits: int, out: Ring | None = None) -> Ring:
+    """The AES-256-CTR keystream keyed by ``seed`` as ``length`` little-endian ring words,
+    **not** reduced: their residues mod ``2^bits`` are :func:`expand_mask`'s. Sums and
+    differences of raw words reduce to the same residues (``2^bits`` divides the word
+    modulus), so a caller adding many masks reduces once. Written into ``out`` (the
+    words of :func:`ring_dtype`, C-contiguous) when given.
+    """
+    check_bits(bits)
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"mask seeds are {SEED_BYTES} bytes, got {len(seed)}")
+    dtype = np.dtype(ring_dtype(bits)).newbyteorder("<")
+    if out is None:
+        out = np.empty(length, dtype=dtype)
+    elif out.shape != (length,) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be {length} contiguous words of {dtype}")
+    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    stream.update_into(_zeros(out.nbytes), memoryview(out).cast("B"))  # type: ignore[arg-type]
+    stream.finalize()
+    return out
+
+
 def expand_mask(seed: bytes, length: int, bits: int) -> Ring:
     """``length`` uniform residues of ``Z_{2^bits}`` from AES-256-CTR keyed by ``seed``.
 
     Each call starts the counter at zero: one seed, one mask (seeds are never reused).
     """
-    check_bits(bits)
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"mask seeds are {SEED_BYTES} bytes, got {len(seed)}")
-    dtype = ring_dtype(bits)
-    word = np.dtype(dtype).itemsize
-    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    raw = stream.update(bytes(word * length)) + stream.finalize()
-    words = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-    out: Ring = (words & dtype((1 << bits) - 1)).astype(dtype, copy=False)
+    words = mask_words(seed, length, bits)
+    out: Ring = (words & words.dtype.type((1 << bits) - 1)).astype(ring_dtype(bits), copy=False)
     return out
 
 
@@ -127,6 +148,7 @@ __all__ = [
     "decrypt",
     "encrypt",
     "expand_mask",
+    "mask_words",
     "new_private_key",
     "new_seed",
     "private_bytes",

@@ -25,9 +25,10 @@ Stages, server view in brackets:
    ``sum_{u in U3} x_u (mod 2^bits)`` [the sum].
 
 Shamir secret sharing is injected (``split(secret, t, n) -> shares``, ``combine(shares)
--> secret``, shares self-indexed as Flower's
-:mod:`flwr.common.secure_aggregation.crypto.shamir` makes them), so this module never
-imports Flower. A rebuilt private key is checked against its advertised public key.
+-> secret``, shares self-indexed: :mod:`fedrec.secagg.shamir`, or Flower's
+:mod:`flwr.common.secure_aggregation.crypto.shamir`). A rebuilt private key is checked
+against its advertised public key. Masks are added as raw AES-CTR words and reduced
+mod ``2^bits`` once (:func:`fedrec.secagg.crypto.mask_words`).
 Security: an honest-but-curious server, alone or with fewer than ``t`` of a node's
 neighbours, learns nothing about a surviving node's input beyond the sum (docs/SECAGG.md).
 """
@@ -132,9 +133,26 @@ def add_mod(total: Ring, term: Ring, params: SecAggParams, *, sign: int = 1) -> 
     np.bitwise_and(total, params.modulus_mask, out=total)
 
 
-def _pair_mask(params: SecAggParams, private: bytes, peer_public: bytes, u: int, v: int) -> Ring:
-    seed = crypto.agree(private, peer_public, params.info("mask", u, v))
-    return crypto.expand_mask(seed, params.length, params.bits)
+def _pair_seed(params: SecAggParams, private: bytes, peer_public: bytes, u: int, v: int) -> bytes:
+    return crypto.agree(private, peer_public, params.info("mask", u, v))
+
+
+class _Masks:
+    """Adds AES-CTR masks into ``total`` as raw words through one scratch buffer
+    (:func:`fedrec.secagg.crypto.mask_words`); :meth:`reduce` takes the residues mod
+    ``2^bits`` once at the end, which equals reducing every mask first."""
+
+    def __init__(self, total: Ring, params: SecAggParams) -> None:
+        self.total, self.params = total, params
+        self.scratch: Ring = np.empty(params.length, np.dtype(params.dtype).newbyteorder("<"))
+
+    def add(self, seed: bytes, sign: int) -> None:
+        words = crypto.mask_words(seed, self.params.length, self.params.bits, out=self.scratch)
+        (np.add if sign >= 0 else np.subtract)(self.total, words, out=self.total)
+
+    def reduce(self) -> Ring:
+        np.bitwise_and(self.total, self.params.modulus_mask, out=self.total)
+        return self.total
 
 
 @dataclass
@@ -212,14 +230,13 @@ class Participant:
         self.inbox = {v: bytes(inbox[v]) for v in senders}
         for v in senders:  # authenticate now: a bad share aborts before any upload
             self._open(v)
-        add_mod(
-            out, crypto.expand_mask(self.seed, self.params.length, self.params.bits), self.params
-        )
+        masks = _Masks(out, self.params)
+        masks.add(self.seed, 1)
         for v in senders:
-            mask = _pair_mask(self.params, self.mask_private, self.neighbours[v][1], self.node, v)
-            add_mod(out, mask, self.params, sign=1 if self.node < v else -1)
+            seed = _pair_seed(self.params, self.mask_private, self.neighbours[v][1], self.node, v)
+            masks.add(seed, 1 if self.node < v else -1)
         self.stage = "masked"
-        return out
+        return masks.reduce()
 
     # stage 4
     def unmask(self, survivors: Sequence[int]) -> dict[int, tuple[str, bytes]]:
@@ -374,7 +391,7 @@ class Aggregator:
         """``sum_{u in U3} x_u (mod 2^bits)``; :class:`SecAggAbort` if a secret cannot be
         rebuilt (fewer than ``t`` shares)."""
         t = self.params.threshold
-        total = self.total.copy()
+        masks = _Masks(self.total.copy(), self.params)
         for u in sorted(self.masked):
             shares = self.shares.get(u, {}).get(SEED, [])
             if len(shares) < t:
@@ -383,13 +400,7 @@ class Aggregator:
                     "nothing is released",
                     where="secagg unmask",
                 )
-            seed = combine(shares[:t])
-            add_mod(
-                total,
-                crypto.expand_mask(seed, self.params.length, self.params.bits),
-                self.params,
-                sign=-1,
-            )
+            masks.add(combine(shares[:t]), -1)
         for v in sorted(self.shared - self.masked):
             partners = [u for u in self.graph[v] if u in self.masked]
             if not partners:
@@ -409,9 +420,9 @@ class Aggregator:
                     where="secagg unmask",
                 )
             for u in partners:  # u added sign(u, v) PRG(s_uv): take it out
-                mask = _pair_mask(self.params, private, self.keys[u][1], u, v)
-                add_mod(total, mask, self.params, sign=-1 if u < v else 1)
-        return total
+                seed = _pair_seed(self.params, private, self.keys[u][1], u, v)
+                masks.add(seed, -1 if u < v else 1)
+        return masks.reduce()
 
 
 __all__ = [
