@@ -74,15 +74,13 @@ def load_target(run_dir: Path) -> tuple[RunSettings, Split, AuditTarget]:
 
 
 def refuse_gram_run(run_dir: Path) -> None:
-    """Raise :class:`ConfigError` for a one-shot federated-EASE run (not audited yet)."""
+    """Raise :class:`ConfigError` for a one-shot federated-EASE run: it has no training
+    round to regenerate (:func:`run_audit` audits it with :mod:`simulations.audit_gram`)."""
     if is_gram_run(run_dir):
         raise ConfigError(
-            "privacy audit of one-shot federated-EASE (Gram) runs is not implemented: the "
-            "audit regenerates DP-SGD / DP-FedAvg rounds, and this run made one Gaussian "
-            "release of a Gram matrix instead",
+            "a one-shot federated-EASE (Gram) run has no DP-SGD / DP-FedAvg round to regenerate",
             where=f"{run_dir / 'config.json'}: model = ease",
-            fix="read its guarantee in privacy.json (one release, history [[z, 1.0, 1]]); "
-            "audit an mf, cdae or multvae run",
+            fix="audit it with run_audit (fedrec audit), which attacks its Gram uploads",
         )
 
 
@@ -105,7 +103,21 @@ def audited_users(split: Split, n: int, seed: int) -> npt.NDArray[np.int64]:
 
 
 def run_audit(run_dir: Path, out: Path, *, clients: int, opts: AuditOptions) -> dict[str, Any]:
-    """Audit ``run_dir``; write ``out`` (audit.json) and its ROC plot; return the payload."""
+    """Audit ``run_dir``; write ``out`` (audit.json) and its ROC plot; return the payload.
+
+    A federated-EASE run (any mode) is audited by :mod:`simulations.audit_gram`: item
+    inference on what its server receives (masked SecAgg+ uploads under distributed DP).
+    """
+    if is_gram_run(run_dir):
+        from simulations.audit_gram import audit_gram_run
+
+        payload, results = audit_gram_run(
+            run_dir, clients=clients, opts=opts, eps_accounted=accounted_epsilon(run_dir)
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, payload)
+        plot_rocs(results, out.parent / ROC_PNG)
+        return payload
     settings, split, target = load_target(run_dir)
     users = audited_users(split, clients, opts.seed)
     train = {int(u): split.train_items(int(u)) for u in users}
