@@ -14,5 +14,6 @@ MODEL_CLASSES: dict[str, str] = {
     "multvae": "fedrec.models.multvae:MultVAE",
     "ials": "fedrec.models.ials:IALS",
     "ncf": "fedrec.models.ncf:NeuMF",
+    "lightgcn": "fedrec.models.lightgcn:LightGCN",
 }
 """Model kind -> ``"module:Class"`` of its :class:`~fedrec.models.trainable.TrainableRecommender`."""
