@@ -38,7 +38,7 @@ from fedrec.errors import BudgetExhaustedError, ConfigError
 from fedrec.federated.client import UserState, derive_seed, load_device_model
 from fedrec.models.base import Arrays, get_item_arrays, get_user_state, item_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import model_class
+from fedrec.models.registry import model_class, refuse_local_dp
 from fedrec.models.trainable import TrainableRecommender
 from fedrec.privacy.accounting import (
     PrivacyAccount,
@@ -137,7 +137,7 @@ class PrivateFit:
     releases: list[Release]
 
 
-def privacy_units(model: ModelConfig, n_train: int) -> int:
+def privacy_units(model: ModelConfig | TrainableRecommender, n_train: int) -> int:
     """Units of a device: one per interaction (MF), the whole vector (autoencoders)."""
     return n_train if model_class(model.kind).LOCAL_DP_UNIT == "interaction" else 1
 
@@ -197,6 +197,7 @@ def client_fit_private(
     public key); the noise and sampling come from :meth:`LocalPrivacy.rng`. The
     releases equal :func:`planned_releases` (tested).
     """
+    refuse_local_dp(model_cfg.kind, "local")  # a model without a local-DP unit never trains here
     model = load_device_model(model_cfg, global_items, user_state, seed=seed)
     run = _DPRun(model, train_items, privacy, train_cfg.batch_size, seed, key)
     releases = []
@@ -290,7 +291,7 @@ class _DPRun:
         # MF negatives keyed per interaction (the device key, if any): one unit each
         self.examples = user_examples(model, train_items, key=key)
         self.units = interaction_units(model, len(train_items))
-        n = privacy_units(model.cfg, len(train_items))
+        n = privacy_units(model, len(train_items))
         self.batch_size = dp_batch_size(n, batch_size)
         q = min(1.0, self.batch_size / n)
         # MF: the item step is the noisy SUM over the sampled units / B (public), not / q n
