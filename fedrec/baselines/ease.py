@@ -23,12 +23,20 @@ import torch
 
 from fedrec.baselines.base import as_binary_csr, to_scores, user_rows
 from fedrec.errors import ConfigError
+from fedrec.training.device import current_device
 
 
-def ease_weights(train: sp.csr_matrix, lam: float) -> torch.Tensor:
-    """The EASE item-item matrix ``B`` (float32 ``[n_items, n_items]``, zero diagonal)."""
+def ease_weights(
+    train: sp.csr_matrix, lam: float, device: torch.device | None = None
+) -> torch.Tensor:
+    """The EASE item-item matrix ``B`` (float32 ``[n_items, n_items]``, zero diagonal).
+
+    Computed on ``device`` (default: the command's ``--device``,
+    :func:`fedrec.training.device.current_device`) and left there.
+    """
     x = sp.csr_matrix(as_binary_csr(train), dtype=np.float64)
-    gram = torch.from_numpy(np.asarray((x.T @ x).toarray(), dtype=np.float64))
+    dev = current_device() if device is None else device
+    gram = torch.from_numpy(np.asarray((x.T @ x).toarray(), dtype=np.float64)).to(dev)
     gram.diagonal().add_(lam)
     # LU inverse, as Steck's reference code; torch.cholesky_inverse is ~20x slower on CPU.
     p = torch.linalg.inv(gram)
@@ -66,4 +74,6 @@ class EASE:
     def score(self, users: npt.NDArray[np.int64]) -> torch.Tensor:
         rows = user_rows(self.train, users, self.name)
         assert self.weights is not None
+        if self.weights.device.type != "cpu":  # --device cuda: the product on the GPU
+            return to_scores(rows.toarray()).to(self.weights.device) @ self.weights
         return to_scores(rows @ self.weights.numpy())

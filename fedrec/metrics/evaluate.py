@@ -26,6 +26,7 @@ import torch
 from fedrec.data.split import Split
 from fedrec.metrics.beyond import coverage, gini, intra_list_diversity, novelty
 from fedrec.metrics.ranking import LIST_LENGTH, USER_METRIC_KEYS, metrics_from_hits
+from fedrec.training.device import current_device
 
 MAX_BATCH_FLOATS = 50_000_000
 TOP_K = 10
@@ -203,7 +204,7 @@ def evaluate_scores(
     *,
     users: npt.NDArray[np.int64] | None = None,
     batch_size: int = 1024,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Metrics:
     """Evaluate a scorer by full ranking on ``split`` (all :data:`METRIC_KEYS`).
 
@@ -220,7 +221,8 @@ def evaluate_scores(
         Users per call of ``score_fn``; lowered so that a batch holds at most
         ``MAX_BATCH_FLOATS`` scores.
     device
-        Where the masking and ranking run.
+        Where the masking and ranking run; ``None``: the command's ``--device``
+        (:func:`fedrec.training.device.current_device`, the CPU by default).
     """
     n_items = split.n_items
     n_test = _row_counts(split.test)
@@ -228,7 +230,7 @@ def evaluate_scores(
     if chosen.size and (chosen.min() < 0 or chosen.max() >= split.n_users):
         raise ValueError(f"user indices must lie in [0, {split.n_users})")
     chosen = chosen[n_test[chosen] > 0]
-    dev = torch.device(device)
+    dev = current_device() if device is None else torch.device(device)
     rows = _batch_rows(batch_size, n_items)
     hits, tops, ranks = [], [], []
     for start in range(0, len(chosen), rows):

@@ -27,8 +27,10 @@ from fedrec.errors import ConfigError
 from fedrec.metrics import evaluate_scores
 from fedrec.metrics.evaluate import Metrics
 from fedrec.models.config import MODEL_KIND_NAMES
+from fedrec.training.device import DEVICES, compute_device
 from simulations.commands.common import add_data_arguments, load_data, prepare_output_dir
 from simulations.seeds import SeedSummary, parse_seeds, run_seeds
+from simulations.tracking import TRACKERS, check_tracker, open_tracker
 
 NAME = "baseline"
 TRAINED = MODEL_KIND_NAMES
@@ -102,6 +104,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mf/cdae/multvae/ncf: training epochs; ials: ALS iterations (default: model's)",
     )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where EASE's Gram inverse and the evaluation's ranking run (the trained twins "
+        "train on the CPU); cuda is refused where it is unavailable",
+    )
+    parser.add_argument(
+        "--track",
+        choices=TRACKERS,
+        default=None,
+        help="also write the metrics for TensorBoard under OUT/tensorboard "
+        "(pip install 'fedrec[track]')",
+    )
 
 
 def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:
@@ -158,6 +174,12 @@ def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metr
 
 
 def run(args: argparse.Namespace) -> int:
+    check_tracker(getattr(args, "track", None))
+    with compute_device(getattr(args, "device", "cpu")):  # cuda refused before any work
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     config = BaselineConfig.from_args(args)
     data = load_data(args)
     kept: list[tuple[Split, list[npt.NDArray[np.float32]] | None]] = []
@@ -176,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - start
         _write_json(Path(tmp) / "config.json", _config_json(config, data, elapsed))
         _write_json(Path(tmp) / "metrics.json", _metrics_json(summary))
+        tracker = open_tracker(getattr(args, "track", None), Path(tmp))
+        if tracker is not None:
+            tracker.log_final(dict(summary.mean))
+            tracker.close()
         split, arrays = kept[0]
         if arrays is not None:
             from simulations.run_model import save_baseline_model

@@ -26,12 +26,14 @@ from fedrec.privacy.accounting import ACCOUNTANTS
 from fedrec.privacy.config import PRIVACY_MODES
 from fedrec.training.allocator import ENV as ALLOCATOR_ENV
 from fedrec.training.allocator import steady_allocator
+from fedrec.training.device import DEVICES, compute_device
 from server.checkpoint import headcount
 from server.gram_settings import GramSettings
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.config_file import track_explicit
 from simulations.progress import Progress
+from simulations.tracking import TRACKERS, check_tracker, open_tracker
 
 if TYPE_CHECKING:
     from simulations.run_dir import RunDirLock
@@ -105,6 +107,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="with --engine ray: run the clients on this running Ray cluster (ray start on "
         "each machine, token authentication on; docs/SCALE.md) instead of starting one",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the run's ranking and EASE reference run (a simulated device trains and "
+        "evaluates on the CPU, as a phone would); cuda is refused where it is unavailable",
+    )
+    parser.add_argument(
+        "--track",
+        choices=TRACKERS,
+        default=None,
+        help="also write the run's curves for TensorBoard under RUN_DIR/tensorboard "
+        "(pip install 'fedrec[track]')",
     )
     parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     parser.add_argument(
@@ -314,7 +330,9 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-USED_ON_RESUME = ("resume", "engine", "cpus_per_client", "ray_address", "verbose")
+USED_ON_RESUME = (
+    "resume", "engine", "cpus_per_client", "ray_address", "verbose", "device", "track",
+)  # fmt: skip
 """Flags a resumed run still follows; every other one is read from config.json."""
 
 
@@ -387,10 +405,19 @@ def run(args: argparse.Namespace) -> int:
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
     check_engine_flags(args)
-    if args.resume is None:
-        choose_model(args)
-    with private_files():  # run files hold user data: private, in Ray's workers too
-        return _run(args)
+    check_tracker(getattr(args, "track", None))
+    if getattr(args, "track", None) is not None and _is_gram_run(args):
+        raise ConfigError(
+            "tracking covers round-by-round runs; a federated-EASE run has one round",
+            where="--track",
+            fix="drop --track (the run's metrics.json and report.md hold its result)",
+        )
+    device = getattr(args, "device", "cpu")
+    with compute_device(device):  # refuses cuda where unavailable, before anything is made
+        if args.resume is None:
+            choose_model(args)
+        with private_files():  # run files hold user data: private, in Ray's workers too
+            return _run(args)
 
 
 def check_engine_flags(args: argparse.Namespace) -> None:
@@ -459,9 +486,12 @@ def _run(args: argparse.Namespace) -> int:
         lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0
     print(engine_line(args.engine, getattr(args, "ray_address", None)))
+    tracker = open_tracker(getattr(args, "track", None), Path(settings.run_dir))
     with lock, Progress(settings.rounds - done, "rounds") as bar:
 
         def on_round(record: dict[str, Any]) -> None:
+            if tracker is not None:
+                tracker.log_round(record)
             metrics = record.get("metrics") or {}
             fields = {"round": record["round"], "failed": headcount(record["failed"])}
             if metrics.get("ndcg@10") is not None:
@@ -483,9 +513,14 @@ def _run(args: argparse.Namespace) -> int:
                     ray_address=getattr(args, "ray_address", None),
                 )
         except Exception:
+            if tracker is not None:
+                tracker.close()
             if args.resume is None:
                 remove_if_unstarted(Path(settings.run_dir))
             raise
+    if tracker is not None:
+        tracker.log_final(metrics)
+        tracker.close()
     _print_summary(settings, metrics)
     return 0
 
