@@ -39,7 +39,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from fedrec.data.split import Split
 from fedrec.errors import DataError
-from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer
+from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer, UploadMean
 from fedrec.federated.compression import UploadCodec
 from fedrec.metrics import USER_METRIC_KEYS
 from fedrec.metrics.private import PrivateEvaluation, aggregate_replies
@@ -151,26 +151,33 @@ class _FedrecHooks:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Uniform mean of the valid uploads, then one server-optimizer step."""
-        good, outcome = self.collect_train(replies)
-        uploads = [self.upload_arrays(m.content) for _, m in good]
-        weights = None
-        if self.plan.weighted and good:
-            weights = [
-                _scalar(m.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for _, m in good
-            ]
-        new = self.optimizer.step(self._global, uploads, weights)
+        """Uniform mean of the valid uploads, then one server-optimizer step.
+
+        Replies are consumed one at a time into one :class:`UploadMean` in user order
+        (:meth:`_consume`), so a cohort of dense uploads is never held at once.
+        """
+        mean = UploadMean()
+        losses: list[float] = []
+
+        def take(user: int, msg: Message) -> None:
+            del user
+            arrays = self.upload_arrays(msg.content)
+            metrics = msg.content.metric_records.get(METRICS_KEY)
+            weight = None
+            if self.plan.weighted:
+                assert metrics is not None  # checked by _check_upload
+                weight = _scalar(metrics[NUM_EXAMPLES_KEY])
+            mean.add(arrays, weight)
+            if metrics is not None and TRAIN_LOSS_KEY in metrics:
+                losses.append(_scalar(metrics[TRAIN_LOSS_KEY]))
+
+        outcome = _split_refusals(self._consume(replies, self._check_upload, take))
+        new = self.optimizer.step(self._global, [mean.mean()] if mean.count else [])
         self.last_train = outcome
         counts: dict[str, int | float | list[int] | list[float]] = {
-            "clients": len(good),
+            "clients": len(outcome.participants),
             "failed": len(outcome.failed),
         }
-        losses = [
-            _scalar(m.content.metric_records[METRICS_KEY][TRAIN_LOSS_KEY])
-            for _, m in good
-            if METRICS_KEY in m.content.metric_records
-            and TRAIN_LOSS_KEY in m.content.metric_records[METRICS_KEY]
-        ]
         if losses:
             counts["train-loss"] = float(np.mean(losses))
         return ArrayRecord(new), MetricRecord(counts)
@@ -190,13 +197,7 @@ class _FedrecHooks:
     ) -> tuple[list[tuple[int, Message]], Outcome]:
         """Valid uploads by user and the outcome (refusals apart from failures)."""
         good, outcome = self._sort_replies(replies, self._check_upload)
-        for user, why in list(outcome.failed.items()):
-            if why.startswith(REFUSED):
-                del outcome.failed[user]
-                outcome.refused[user] = why[len(REFUSED) :]
-                if outcome.refused[user] == BUDGET_EXHAUSTED:
-                    outcome.exhausted.append(user)
-        return good, outcome
+        return good, _split_refusals(outcome)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -266,31 +267,62 @@ class _FedrecHooks:
         self, replies: Iterable[Message], check: Callable[[RecordDict], str]
     ) -> tuple[list[tuple[int, Message]], Outcome]:
         """Valid replies sorted by user (a deterministic sum), and the failures."""
-        outcome = Outcome()
         good: list[tuple[int, Message]] = []
+        outcome = self._consume(replies, check, lambda user, msg: good.append((user, msg)))
+        return good, outcome
+
+    def _consume(
+        self,
+        replies: Iterable[Message],
+        check: Callable[[RecordDict], str],
+        take: Callable[[int, Message], None],
+    ) -> Outcome:
+        """Hand each valid reply to ``take`` in ascending user order; the outcome.
+
+        Replies are read once, as they come (the in-process grid trains a client per
+        reply read); one that arrives before an earlier user's is answered waits, so
+        ``take`` sees the same order whatever the arrival order, and only replies that
+        came early are held.
+        """
+        outcome = Outcome()
+        order = sorted(set(self._sent.values()))
+        pending: dict[int, Message] = {}
+        nxt = 0
+
+        def release(upto_all: bool) -> None:
+            nonlocal nxt
+            while nxt < len(order):
+                user = order[nxt]
+                if user in pending:
+                    take(user, pending.pop(user))
+                    outcome.participants.append(user)
+                elif user not in outcome.failed and not upto_all:
+                    return
+                nxt += 1
+
         for msg in replies:
             user = self._sent.get(msg.metadata.src_node_id)
             if user is None:
                 continue  # not a reply to this step
             if msg.has_error():
                 outcome.failed[user] = _reason(msg.error.reason or "error")
-                continue
-            problem = check(msg.content)
-            if self.reply_hook is not None and check == self._check_upload:
-                problem = self.reply_hook(user, msg.content) or problem
-            if problem:
-                outcome.failed[user] = problem
             else:
-                good.append((user, msg))
-        answered = {u for u, _ in good} | set(outcome.failed)
+                problem = check(msg.content)
+                if self.reply_hook is not None and check == self._check_upload:
+                    problem = self.reply_hook(user, msg.content) or problem
+                if problem:
+                    outcome.failed[user] = problem
+                else:
+                    pending[user] = msg
+            release(upto_all=False)
+        release(upto_all=True)
+        answered = set(outcome.participants) | set(outcome.failed)
         for user in self._asked:
             if user not in answered:
                 reason = "no node" if user not in self.plan.user_nodes else "no reply"
                 outcome.failed[user] = reason
-        good.sort(key=lambda pair: pair[0])
-        outcome.participants = [u for u, _ in good]
         outcome.failed = dict(sorted(outcome.failed.items()))
-        return good, outcome
+        return outcome
 
     def _check_upload(self, content: RecordDict) -> str:
         """Why ``content`` is not a valid upload ('' when it is)."""
@@ -313,6 +345,17 @@ class _FedrecHooks:
         if shapes != declared:
             return f"upload shapes {shapes} != declared {declared}"
         return self.plan.upload.check_wire(arrays)
+
+
+def _split_refusals(outcome: Outcome) -> Outcome:
+    """Move refusals (``REFUSED`` reasons) from ``failed`` to ``refused``/``exhausted``."""
+    for user, why in list(outcome.failed.items()):
+        if why.startswith(REFUSED):
+            del outcome.failed[user]
+            outcome.refused[user] = why[len(REFUSED) :]
+            if outcome.refused[user] == BUDGET_EXHAUSTED:
+                outcome.exhausted.append(user)
+    return outcome
 
 
 def _reason(text: str) -> str:

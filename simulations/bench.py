@@ -181,6 +181,49 @@ def bench_rss(p: BenchPlan, workdir: Path) -> dict[str, Any]:
     return {"rss_mb_by_clients": by, "rss_detail": detail}
 
 
+LARGE_SHAPE = "books"
+"""The large-catalog entry's shape (:data:`fedrec.data.shapes.SHAPES`): 340k items."""
+
+
+def large_spec(*, tiny: bool = False) -> ScaleSpec:
+    """The large-catalog run: 105k users x 340k items (Book-Crossing's shape), MF with
+    ``fedrec simulate``'s defaults, 2 rounds of 100 clients, 100 users evaluated
+    (``tiny``, tests only: the same shape at 1%: 1,050 users x 3,400 items)."""
+    if tiny:
+        return ScaleSpec(users=1050, clients_per_round=10, rounds=2, eval_users=20,
+                         shape=LARGE_SHAPE)  # fmt: skip
+    return ScaleSpec(users=105_000, clients_per_round=100, rounds=2, eval_users=100,
+                     shape=LARGE_SHAPE)  # fmt: skip
+
+
+def bench_large(workdir: Path, *, tiny: bool = False) -> dict[str, Any]:
+    """``large_catalog``: peak RSS, seconds per round and per evaluation, bytes per device.
+
+    One child process (:func:`simulations.scale.measure_rss`) runs :func:`large_spec`;
+    the evaluation figure is the harness's final evaluation of ``eval_users`` users
+    (``eval_seconds_per_user`` = seconds / users).
+    """
+    spec = large_spec(tiny=tiny)
+    r = measure_rss(spec, workdir / "large", timeout=3600.0)
+    evals = r.get("eval_seconds") or []
+    last_eval = float(evals[-1]) if evals else None
+    entry = {
+        "users": spec.users,
+        "items": r.get("item_array_shapes", [[0]])[0][0],
+        "peak_rss_mb": round(float(r["peak_rss_mb"]), 1),
+        "seconds_per_round": r.get("seconds_per_round"),
+        "eval_seconds": last_eval,
+        "eval_users": spec.eval_users,
+        "eval_seconds_per_user": None if last_eval is None else last_eval / spec.eval_users,
+        "bytes_per_device_per_round": r.get("bytes_per_device_per_round"),
+        "device_stores": r.get("device_stores"),
+        "device_store_bytes": r.get("device_store_bytes"),
+        "ndcg@10": r.get("ndcg@10"),
+        "reference_ndcg@10": r.get("reference"),
+    }
+    return {"large_catalog": entry, "large_catalog_detail": r}
+
+
 def bench_recommend(p: BenchPlan) -> dict[str, Any]:
     """``recommend_p99_ms_27000``: on-device ``DeviceClient.recommend`` p99 latency."""
     from clients.serving import measure_recommend_latency
@@ -195,13 +238,17 @@ def run_bench(
     quick: bool = False,
     device: str = "cpu",
     tiny: bool = False,
+    large: bool = False,
     workdir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every figure, write ``out`` (JSON, atomically) and return it."""
+    """Measure every figure, write ``out`` (JSON, atomically) and return it.
+
+    ``large`` adds the large-catalog entry (:func:`bench_large`; minutes, so opt-in).
+    """
     p = plan(quick=quick, tiny=tiny)
     machine = {**machine_info(device), "allocator": steady_allocator()}
-    result: dict[str, Any] = {"quick": quick, "tiny": tiny, "machine": machine}
+    result: dict[str, Any] = {"quick": quick, "tiny": tiny, "large": large, "machine": machine}
     with tempfile.TemporaryDirectory(prefix="fedrec-bench-", dir=workdir) as tmp:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("dp overhead", lambda: bench_dp(p, device)),
@@ -210,6 +257,8 @@ def run_bench(
             ("peak RSS", lambda: bench_rss(p, Path(tmp))),
             ("recommend", lambda: bench_recommend(p)),
         ]
+        if large:
+            steps.append(("large catalog", lambda: bench_large(Path(tmp), tiny=tiny)))
         seconds: dict[str, float] = {}
         for name, step in steps:
             log(f"bench: {name} ...")
@@ -251,6 +300,14 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{key:28s} {float(result[key]):12.3f}  {target}")
     for users, mb in result["rss_mb_by_clients"].items():
         lines.append(f"{'rss_mb_by_clients[' + users + ']':28s} {mb:12.1f}  < 8192 (100000)")
+    big = result.get("large_catalog")
+    if big:
+        down = (big.get("bytes_per_device_per_round") or {}).get("upload", 0) / 1e6
+        lines.append(f"{'large_catalog peak_rss_mb':28s} {big['peak_rss_mb']:12.1f}  < 8192")
+        lines.append(f"{'large_catalog s/round':28s} {float(big['seconds_per_round']):12.2f}")
+        lines.append(f"{'large_catalog eval s/user':28s} "
+                     f"{float(big['eval_seconds_per_user'] or 0):12.4f}")  # fmt: skip
+        lines.append(f"{'large_catalog MB/device/round':28s} {down:12.1f}  (each way)")
     m = result["machine"]
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
                  f"device {m['device']}, load {m['load_average']} -> "

@@ -20,6 +20,7 @@ COMMANDS = (
     "evaluate",
     "baseline",
     "download",
+    "generate",
     "simulate",
     "tune",
     "sweep",

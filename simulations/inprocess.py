@@ -8,7 +8,7 @@ and sweeps on a few cores, where Ray's start-up (~20 s) costs more than the roun
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,14 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        out = []
+        """The replies, lazily: each message is delivered when its reply is read.
+
+        A reader that consumes replies one at a time (the strategies' aggregation)
+        thus holds one dense upload at a time, not the cohort's.
+        """
+        return self._replies(list(messages))
+
+    def _replies(self, messages: list[Message]) -> Iterator[Message]:
         for msg in messages:
             try:
                 node = msg.metadata.dst_node_id
@@ -88,8 +95,7 @@ class InProcessGrid(Grid):
                 reply = client_app(msg, self.context(node, keep=keep))
             except Exception as ex:  # as the engine does: a raising ClientApp -> error reply
                 reply = Message(Error(code=0, reason=f"Message: {ex}"), reply_to=msg)
-            out.append(reply)
-        return out
+            yield reply
 
 
 def simulate_in_process(

@@ -56,6 +56,10 @@ class ScaleSpec:
     mean_interactions: int = 30
     dim: int = 32
     seed: int = 0
+    shape: str = ""
+    """A :data:`fedrec.data.shapes.SHAPES` name: that catalog's shape scaled to ``users``
+    (``items`` is then the shape's), trained with ``fedrec simulate``'s MF defaults;
+    ``""``: :func:`scale_log` with ``items`` and the plain settings of the 27k entry."""
 
 
 def scale_log(users: int, items: int, mean: int, seed: int) -> pd.DataFrame:
@@ -136,6 +140,7 @@ def peak_rss_mb() -> float:
 def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
     """Run ``spec`` in process under ``out`` and return timings, metrics and peak RSS."""
     from fedrec.models.config import ModelConfig
+    from server.checkpoint import load_checkpoint
     from server.server_app import run_server
     from server.settings import RunSettings
     from simulations.evaluation import device_evaluator
@@ -144,28 +149,48 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = out / "data.parquet"
-    scale_log(spec.users, spec.items, spec.mean_interactions, spec.seed).to_parquet(data)
+    if spec.shape:
+        from fedrec.data.shapes import SHAPES, shaped_log
+
+        shape = SHAPES[spec.shape]
+        shaped_log(shape.scaled(spec.users / shape.users), spec.seed).to_parquet(data)
+    else:
+        scale_log(spec.users, spec.items, spec.mean_interactions, spec.seed).to_parquet(data)
     t_data = time.perf_counter()
-    settings = RunSettings(
-        data=str(data.resolve()),
-        model=ModelConfig(kind="mf", dim=spec.dim),
-        rounds=spec.rounds,
-        clients_per_round=spec.clients_per_round,
-        seed=spec.seed,
-        eval_clients=spec.eval_users,
-        final_eval_all=False,
-        run_dir=str((out / "run").resolve()),
-    )
+    if spec.shape:  # `fedrec simulate`'s defaults (the MF preset)
+        settings = RunSettings.from_run_config({
+            "data": str(data.resolve()), "model": "mf", "model.dim": spec.dim,
+            "num-server-rounds": spec.rounds, "clients-per-round": spec.clients_per_round,
+            "seed": spec.seed, "eval-clients": spec.eval_users, "final-eval-all": False,
+            "run-dir": str((out / "run").resolve()),
+        })  # fmt: skip
+    else:
+        settings = RunSettings(
+            data=str(data.resolve()),
+            model=ModelConfig(kind="mf", dim=spec.dim),
+            rounds=spec.rounds,
+            clients_per_round=spec.clients_per_round,
+            seed=spec.seed,
+            eval_clients=spec.eval_users,
+            final_eval_all=False,
+            run_dir=str((out / "run").resolve()),
+        )
     create_run_dir(Path(settings.run_dir), settings)
     grid = TimedGrid(spec.users, seed=spec.seed)
     rounds: list[float] = []
-    metrics = run_server(
-        grid,
-        settings,
-        lambda rec: rounds.append(float(rec["seconds"])),
-        evaluator=device_evaluator(settings),
-    )
-    stores = sum(1 for _ in (Path(settings.run_dir) / "clients").glob("*/*.sqlite"))
+    evals: list[float] = []
+
+    def on_round(rec: dict[str, Any]) -> None:
+        rounds.append(float(rec["seconds"]))
+        if rec.get("eval_seconds") is not None:
+            evals.append(float(rec["eval_seconds"]))
+
+    metrics = run_server(grid, settings, on_round, evaluator=device_evaluator(settings))
+    store_files = list((Path(settings.run_dir) / "clients").glob("*/*.sqlite*"))
+    stores = sum(1 for f in store_files if f.suffix == ".sqlite")
+    ckpt = load_checkpoint(Path(settings.run_dir))
+    arrays = [] if ckpt is None else ckpt.item_arrays
+    upload = sum(int(a.nbytes) for a in arrays)  # dense item-side arrays, both ways
     return {
         "spec": asdict(spec),
         "engine": "inprocess",
@@ -175,7 +200,13 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
         "seconds_by_message_type": grid.seconds,
         "messages_by_type": grid.messages,
         "round_seconds": rounds,
+        "seconds_per_round": float(np.mean(rounds)) if rounds else None,
+        "eval_seconds": evals,
+        "eval_users": spec.eval_users,
+        "bytes_per_device_per_round": {"download": upload, "upload": upload},
+        "item_array_shapes": [list(a.shape) for a in arrays],
         "device_stores": stores,
+        "device_store_bytes": sum(f.stat().st_size for f in store_files),
         "contexts_kept": len(grid.contexts),
         "users_evaluated": metrics.get("users_evaluated"),
         "ndcg@10": metrics.get("ndcg@10"),
@@ -229,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     defaults = ScaleSpec(users=0)
     for key, value in asdict(defaults).items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     spec = ScaleSpec(**{k: getattr(args, k) for k in asdict(defaults)})
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

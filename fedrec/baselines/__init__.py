@@ -25,6 +25,8 @@ from fedrec.metrics.evaluate import Metrics
 
 EASE_MAX_ITEMS = 10_000
 """Largest catalog :func:`reference_metrics` fits EASE on (~0.8 GB per Gram matrix)."""
+SCALABLE_KNN_K = 20
+"""Neighbours of the item-kNN reference that replaces EASE above ``EASE_MAX_ITEMS``."""
 log = logging.getLogger("fedrec.baselines")
 
 BASELINES: dict[str, Callable[..., Baseline]] = {
@@ -64,23 +66,28 @@ def reference_metrics(
     Cheap for MovieLens-sized catalogues (ml-100k: well under a second for both);
     EASE's cost grows as ``n_items^3`` time and ``n_items^2`` memory (see
     :mod:`fedrec.baselines.ease`): above ``max_ease_items`` items (27,000 items would
-    need several 5.8 GB matrices) it is skipped with a logged note, popularity only.
+    need several 5.8 GB matrices) it is skipped with a logged note and replaced by
+    item-kNN with a sparse similarity (:class:`ItemKNN`, ``k`` = 20; Deshpande &
+    Karypis 2004), whose memory follows the co-occurrences.
     ``users`` restricts the evaluation to a sample (a run that evaluated a sample).
 
     Returns
     -------
     dict
         ``{"popularity": metrics, "ease": metrics}``, each with every key of
-        :data:`fedrec.metrics.METRIC_KEYS`; no ``"ease"`` above ``max_ease_items``.
+        :data:`fedrec.metrics.METRIC_KEYS`; above ``max_ease_items``, ``"itemknn"``
+        instead of ``"ease"``.
     """
     out = {"popularity": evaluate_baseline(Popularity(), split, users=users)}
     if split.n_items > max_ease_items:
         log.warning(
             "EASE reference skipped: %d items > %d (its n_items^2 Gram matrices would not "
-            "fit in memory); popularity only",
+            "fit in memory); item-kNN (k=%d, sparse similarity) instead",
             split.n_items,
             max_ease_items,
+            SCALABLE_KNN_K,
         )
+        out["itemknn"] = evaluate_baseline(ItemKNN(SCALABLE_KNN_K), split, users=users)
     else:
         out["ease"] = evaluate_baseline(EASE(ease_lambda), split, users=users)
     return out

@@ -110,14 +110,94 @@ class ServerOptimizer(Protocol):
     def load_state_dict(self, state: State) -> None: ...
 
 
+STREAM_ABOVE_BYTES = 1 << 30
+"""Uploads held by :class:`UploadMean` before it switches to a running sum (1 GiB)."""
+
+
 def mean_arrays(client_items: Sequence[Arrays], weights: Sequence[float] | None = None) -> Arrays:
-    """Average uploads array by array (uniform unless ``weights`` are given)."""
+    """Average uploads array by array (uniform unless ``weights`` are given).
+
+    The same computation as :class:`UploadMean` fed the uploads in this order.
+    """
+    acc = UploadMean()
+    for k, upload in enumerate(client_items):
+        acc.add(upload, None if weights is None else float(weights[k]))
+    return acc.mean()
+
+
+def _stacked_mean(client_items: Sequence[Arrays], weights: Sequence[float] | None) -> Arrays:
     w = np.ones(len(client_items)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     return [
         np.tensordot(w, np.stack([c[j] for c in client_items]), axes=1).astype(np.float32)
         for j in range(len(client_items[0]))
     ]
+
+
+class UploadMean:
+    """The (weighted) mean of a cohort's uploads, fed one upload at a time.
+
+    Memory is bounded by design: a cohort of dense item-side uploads (100 x 340k x 33
+    float32 is 4.5 GB) is never held at once. Uploads are kept only while they total
+    at most ``limit`` bytes; the mean is then exactly the former stacked mean
+    (``tensordot`` of the normalised weights with the stacked uploads), so runs whose
+    cohort fits (every MovieLens setting) are bit-for-bit unchanged. Past ``limit`` the
+    held uploads are folded into one float64 running sum ``sum_k w_k x_k`` (in the
+    order given; the caller feeds a fixed order, :mod:`server.strategies` sorts by
+    user) and every later upload is added and dropped, so memory is one float64
+    accumulator; the mean ``sum / sum_k w_k`` then equals the stacked one to float32
+    rounding (not bit for bit).
+    """
+
+    def __init__(self, limit: int = STREAM_ABOVE_BYTES) -> None:
+        self.limit = limit
+        self.held: list[Arrays] = []
+        self.weights: list[float | None] = []
+        self.total: list[npt.NDArray[np.float64]] | None = None
+        self.weight_sum = 0.0
+        self.count = 0
+        self._bytes = 0
+        self._weighted: bool | None = None
+
+    def add(self, upload: Arrays, weight: float | None = None) -> None:
+        """Take one client's arrays (``weight``: its count, or ``None`` for uniform)."""
+        if self._weighted is None:
+            self._weighted = weight is not None
+        elif self._weighted != (weight is not None):
+            raise ValueError("a mix of weighted and unweighted uploads")
+        self.count += 1
+        if self.total is None:
+            self.held.append(upload)
+            self.weights.append(weight)
+            self._bytes += sum(int(a.nbytes) for a in upload)
+            if self._bytes <= self.limit:
+                return
+            held, weights = self.held, self.weights
+            self.held, self.weights = [], []
+            self.total = [np.zeros(a.shape, dtype=np.float64) for a in held[0]]
+            for h, w in zip(held, weights, strict=True):
+                self._accumulate(h, w)
+            return
+        self._accumulate(upload, weight)
+
+    def _accumulate(self, upload: Arrays, weight: float | None) -> None:
+        assert self.total is not None
+        w = 1.0 if weight is None else weight
+        for acc, a in zip(self.total, upload, strict=True):
+            if w == 1.0:
+                acc += a
+            else:
+                acc += w * np.asarray(a, dtype=np.float64)
+        self.weight_sum += w
+
+    def mean(self) -> Arrays:
+        """The mean of everything added (a :class:`ValueError` when nothing was)."""
+        if not self.count:
+            raise ValueError("no upload to average")
+        if self.total is None:
+            weights = None if not self._weighted else [float(w or 0.0) for w in self.weights]
+            return _stacked_mean(self.held, weights)
+        return [(acc / self.weight_sum).astype(np.float32) for acc in self.total]
 
 
 class FedAvg:

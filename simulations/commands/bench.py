@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the scale runs write (default: temp)"
     )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="add the large-catalog entry: 105k users x 340k items (Book-Crossing's shape), "
+        "2 rounds of 100 clients; peak RSS, s/round, evaluation s, bytes per device "
+        "(minutes)",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
 
 
@@ -33,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA is not available here", where="--device", fix="use --device cpu")
     result = run_bench(
-        Path(args.out), quick=args.quick, device=args.device, tiny=args.tiny, workdir=args.workdir
+        Path(args.out),
+        quick=args.quick,
+        device=args.device,
+        tiny=args.tiny,
+        large=args.large,
+        workdir=args.workdir,
     )
     print(table(result))
     print(f"wrote {args.out}")
