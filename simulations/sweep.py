@@ -86,6 +86,38 @@ def summarize(epsilon: float | None, run_dir: Path, metrics: dict[str, Any]) -> 
     }
 
 
+def frontier_label(mode: str, model: str | None) -> str:
+    """A frontier legend entry: the privacy mode and the unit one epsilon protects.
+
+    The unit as in :func:`simulations.privacy_words.unit_sentence` (docs/PRIVACY.md).
+    """
+    from fedrec.models.registry import MODEL_KINDS, model_class
+
+    unit = "one user"
+    if mode == "local":
+        user = model in MODEL_KINDS and model_class(str(model)).LOCAL_DP_UNIT == "user"
+        unit = "one user's vector" if user else "one interaction"
+    name = {"local": "local DP", "central": "central DP (trusted server)",
+            "distributed": "distributed DP (SecAgg+)"}.get(mode, mode)  # fmt: skip
+    return f"{name}{f', {model}' if model else ''}: protects {unit}"
+
+
+def load_compared(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Other sweeps to draw on this sweep's frontier (``--compare DIR``): their rows."""
+    from fedrec.errors import DataError
+
+    out = []
+    for path in paths:
+        file = Path(path) / SWEEP_JSON
+        if not file.is_file():
+            raise DataError("not a sweep directory (no sweep.json)", where=str(path),
+                            fix="pass the --out of an earlier fedrec sweep")  # fmt: skip
+        sweep = json.loads(file.read_text(encoding="utf-8"))
+        out.append({"dir": str(Path(path).resolve()), "mode": sweep["mode"],
+                    "model": sweep.get("model"), "runs": sweep["runs"]})  # fmt: skip
+    return out
+
+
 def write_sweep(
     out_dir: Path,
     mode: str,
@@ -93,15 +125,21 @@ def write_sweep(
     refs: dict[str, Any],
     *,
     model: str | None = None,
+    compare: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``sweep.json``, the frontier plot and ``report.md``; return the report path."""
+    """Write ``sweep.json``, the frontier plot and ``report.md``; return the report path.
+
+    ``compare``: other sweeps (:func:`load_compared`) drawn on the same frontier.
+    """
     from simulations import privacy_words as words
 
     payload: dict[str, Any] = {"mode": mode, "runs": rows, "reference": refs}
     if model is not None:
         payload["model"] = model
+    if compare:
+        payload["compare"] = compare
     atomic_write_json(out_dir / SWEEP_JSON, payload)
-    image = plot_frontier(out_dir, rows, refs)
+    image = plot_frontier(out_dir, rows, refs, mode=mode, model=model, compare=compare)
     lines = [
         f"# fedrec sweep: {out_dir.name}",
         "",
@@ -137,6 +175,13 @@ def write_sweep(
             f"{_share(ref.get('ndcg@10'), popularity)} |"
         )
     lines.append("")
+    for other in compare or []:
+        points = ", ".join(
+            f"{_fmt(r['epsilon'])}: {_fmt(r['metrics'].get('ndcg@10'))}"
+            for r in other["runs"] if r["epsilon"] is not None
+        )  # fmt: skip
+        lines += [f"Also on the frontier: {frontier_label(other['mode'], other.get('model'))} "
+                  f"(`{other['dir']}`; epsilon: NDCG@10 {points}).", ""]  # fmt: skip
     below = [
         f"`{r['run']}`"
         for r in rows
@@ -163,23 +208,51 @@ def render_sweep_dir(out_dir: Path) -> Path:
     """Re-render ``report.md`` and the frontier of a sweep directory from its sweep.json."""
     sweep = json.loads((out_dir / SWEEP_JSON).read_text())
     return write_sweep(
-        out_dir, sweep["mode"], sweep["runs"], sweep.get("reference", {}), model=sweep.get("model")
+        out_dir,
+        sweep["mode"],
+        sweep["runs"],
+        sweep.get("reference", {}),
+        model=sweep.get("model"),
+        compare=sweep.get("compare"),
     )
 
 
-def plot_frontier(out_dir: Path, rows: list[dict[str, Any]], refs: dict[str, Any]) -> str | None:
-    """NDCG@10 against epsilon spent; the non-private run, popularity and EASE as lines."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
-    pts = sorted(
+def _points(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return sorted(
         (float(r["epsilon"]), float(r["metrics"]["ndcg@10"]))
         for r in rows
         if r["epsilon"] is not None and r["metrics"].get("ndcg@10") is not None
     )
+
+
+def plot_frontier(
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    refs: dict[str, Any],
+    *,
+    mode: str | None = None,
+    model: str | None = None,
+    compare: list[dict[str, Any]] | None = None,
+) -> str | None:
+    """NDCG@10 against epsilon spent; the non-private run, popularity and EASE as lines.
+
+    Each private curve's legend entry names its mode and the unit it protects
+    (:func:`frontier_label`); ``compare`` adds other sweeps' curves.
+    """
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    pts = _points(rows)
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="private runs")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    label = "private runs" if mode is None else frontier_label(mode, model)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    for other in compare or []:
+        other_pts = _points(other["runs"])
+        if other_pts:
+            ax.plot([p[0] for p in other_pts], [p[1] for p in other_pts], marker="s",
+                    label=frontier_label(other["mode"], other.get("model")))  # fmt: skip
+            pts += other_pts
     lines = [
         (r["metrics"].get("ndcg@10"), "same settings, no privacy", "--", "black")
         for r in rows
@@ -189,7 +262,7 @@ def plot_frontier(out_dir: Path, rows: list[dict[str, Any]], refs: dict[str, Any
         if name in refs:
             label = f"{'EASE' if name == 'ease' else name} (centralized, not private)"
             lines.append((refs[name].get("ndcg@10"), label, style, color))
-    top = max(p[1] for p in pts)
+    top = max(p[1] for p in pts)  # every curve
     for value, label, style, color in lines:
         if value is not None:
             top = max(top, float(value))

@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a first look: epsilons {QUICK['epsilons']} and {QUICK['rounds']} rounds unless "
         "--epsilons/--rounds are given, evaluation only at the end",
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="SWEEP_DIR",
+        help="draw an earlier sweep's frontier on this one's plot (repeatable), e.g. the "
+        "central sweep next to a distributed one; each legend entry names its unit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +69,13 @@ def _run(args: argparse.Namespace) -> int:
     from simulations.report import references
     from simulations.run_dir import open_new_run_dir
     from simulations.simulation import simulate
-    from simulations.sweep import parse_epsilons, summarize, sweep_settings, write_sweep
+    from simulations.sweep import (
+        load_compared,
+        parse_epsilons,
+        summarize,
+        sweep_settings,
+        write_sweep,
+    )
 
     if args.out is None or args.resume is not None:
         raise ConfigError("give --out DIR (a sweep cannot be resumed)", where="fedrec sweep")
@@ -78,8 +93,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     epsilons = parse_epsilons(args.epsilons)
     out_dir = Path(args.out).resolve()
+    compare = load_compared(getattr(args, "compare", []))  # before any run: a bad path fails
     if args.model == simulate_cmd.GRAM_MODEL:
-        return _run_gram(args, epsilons, out_dir)
+        return _run_gram(args, epsilons, out_dir, compare)
     args.target_epsilon = epsilons[0]  # validates the private settings once
     base = simulate_cmd.settings_from_args(args)
     split = load_split(base)  # one data set and split for every run of the sweep
@@ -103,11 +119,16 @@ def _run(args: argparse.Namespace) -> int:
             refs = references(metrics) or refs
             rows.append(summarize(eps, Path(settings.run_dir), metrics))
             _progress(bar, rows[-1])
-    print(write_sweep(out_dir, args.privacy, rows, refs, model=args.model))
+    print(write_sweep(out_dir, args.privacy, rows, refs, model=args.model, compare=compare))
     return 0
 
 
-def _run_gram(args: argparse.Namespace, epsilons: list[float], out_dir: Path) -> int:
+def _run_gram(
+    args: argparse.Namespace,
+    epsilons: list[float],
+    out_dir: Path,
+    compare: list[dict[str, Any]] | None = None,
+) -> int:
     """``--model ease``: each point is ``fedrec simulate --model ease`` in ``DIR/<run>``."""
     from simulations.progress import Progress
     from simulations.report import references
@@ -132,7 +153,7 @@ def _run_gram(args: argparse.Namespace, epsilons: list[float], out_dir: Path) ->
             refs = references(metrics) or refs
             rows.append(summarize(eps, point.out, metrics))
             _progress(bar, rows[-1])
-    print(write_sweep(out_dir, args.privacy, rows, refs, model=args.model))
+    print(write_sweep(out_dir, args.privacy, rows, refs, model=args.model, compare=compare))
     return 0
 
 
