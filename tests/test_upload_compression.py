@@ -182,3 +182,31 @@ def test_quantized_uploads_run_under_dp(
     # Assert
     assert sent and all(w[0].dtype == np.uint8 and w[1].shape == (1,) for w in sent)
     assert np.isfinite(metrics["ndcg@10"])
+
+
+def test_central_dp_clips_the_decoded_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrec.privacy.central import DPFedAvg
+
+    # Prepare: record what the central mechanism (clip to S, noise the sum) is given
+    given: list[list[tuple[tuple[int, ...], str]]] = []
+    real = DPFedAvg.aggregate
+
+    def recording(self: DPFedAvg, global_items: Any, client_items: Any, rng: Any) -> Any:
+        given.extend([[(a.shape, str(a.dtype)) for a in c] for c in client_items])
+        return real(self, global_items, client_items, rng)
+
+    monkeypatch.setattr(DPFedAvg, "aggregate", recording)
+    # Execute
+    _, sent = _run_recording_uploads(
+        tmp_path,
+        monkeypatch,
+        **{"privacy": "central", "privacy.noise-multiplier": 0.5, "privacy.clip-norm": 1.0},
+        **{"train.upload-bits": 8},
+    )
+    # Assert: the mechanism clips float item arrays (the decoded update), so its
+    # sensitivity is S whatever the quantization did; never the wire's codes
+    assert sent and given
+    shapes = [(s, "float32") for s in ((50, 32), (50, 1))]
+    assert all(upload == shapes for upload in given)
