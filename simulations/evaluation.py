@@ -10,7 +10,11 @@ the Flower boundary, and the beyond-accuracy metrics (coverage, novelty, Gini,
 diversity), which need the lists, exist only here. Users, seeds and the refit are the
 ones the evaluate handler used (a seeded sample of test users, every test user at the
 end; ``derive_seed(seed, user, EVAL_ROUND)``), so the numbers equal those of the
-Flower-free reference loop (:func:`fedrec.federated.loop.evaluate_federated`).
+Flower-free reference loop (:func:`fedrec.federated.loop.evaluate_federated`). A user
+never sampled for training has no store: the harness scores what its fresh device
+would hold (its train items, no user state) without creating one, so a run directory
+keeps the stores of trained users only (105k users, 340k items: the final evaluation
+alone created 11k stores, 356 MB).
 
 A deployment has no such harness; there the server may only ask for a DP aggregate
 (:mod:`fedrec.metrics.private`, :mod:`server.server_app`).
@@ -26,9 +30,9 @@ import numpy.typing as npt
 import torch
 
 from clients.device_round import RoundConfig
-from clients.sim_store import open_device
+from clients.sim_store import device_path, open_device
 from fedrec.errors import StoreError
-from fedrec.federated.client import derive_seed
+from fedrec.federated.client import client_evaluate, derive_seed
 from fedrec.federated.gram import score_user
 from fedrec.federated.loop import EVAL_ROUND
 from fedrec.metrics import aggregate
@@ -61,6 +65,7 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
         users = eval_sample(split.test_users(), n, rnd, settings.seed)
         per_user: list[dict[str, float]] = []
         tops: list[npt.NDArray[np.int64]] = []
+        floats = [np.ascontiguousarray(a, dtype=np.float32) for a in items]  # as a device
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as on a device (and in the reference loop)
         try:
@@ -74,6 +79,21 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
                     seed=derive_seed(settings.seed, user, EVAL_ROUND),
                 )
                 train_items = split.train_items(user)
+                if not device_path(store_dir, user).exists():
+                    # never sampled: its device would be created holding its train items
+                    # and no user state; score exactly that, without writing a store
+                    metrics, top = client_evaluate(
+                        settings.model,
+                        settings.train,
+                        floats,
+                        None,
+                        np.unique(train_items),
+                        split.test_items(user),
+                        seed=config.seed,
+                    )
+                    per_user.append(metrics)
+                    tops.append(np.asarray(top, dtype=np.int64))
+                    continue
                 try:
                     device = open_device(
                         store_dir, user, train_items, seed=settings.seed, durable=durable
