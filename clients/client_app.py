@@ -60,11 +60,13 @@ from clients.client_config import (
 from clients.device import DeviceClient
 from clients.device_round import BUDGET_EXHAUSTED, OK, FitReply, LocalPrivacy, RoundConfig
 from clients.sim_store import open_device
+from fedrec.data.sequences import user_train_items
 from fedrec.errors import ConfigError
 from fedrec.federated.client import derive_seed
 from fedrec.federated.loop import EVAL_ROUND
 from fedrec.metrics.private import evaluation_mechanism
 from fedrec.models.config import ModelConfig
+from fedrec.models.registry import model_class
 from fedrec.privacy import record as privacy_record
 from fedrec.privacy.record import PrivacyRecord
 from fedrec.ray_auth import secure_flwr_simulation
@@ -155,7 +157,8 @@ def _device(config: ConfigRecord, context: Context, user: int) -> DeviceClient:
     seed = int(config["seed"])  # type: ignore[arg-type]
     # without local DP no ledger is written, so the store need not fsync each round
     durable = privacy_config(config).mode == "local"
-    items = load_split(config).train_items(user)
+    ordered = model_class(model_config(config).kind).ORDERED  # a sequential model: time order
+    items = user_train_items(load_split(config), user, ordered=ordered)
     return open_device(store_dir, user, items, seed=seed, durable=durable)
 
 

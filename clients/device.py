@@ -53,6 +53,7 @@ from fedrec.data.formats import (
     TIMESTAMP_FIX,
     value_problem,
 )
+from fedrec.data.sequences import last_unique, ordered_history
 from fedrec.errors import ConfigError, StoreError
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
 from fedrec.metrics.private import PrivateEvaluation
@@ -231,12 +232,15 @@ class DeviceClient:
         self.refresh_steps = refresh_steps
         key = store.get_meta(NEGATIVE_KEY)
         self.negative_key = None if key is None else check_key(bytes.fromhex(str(key)))
-        self._items: list[ItemId] = [r.item for r in store.interactions()]
+        stored = store.interactions()
+        self._items: list[ItemId] = [r.item for r in stored]
+        self._stamps: list[float] = [r.timestamp for r in stored]
         self._titles: dict[ItemId, str] = {
             item_id(i): str(t) for i, t in store.get_meta(TITLES) or []
         }
         self._global = self._load_global()
         self._seen = np.zeros(0, dtype=np.int64)
+        self._order = np.zeros(0, dtype=np.int64)
         self._sync()
         self._serve: UserState | None = None
         self._p: npt.NDArray[np.float32] | None = None
@@ -339,6 +343,7 @@ class DeviceClient:
         if parsed:
             self._store.add_interactions(parsed)
             self._items.extend(p[0] for p in parsed)
+            self._stamps.extend(p[2] for p in parsed)
             self._sync()
             self._refresh()
         return len(parsed)
@@ -365,7 +370,8 @@ class DeviceClient:
                 self._store.delete_slots(TRAIN, TRAIN_PREV, SERVE)
         if n:
             self._store.checkpoint()
-            self._items = [i for i in self._items if i != key]
+            kept = [(i, t) for i, t in zip(self._items, self._stamps, strict=True) if i != key]
+            self._items, self._stamps = [i for i, _ in kept], [t for _, t in kept]
             self._sync()
             self._set_serve(None, persist=False)
             self._refresh()
@@ -377,7 +383,7 @@ class DeviceClient:
             self._store.delete_interactions()
             self._store.delete_slots(TRAIN, TRAIN_PREV, SERVE)
         self._store.checkpoint()
-        self._items = []
+        self._items, self._stamps = [], []
         self._sync()
         self._set_serve(None, persist=False)
 
@@ -456,7 +462,7 @@ class DeviceClient:
         nothing trained, nothing written).
         """
         g = self._receive(global_arrays, config)
-        train_items = self._seen.copy()
+        train_items = self._history(g).copy()
         if len(train_items) == 0:
             return FitReply(NO_DATA, message="no interaction on an item of this catalog")
         private = config.privacy is not None
@@ -510,7 +516,7 @@ class DeviceClient:
             config.train,
             g.arrays,
             self._train_state_before(config.round + 1, private=False),
-            self._seen,
+            self._history(g),
             test,
             seed=config.seed,
         )
@@ -692,7 +698,16 @@ class DeviceClient:
         g = self._global
         rows = [] if g is None else [g.row[i] for i in self._items if i in g.row]
         self._seen = np.unique(np.asarray(rows, dtype=np.int64))
+        # time order (timestamp, then recording order), a repeated item at its latest
+        pairs = zip(self._items, self._stamps, strict=True)
+        timed = [] if g is None else [(t, g.row[i]) for i, t in pairs if i in g.row]
+        ordered = [r for _, r in sorted(timed, key=lambda pair: pair[0])]
+        self._order = np.asarray(last_unique(ordered), dtype=np.int64)
         self._cached_scores = None
+
+    def _history(self, g: _Global) -> npt.NDArray[np.int64]:
+        """The user's catalog rows: in time order for a sequential model, else sorted."""
+        return self._order if model_class(g.model_cfg.kind).ORDERED else self._seen
 
     def _refresh(self) -> None:
         """Refit the serving state on all known items against the frozen global items."""
@@ -717,8 +732,8 @@ class DeviceClient:
             return scores + g.bias
         if self._cached_scores is None:
             set_user_state(g.model, self._serve or {})
-            history = torch.zeros(1, len(g.ids))
-            history[0, torch.from_numpy(self._seen)] = 1.0
+            ordered = model_class(g.model_cfg.kind).ORDERED  # a sequential model: the order
+            history = ordered_history(self._history(g), len(g.ids), ordered=ordered)
             with torch.no_grad():
                 out = g.model.score(torch.zeros(1, dtype=torch.int64), history)[0]
             self._cached_scores = out.numpy().astype(np.float32)

@@ -31,6 +31,7 @@ import torch
 
 from clients.device_round import RoundConfig
 from clients.sim_store import device_path, open_device
+from fedrec.data.sequences import user_train_items
 from fedrec.errors import StoreError
 from fedrec.federated.client import client_evaluate, derive_seed
 from fedrec.federated.gram import score_user
@@ -38,6 +39,7 @@ from fedrec.federated.loop import EVAL_ROUND
 from fedrec.metrics import aggregate
 from fedrec.metrics.evaluate import evaluate_user
 from fedrec.models.base import Arrays
+from fedrec.models.registry import model_class
 from server.gram_app import GramEvaluator
 from server.sampling import eval_sample
 from server.server_app import Evaluator
@@ -62,6 +64,7 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
 
     def evaluate(items: Arrays, rnd: int, every_user: bool) -> dict[str, Any] | None:
         n = 0 if every_user else settings.eval_clients
+        ordered = model_class(settings.model.kind).ORDERED  # a sequential model: time order
         users = eval_sample(split.test_users(), n, rnd, settings.seed)
         per_user: list[dict[str, float]] = []
         tops: list[npt.NDArray[np.int64]] = []
@@ -78,16 +81,17 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
                     round=rnd,
                     seed=derive_seed(settings.seed, user, EVAL_ROUND),
                 )
-                train_items = split.train_items(user)
+                train_items = user_train_items(split, user, ordered=ordered)
                 if not device_path(store_dir, user).exists():
                     # never sampled: its device would be created holding its train items
-                    # and no user state; score exactly that, without writing a store
+                    # (in time order for a sequential model) and no user state; score
+                    # exactly that, without writing a store
                     metrics, top = client_evaluate(
                         settings.model,
                         settings.train,
                         floats,
                         None,
-                        np.unique(train_items),
+                        train_items if ordered else np.unique(train_items),
                         split.test_items(user),
                         seed=config.seed,
                     )

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.data.sequences import user_train_items
 from fedrec.data.split import Split
 from fedrec.errors import DataError, FedrecError
 from fedrec.federated import gram
@@ -50,6 +51,7 @@ from fedrec.models.registry import MODEL_KINDS, model_class
 from fedrec.recommend.cold_start import popularity_source
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
+from fedrec.training.sequential import reads_order
 from server.checkpoint import CLIENTS_DIR, atomic_write_json, load_checkpoint
 from server.gram_settings import MODEL_KIND, GramSettings
 from server.settings import RunSettings, load_split, read_flat
@@ -131,9 +133,11 @@ class RunModel:
         return table[str(key)]
 
     def train_items(self, user: int) -> npt.NDArray[np.int64]:
-        """``user``'s train items: from the split, else from its simulated device store."""
+        """``user``'s train items: from the split, else from its simulated device store
+        (in time order for a sequential model: a device records them in that order)."""
         try:
-            return self.split.train_items(user)
+            ordered = reads_order(self.settings.model.kind)
+            return user_train_items(self.split, user, ordered=ordered)
         except DataError as missing:
             return _device_items(self.run_dir, user, missing)
 

@@ -17,7 +17,11 @@ from fedrec.errors import ConfigError
 from fedrec.models.config import MODEL_KIND_NAMES
 from fedrec.models.registry import init_item_arrays
 
-LOCAL_REFUSED = {"ials": "closed-form", "ncf": "one-interaction unit"}
+LOCAL_REFUSED = {
+    "ials": "closed-form",
+    "ncf": "one-interaction unit",
+    "sasrec": "no audited local-DP mechanism",
+}
 """Kinds that refuse local DP, and a phrase of the reason they give."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.data.sequences import ordered_history
 from fedrec.models.base import (
     Arrays,
     get_item_arrays,
@@ -193,7 +194,7 @@ def client_scores(
     gen = torch.Generator().manual_seed(seed)
     refit_user(model, train_cfg, user_examples(model, train_items), generator=gen)
     model.eval()
-    history = torch.zeros(1, model.n_items)
-    history[0, torch.as_tensor(train_items, dtype=torch.int64)] = 1.0
+    ordered = model.ORDERED  # a sequential model reads the order of the history
+    history = ordered_history(train_items, model.n_items, ordered=ordered)
     with torch.no_grad():
         return model.score(torch.zeros(1, dtype=torch.int64), history)[0]

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.data.sequences import user_train_items
 from fedrec.data.split import Split
 from fedrec.federated.aggregation import ServerConfig, build_server_optimizer, sample_clients
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
@@ -65,6 +66,7 @@ def evaluate_federated(
     from fedrec.metrics.evaluate import aggregate
 
     chosen = split.test_users() if users is None else users
+    ordered = _reads_order(model_cfg)
     per_user, tops = [], []
     for u in chosen:
         metrics, top = client_evaluate(
@@ -72,7 +74,7 @@ def evaluate_federated(
             train_cfg,
             item_arrays,
             user_states.get(int(u)),
-            split.train_items(int(u)),
+            user_train_items(split, int(u), ordered=ordered),
             split.test_items(int(u)),
             seed=derive_seed(seed, int(u), EVAL_ROUND),
         )
@@ -119,6 +121,7 @@ def run_federated(
         ``refused``). No training loss is reported.
     """
     eligible = np.flatnonzero(np.diff(split.train.indptr) > 0).astype(np.int64)
+    ordered = _reads_order(model_cfg)
     items = init_item_arrays(model_cfg, split.n_items, seed=seed)
     server = build_server_optimizer(server_cfg, rounds)
     states: dict[int, UserState] = {}
@@ -154,7 +157,7 @@ def run_federated(
                     train_cfg,
                     items,
                     states.get(int(u)),
-                    split.train_items(int(u)),
+                    user_train_items(split, int(u), ordered=ordered),
                     seed=derive_seed(seed, int(u), rnd),
                 )
                 states[int(u)] = fit.user_state
@@ -212,6 +215,13 @@ def _fit_private(
         )
     outcome = private_round(
         ledgers[user], model_cfg, train_cfg, privacy, items, states.get(user),
-        split.train_items(user), round=round, seed=seed,
+        user_train_items(split, user, ordered=_reads_order(model_cfg)), round=round, seed=seed,
     )  # fmt: skip
     return outcome.fit
+
+
+def _reads_order(model_cfg: ModelConfig) -> bool:
+    """A sequential model gets each user's train items in time order, others sorted."""
+    from fedrec.training.sequential import reads_order
+
+    return reads_order(model_cfg.kind)

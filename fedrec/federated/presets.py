@@ -165,6 +165,29 @@ def lightgcn_preset(strategy: str | None, privacy: str) -> Preset:
     return LIGHTGCN_MODEL, LIGHTGCN_LOCAL, LIGHTGCN_SERVER
 
 
+SASREC_MODEL = ModelConfig(kind="sasrec", dim=64, init_std=0.05, dropout=0.2, max_len=50, blocks=2)
+"""SASRec (:mod:`fedrec.models.sasrec`): ``d = 64``, 2 blocks, the 50 most recent items,
+dropout 0.2 (Kang & McAuley's ml-1m settings but ``L = 50``), full-catalog cross-entropy."""
+SASREC_LOCAL = LocalTrainConfig(
+    epochs=1, lr=1.0, optimizer="sgd", refit_steps=0, batch_size=1 << 30
+)
+"""FedSGD (McMahan et al. 2017), the autoencoders' convention: each device takes one SGD
+step of rate 1 on all its windows, so its upload is the global model minus the gradient
+of its mean next-item loss; there is no user state to refit."""
+SASREC_SERVER = ServerConfig(
+    strategy="fedadam", server_lr=1e-3, beta2=0.999, tau=1e-8, lr_schedule="step"
+)
+"""Server Adam at the twin's rate and constants on the cohort's mean gradient (FedAdam,
+Reddi et al. 2021): each round is one Adam step on a minibatch of about
+``clients_per_round`` users, the twin's minibatch Adam in federated form."""
+
+
+def sasrec_preset(strategy: str | None, privacy: str) -> Preset:
+    """SASRec: FedSGD with server Adam, every parameter item-side (no user state)."""
+    del strategy, privacy
+    return SASREC_MODEL, SASREC_LOCAL, SASREC_SERVER
+
+
 def default_rounds(kind: str, privacy: str = "none") -> int:
     """Rounds of ``fedrec simulate`` when none are given.
 

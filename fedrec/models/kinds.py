@@ -15,5 +15,6 @@ MODEL_CLASSES: dict[str, str] = {
     "ials": "fedrec.models.ials:IALS",
     "ncf": "fedrec.models.ncf:NeuMF",
     "lightgcn": "fedrec.models.lightgcn:LightGCN",
+    "sasrec": "fedrec.models.sasrec:SASRec",
 }
 """Model kind -> ``"module:Class"`` of its :class:`~fedrec.models.trainable.TrainableRecommender`."""
