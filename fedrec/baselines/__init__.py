@@ -1,7 +1,9 @@
 """Centralized reference baselines, fitted on the whole train matrix.
 
 Popularity, item-kNN (Deshpande & Karypis 2004) and EASE (Steck 2019) all keep the
-:class:`~fedrec.baselines.base.Baseline` contract. :func:`reference_metrics` gives the
+:class:`~fedrec.baselines.base.Baseline` contract; the first-order Markov next-item
+baseline (:mod:`fedrec.baselines.markov`) reads each user's train items in time order
+instead of the matrix (:func:`fit_baseline`). :func:`reference_metrics` gives the
 popularity and EASE numbers that every federated report shows beside its own.
 """
 
@@ -17,6 +19,7 @@ import numpy.typing as npt
 from fedrec.baselines.base import Baseline
 from fedrec.baselines.ease import EASE
 from fedrec.baselines.itemknn import ItemKNN
+from fedrec.baselines.markov import MarkovNextItem
 from fedrec.baselines.popularity import Popularity
 from fedrec.data.split import Split
 from fedrec.errors import ConfigError
@@ -33,6 +36,7 @@ BASELINES: dict[str, Callable[..., Baseline]] = {
     "popularity": Popularity,
     "itemknn": ItemKNN,
     "ease": EASE,
+    "markov": MarkovNextItem,
 }
 
 
@@ -50,8 +54,18 @@ def evaluate_baseline(
 ) -> Metrics:
     """Fit ``model`` on ``split.train`` and return the protocol's metrics on ``split.test``
     (on ``users`` only when given)."""
-    model.fit(split.train)
+    fit_baseline(model, split)
     return evaluate_scores(model.score, split, users=users)
+
+
+def fit_baseline(model: Baseline, split: Split) -> Baseline:
+    """Fit ``model`` on ``split``: on its train sequences when the model reads the order
+    (``fit_split``: the Markov next-item baseline), else on the binary train matrix."""
+    fit_split = getattr(model, "fit_split", None)
+    if fit_split is not None:
+        fitted: Baseline = fit_split(split)
+        return fitted
+    return model.fit(split.train)
 
 
 def reference_metrics(
@@ -99,8 +113,10 @@ __all__ = [
     "EASE_MAX_ITEMS",
     "Baseline",
     "ItemKNN",
+    "MarkovNextItem",
     "Popularity",
     "evaluate_baseline",
+    "fit_baseline",
     "make_baseline",
     "reference_metrics",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedrec.baselines import BASELINES, make_baseline
+from fedrec.baselines import BASELINES, fit_baseline, make_baseline
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import Split, random_split, temporal_split
 from fedrec.errors import ConfigError
@@ -152,7 +152,7 @@ def fit_model(
         options["lam"] = config.ease_lambda
     elif config.model == "itemknn":
         options["k"] = config.knn_k
-    fitted = make_baseline(config.model, **options).fit(split.train)
+    fitted = fit_baseline(make_baseline(config.model, **options), split)
     return fitted.score, _model_arrays(fitted, split.n_items)
 
 
