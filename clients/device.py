@@ -714,6 +714,10 @@ class DeviceClient:
         g = self._global
         if g is None or len(self._seen) < self.min_interactions:
             return
+        if not model_class(g.model_cfg.kind).USER_SIDE:  # nothing to refit (a sequential
+            # model): the next recommend re-encodes the sequence; the empty state is stored once
+            self._set_serve({}, persist=self._serve is None)
+            return
         start = self._serve if self._serve is not None else self._load_state(TRAIN)
         steps = g.train_cfg.refit_steps if start is None else self.refresh_steps
         set_user_state(g.model, g.init_state if start is None else start)

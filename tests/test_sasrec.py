@@ -269,3 +269,11 @@ def test_device_fit_round_uploads_item_arrays_and_keeps_no_user_state(
     assert reply.status == "ok"
     assert [a.shape for a in reply.item_arrays] == [a.shape for a in trained]
     assert len(explained) == 3 and all(r.because for r in explained)  # from the item table
+
+
+def test_record_to_top10_is_measured_and_every_record_changes_the_list() -> None:
+    from clients.realtime import measure_record_to_top10
+
+    r = measure_record_to_top10(30, calls=5, model=MODEL, history=5)
+    assert r["changed_fraction"] == 1.0
+    assert 0 < r["top10_p50_ms"] <= r["p50_ms"]
