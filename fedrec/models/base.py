@@ -14,7 +14,7 @@ Every other fact about a model is a class attribute too (bias parameters, item v
 local-DP unit or refusal; presets, twin and fast path in
 :class:`fedrec.models.trainable.TrainableRecommender`), read from the class without
 building a model (:func:`fedrec.models.registry.model_class`) and checked by
-:func:`check_facts`. How to add a model: ``docs/ADDING_A_MODEL.md``.
+:func:`check_facts`. How to add a model: ``docs/MODELS.md``.
 """
 
 from __future__ import annotations
