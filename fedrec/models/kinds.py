@@ -17,4 +17,5 @@ MODEL_CLASSES: dict[str, str] = {
     "lightgcn": "fedrec.models.lightgcn:LightGCN",
     "sasrec": "fedrec.models.sasrec:SASRec",
 }
-"""Model kind -> ``"module:Class"`` of its :class:`~fedrec.models.trainable.TrainableRecommender`."""
+"""Model kind -> ``"module:Class"`` of its
+:class:`~fedrec.models.trainable.TrainableRecommender`."""
