@@ -324,8 +324,13 @@ def test_similar_and_fallback_on_an_ease_run(
     )
 
 
-def test_audit_refuses_an_ease_run(ease_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["audit", str(ease_run)])
-    err = capsys.readouterr().err
-    assert code == 2 and "not implemented" in err and "model = ease" in err
-    assert not (ease_run / "audit.json").exists()
+def test_audit_of_an_ease_run_attacks_its_gram_uploads(
+    ease_run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Execute: the central server receives each exact contribution (tests/test_audit_gram.py)
+    out = tmp_path / "audit.json"
+    code = main(["audit", str(ease_run), "--clients", "10", "--out", str(out)])
+    # Assert
+    assert code == 0 and "upload_diagonal" in capsys.readouterr().out
+    audit = json.loads(out.read_text())
+    assert audit["model"] == "ease" and audit["gram"]["auc"]["upload_diagonal"] > 0.99
