@@ -197,4 +197,5 @@ def default_rounds(kind: str, privacy: str = "none") -> int:
     """
     if privacy != "none":
         return 20
-    return {"mf": 150, "cdae": 300, "multvae": 400, "ials": 150, "ncf": 50}.get(kind, 20)
+    rounds = {"mf": 150, "cdae": 300, "multvae": 400, "ials": 150, "ncf": 50, "lightgcn": 150}
+    return rounds.get(kind, 20)
