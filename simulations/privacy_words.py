@@ -152,7 +152,10 @@ def below_popularity(
         "longer, or publish a DP popularity ranking instead (docs/PRIVACY.md, 'DP "
         "popularity release')."
         if private
-        else "The model is not worth deploying as is: train longer or tune it."
+        else "The model is not worth deploying as is. Try, in this order: more rounds "
+        "(`--rounds`; iALS's default grows with the users, docs/RESULTS.md), the best "
+        "scalable model measured (`--model ials`), `fedrec tune` on a validation split, or "
+        "federated EASE (`--model ease`) when the catalog fits its cap."
     )
     return (
         f"**Below popularity:** {name} reaches NDCG@10 {float(ndcg):.4f}, less than the "

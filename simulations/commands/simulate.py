@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="server rounds (non-private defaults: MF 150, CDAE 300, Mult-VAE 400, iALS 150, "
-        "NCF 50; private: 20)",
+        "NCF 50, SASRec 400; private: 20)",
     )
     parser.add_argument(
         "--clients-per-round",
@@ -460,6 +460,7 @@ def _run(args: argparse.Namespace) -> int:
         open_new_run_dir,
         resume_settings,
     )
+    from simulations.shaped import apply_shape_defaults
     from simulations.simulation import simulate
 
     steady_allocator()  # device models' large tensors: reuse heap memory, no page faults
@@ -482,6 +483,9 @@ def _run(args: argparse.Namespace) -> int:
         check_output_dir(Path(settings.run_dir), fix_not_empty=NOT_EMPTY_FIX)  # before loading
         split = load_split(settings)
         check_clients_per_round(args, split)
+        settings, shaped = apply_shape_defaults(settings, split, args)  # issue 17 item 4
+        for reason in shaped:
+            print(f"default from the data's shape: {reason}")
         settings = prepare_settings(settings, split)
         lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0

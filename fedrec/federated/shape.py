@@ -1,0 +1,123 @@
+"""Defaults from the data's shape: what a run needs that depends on the data (issue 17).
+
+A preset (:mod:`fedrec.federated.presets`) fixes a model's loss and optimizers. How long
+to train, how many devices join a round and how strongly to regularize depend on the
+data instead: on the number of users ``N`` who can be sampled, of items ``n`` and of
+train interactions per user ``s``. :func:`shaped_defaults` turns a :class:`DataShape`
+into those settings, each with its reason; ``fedrec simulate`` applies them to what the
+command line leaves unset and prints the reasons. Measured on ml-100k, ml-1m, a sparse
+and a dense cut of ml-1m and a 10,000-item synthetic set (``docs/RESULTS.md``, "Defaults
+from the data's shape"); the rules were set on ml-100k and ml-1m's validation splits.
+
+The rules cover iALS (the scalable model they were measured for). Other kinds keep
+their presets' rounds and 100 devices per round, measured on ml-100k only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+PASSES = 10
+"""Expected participations of each user over the run, ``rounds x K / N``. Each round is
+one server Adam step on the mean gradient of about ``K`` users, so the work a run needs
+grows with the users it must see, not with a fixed round count. On the validation
+splits, federated iALS at 10 passes: ml-100k 0.2668 NDCG@10 (94 rounds; 150 rounds, 16
+passes, gave 0.2592: past 10 passes it overfits), ml-1m 0.2541 (600 rounds; 150 rounds,
+2.5 passes, gave 0.2473 and was still climbing)."""
+CLIENTS_PER_ROUND = 100
+"""Devices per round while the rounds stay within :data:`MAX_ROUNDS`: the mean of about
+100 users' gradients is the minibatch the presets were tuned with (ml-100k), and a round
+through Flower costs time per device."""
+MIN_ROUNDS = 50
+"""At least this many server steps: Adam at the preset's rate moves the item factors
+from their initial scale to a trained one in about 30-50 steps (ml-100k validation
+NDCG@10 0.236 / 0.262 / 0.274 at rounds 10 / 20 / 30), whatever the number of users."""
+MAX_ROUNDS = 1000
+"""Beyond this many rounds a larger set takes more devices per round instead (each round
+has a fixed cost: sampling, messages, the server step), keeping :data:`PASSES`."""
+IALS_ALPHA0_AT = (0.3, 6040)
+"""iALS's unobserved weight ``alpha0 = 0.3 sqrt(6040 / N)``: 0.3 at ml-1m's 6,040 users,
+larger for fewer users. In each item's loss the all-unobserved term ``alpha0 sum_u
+(p_u.q_i)^2`` and its regularization ``lam alpha0 N ||q_i||^2`` grow with the number of
+users ``N``; too large a weight shrinks the factors towards zero (ml-1m at ``alpha0 = 1``:
+0.19 validation NDCG@10 against 0.25 at 0.3). The ALS twin's best ``alpha0`` on the
+validation splits (d = 64, ``lam = 0.01``): ml-100k (943 users) 1.0 of 0.3 / 1.0; ml-1m
+(6,040) 0.3 of 0.3 / 1.0; ml-1m's sparse cut (6,040 users, 26 train items each) 0.3 of
+0.03 / 0.1 / 0.3; its dense cut (605 users, 500 each) 1.0 of 0.3 / 1.0 / 3.0. The
+density ``s / n`` does not order them (the sparse cut and ml-1m share their best), the
+number of users does, and ``1 / sqrt(N)`` fits all four (0.76 / 0.3 / 0.3 / 0.95), where
+``1 / N`` overshoots the dense cut (3.0: 0.356 against 0.389 at 1.0). A fit to four
+sets, not a law: ``fedrec tune`` searches ``alpha0`` (``docs/RESULTS.md``)."""
+IALS_ALPHA0_RANGE = (0.1, 3.0)
+"""Bounds of the shaped ``alpha0`` (the range measured)."""
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the defaults read from the data: users, items, train interactions."""
+
+    users: int
+    """Users with at least one train interaction (those a round can sample)."""
+    items: int
+    interactions: int
+    """Train interactions."""
+
+    @property
+    def per_user(self) -> float:
+        """Mean train interactions per sampled user, ``s``."""
+        return self.interactions / max(self.users, 1)
+
+    @classmethod
+    def of_train(cls, train: sp.spmatrix | sp.sparray) -> DataShape:
+        """The shape of a ``users x items`` train matrix."""
+        csr = sp.csr_matrix(train)
+        counts = np.diff(csr.indptr)
+        return cls(int((counts > 0).sum()), int(csr.shape[1]), int(csr.nnz))
+
+
+@dataclass(frozen=True)
+class ShapedDefaults:
+    """Settings of a run derived from its data's shape, each with its reason."""
+
+    rounds: int
+    clients_per_round: int
+    model: dict[str, float] = field(default_factory=dict)
+    """``ModelConfig`` fields to set (e.g. ``{"alpha0": 0.3}``)."""
+    reasons: tuple[str, ...] = ()
+
+
+def shaped_rounds(shape: DataShape) -> tuple[int, int]:
+    """``(rounds, clients per round)`` for :data:`PASSES` passes over the users."""
+    n = max(shape.users, 1)
+    k = min(n, max(CLIENTS_PER_ROUND, math.ceil(PASSES * n / MAX_ROUNDS)))
+    rounds = max(MIN_ROUNDS, math.ceil(PASSES * n / k))
+    return rounds, k
+
+
+def ials_alpha0(shape: DataShape) -> float:
+    """``alpha0 = 0.3 sqrt(6040 / N)`` within :data:`IALS_ALPHA0_RANGE` (3 digits)."""
+    low, high = IALS_ALPHA0_RANGE
+    at, users = IALS_ALPHA0_AT
+    value = at * math.sqrt(users / max(shape.users, 1))
+    return float(f"{min(high, max(low, value)):.3g}")
+
+
+def shaped_defaults(kind: str, shape: DataShape) -> ShapedDefaults | None:
+    """The shaped settings of model ``kind`` (``None``: the preset's, for other kinds)."""
+    if kind != "ials":
+        return None
+    rounds, k = shaped_rounds(shape)
+    alpha0 = ials_alpha0(shape)
+    reasons = (
+        f"rounds {rounds} and {k} devices per round: each of the {shape.users} users takes "
+        f"part about {PASSES} times ({rounds} x {k} / {shape.users}; at least {MIN_ROUNDS} "
+        f"rounds, more devices per round rather than over {MAX_ROUNDS} rounds)",
+        f"alpha0 {alpha0:g}: the unobserved term of each item's loss grows with the "
+        f"{shape.users} users (0.3 x sqrt(6040 / {shape.users}), 0.3 at ml-1m's 6,040 users, "
+        f"within {IALS_ALPHA0_RANGE[0]:g}-{IALS_ALPHA0_RANGE[1]:g})",
+    )
+    return ShapedDefaults(rounds, k, {"alpha0": alpha0}, reasons)
