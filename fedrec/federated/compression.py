@@ -9,8 +9,9 @@ rounding (QSGD, Alistarh et al., NeurIPS 2017; Suresh et al., ICML 2017): each v
 ``x`` in ``[lo, hi]`` becomes one of ``2**bits`` levels ``lo + k * step``, rounded up
 with probability equal to its distance from the level below, so ``E[decode(x)] = x``
 exactly. ``lo`` and ``step`` are per row (``scale="row"``: one pair per item; per array
-for one-value-per-item arrays such as biases) or per array (``scale="tensor"``). The codes of **every** element are sent, packed
-``8 // bits`` per byte, with no index: the upload's layout does not depend on the data.
+for one-value-per-item arrays such as biases) or per array (``scale="tensor"``). The
+codes of **every** element are sent, packed ``8 // bits`` per byte, with no index: the
+upload's layout does not depend on the data.
 
 Privacy: quantization is post-processing. Under local DP it is applied to the
 device's already noised update; under central DP the server decodes the upload before
