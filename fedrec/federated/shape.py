@@ -107,9 +107,15 @@ def ials_alpha0(shape: DataShape) -> float:
 
 
 def shaped_defaults(kind: str, shape: DataShape) -> ShapedDefaults | None:
-    """The shaped settings of model ``kind`` (``None``: the preset's, for other kinds)."""
-    if kind != "ials":
-        return None
+    """The shaped settings of model ``kind`` (its class's ``shaped_defaults``; ``None``:
+    the preset's)."""
+    from fedrec.models.registry import MODEL_KINDS, model_class
+
+    return model_class(kind).shaped_defaults(shape) if kind in MODEL_KINDS else None
+
+
+def ials_shaped_defaults(shape: DataShape) -> ShapedDefaults:
+    """iALS's shaped rounds, devices per round and ``alpha0``, each with its reason."""
     rounds, k = shaped_rounds(shape)
     alpha0 = ials_alpha0(shape)
     reasons = (

@@ -40,6 +40,7 @@ from fedrec.training.ials import gramian, solve_user, user_loss, user_regulariza
 if TYPE_CHECKING:
     from fedrec.data.split import Split
     from fedrec.federated.aggregation import ServerConfig
+    from fedrec.federated.shape import DataShape, ShapedDefaults
 
 LOCAL_DP_REFUSAL = (
     "--model ials has no local-DP mechanism: its user vector is an exact closed-form "
@@ -87,6 +88,14 @@ class IALS(TrainableRecommender):
         from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
 
         return IALS_MODEL, IALS_LOCAL
+
+    @classmethod
+    def shaped_defaults(cls, shape: DataShape) -> ShapedDefaults | None:
+        """Rounds, devices per round and ``alpha0`` from the data's shape
+        (:func:`fedrec.federated.shape.ials_shaped_defaults`)."""
+        from fedrec.federated.shape import ials_shaped_defaults
+
+        return ials_shaped_defaults(shape)
 
     @classmethod
     def train_twin(

@@ -29,6 +29,7 @@ from fedrec.models.config import LocalTrainConfig, ModelConfig
 if TYPE_CHECKING:
     from fedrec.data.split import Split
     from fedrec.federated.aggregation import ServerConfig
+    from fedrec.federated.shape import DataShape, ShapedDefaults
 
 UserState = dict[str, npt.NDArray[np.float32]]
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
@@ -78,7 +79,7 @@ class TrainableRecommender(Recommender):
     ``score``; :func:`fedrec.training.local.train_epochs` drives them. They also state
     their behaviour facts as classmethods, read without building a model (import
     trainers lazily inside them): :meth:`build`, :meth:`federated_preset`,
-    :meth:`twin_preset` (required), :meth:`train_twin`, :meth:`fast_fit`,
+    :meth:`twin_preset` (required), :meth:`shaped_defaults`, :meth:`train_twin`, :meth:`fast_fit`,
     :meth:`fast_scores` and :meth:`example_units` (defaults: the generic path).
     """
 
@@ -103,6 +104,13 @@ class TrainableRecommender(Recommender):
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         """The centralized twin's configuration
         (:func:`fedrec.training.centralized.central_preset`)."""
+
+    @classmethod
+    def shaped_defaults(cls, shape: DataShape) -> ShapedDefaults | None:
+        """Settings that depend on the data's shape (:mod:`fedrec.federated.shape`), each
+        with its reason; ``None``: the preset's (the default)."""
+        del shape
+        return None
 
     @classmethod
     def train_twin(
