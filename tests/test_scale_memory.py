@@ -278,3 +278,17 @@ def test_large_catalog_reference_is_item_knn_instead_of_ease(
     assert set(refs) == {"popularity", "itemknn"}
     assert knn.similarity is not None and np.all(np.diff(knn.similarity.indptr) <= 20)
     assert refs["itemknn"]["ndcg@10"] > refs["popularity"]["ndcg@10"]  # type: ignore[operator]
+
+
+@pytest.mark.slow
+def test_bench_large_entry_reports_every_figure(tmp_path: Path) -> None:
+    # Prepare / Execute: the large-catalog entry on the same shape at 1% (a child process)
+    from simulations.bench import bench_large
+
+    entry = bench_large(tmp_path, tiny=True)["large_catalog"]
+    # Assert
+    assert entry["items"] == 3400 and entry["users"] == 1050
+    assert 0 < entry["peak_rss_mb"] < 8192
+    assert entry["seconds_per_round"] > 0 and entry["eval_seconds_per_user"] > 0
+    assert entry["bytes_per_device_per_round"]["upload"] == 3400 * 33 * 4  # MF d=32 + bias
+    assert entry["device_stores"] <= 2 * 10 * 2  # trained users only, not the evaluated
