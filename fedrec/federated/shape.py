@@ -47,11 +47,12 @@ users ``N``; too large a weight shrinks the factors towards zero (ml-1m at ``alp
 0.19 validation NDCG@10 against 0.25 at 0.3). The ALS twin's best ``alpha0`` on the
 validation splits (d = 64, ``lam = 0.01``): ml-100k (943 users) 1.0 of 0.3 / 1.0; ml-1m
 (6,040) 0.3 of 0.3 / 1.0; ml-1m's sparse cut (6,040 users, 26 train items each) 0.3 of
-0.03 / 0.1 / 0.3; its dense cut (605 users, 500 each) 1.0 of 0.3 / 1.0 / 3.0. The
-density ``s / n`` does not order them (the sparse cut and ml-1m share their best), the
-number of users does, and ``1 / sqrt(N)`` fits all four (0.76 / 0.3 / 0.3 / 0.95), where
-``1 / N`` overshoots the dense cut (3.0: 0.356 against 0.389 at 1.0). A fit to four
-sets, not a law: ``fedrec tune`` searches ``alpha0`` (``docs/RESULTS.md``)."""
+0.03 / 0.1 / 0.3; its dense cut (605 users, 400 train items each) 1.0 of 1.0 / 3.0
+(federated at 0.3 it peaked at 0.366 and fell: too little regularization). The density
+``s / n`` does not order them (the sparse cut and ml-1m share their best), the number of
+users does, and ``1 / sqrt(N)`` fits all four (0.76 / 0.3 / 0.3 / 0.95), where ``1 / N``
+overshoots the dense cut (3.0: 0.356 against 0.389 at 1.0). A fit to four sets, not a
+law: ``fedrec tune`` searches ``alpha0`` (``docs/RESULTS.md``)."""
 IALS_ALPHA0_RANGE = (0.1, 3.0)
 """Bounds of the shaped ``alpha0`` (the range measured)."""
 
