@@ -97,9 +97,9 @@ def test_padding_is_the_smallest_hadamard_order_and_rotation_flattens_a_spike() 
     spike[899] = 1.0
     # Execute
     y = dd.rotate(spike, plan)
-    # Assert: 1,415,403 -> 44 x 2^15 (not 2^21), 6,869,571 -> 28 x 2^18 (not 2^23); every
+    # Assert: 1,415,403 -> 44 x 2^15 (not 2^21), 6,869,071 -> 28 x 2^18 (not 2^23); every
     # rotated coordinate of a spike is +-1 / sqrt(D), as the wrap bound's Hoeffding step needs
-    assert dd.padded_dim(1_415_403) == 44 * 2**15 and dd.padded_dim(6_869_571) == 28 * 2**18
+    assert dd.padded_dim(1_415_403) == 44 * 2**15 and dd.padded_dim(6_869_071) == 28 * 2**18
     assert dd.padded_dim(512) == 512 and dd.padded_dim(513) == 36 * 16
     assert plan.padded == 60 * 16 and y.size == 960
     np.testing.assert_allclose(np.abs(y), 1 / math.sqrt(960))
