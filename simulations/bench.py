@@ -242,6 +242,31 @@ def bench_record_top10(p: BenchPlan) -> dict[str, Any]:
     return {"record_to_top10_p99_ms_3706": r["p99_ms"], "record_to_top10_detail": r}
 
 
+TWIN_KINDS = ("mf", "cdae", "multvae", "ials", "ncf")
+"""The models whose centralized twin :func:`bench_twins` times."""
+
+
+def bench_twins(p: BenchPlan) -> dict[str, Any]:
+    """``twin_train_seconds``: each model's centralized twin (``fedrec baseline --model
+    KIND``'s training, :func:`fedrec.training.centralized.train_centralized` with its
+    preset) trained on ``p.round_data`` (ml-100k's shape), wall and CPU seconds of the
+    training alone, evaluation excluded (issue 17 item 5: under 60 s each)."""
+    from fedrec.data.resolve import resolve_data
+    from fedrec.data.split import random_split
+    from fedrec.training.centralized import central_preset, train_centralized
+
+    split = random_split(resolve_data(p.round_data), seed=0)
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for kind in TWIN_KINDS:
+        model, train = central_preset(kind)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        train_centralized(model, train, split, seed=0)
+        wall[kind] = round(time.perf_counter() - start, 2)
+        cpu[kind] = round(time.process_time() - start_cpu, 2)
+    return {"twin_train_seconds": wall, "twin_train_cpu_seconds": cpu, "twin_data": p.round_data}
+
+
 def run_bench(
     out: Path,
     *,
@@ -267,6 +292,7 @@ def run_bench(
             ("peak RSS", lambda: bench_rss(p, Path(tmp))),
             ("recommend", lambda: bench_recommend(p)),
             ("record to top-10", lambda: bench_record_top10(p)),
+            ("centralized twins", lambda: bench_twins(p)),
         ]
         if large:
             steps.append(("large catalog", lambda: bench_large(Path(tmp), tiny=tiny)))

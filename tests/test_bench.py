@@ -55,3 +55,15 @@ def test_scale_log_covers_catalog_and_is_seeded(tmp_path: Path) -> None:
     assert a["item"].nunique() == 300 and a["user"].nunique() == 50
     assert not a.duplicated(["user", "item"]).any()
     assert a.groupby("user").size().min() >= 5
+
+
+def test_every_twin_train_time_recorded(bench_json: dict[str, object]) -> None:
+    # Prepare / Execute: the module fixture ran `fedrec bench --tiny`
+    from simulations.bench import TWIN_KINDS
+
+    # Assert: each model's twin trained (wall and CPU seconds), on the plan's data
+    for key in ("twin_train_seconds", "twin_train_cpu_seconds"):
+        times = bench_json[key]
+        assert isinstance(times, dict) and sorted(times) == sorted(TWIN_KINDS), key
+        assert all(isinstance(v, float) and v > 0 for v in times.values()), key
+    assert bench_json["twin_data"] == "synthetic:users=40,items=30"
