@@ -210,3 +210,26 @@ def test_central_dp_clips_the_decoded_update(
     assert sent and given
     shapes = [(s, "float32") for s in ((50, 32), (50, 1))]
     assert all(upload == shapes for upload in given)
+
+
+@pytest.mark.parametrize(
+    ("flags", "where"),
+    [
+        (["--set", "train.upload-bits=8"], "--set train.upload-bits"),
+        (["--track", "tensorboard"], "--track"),
+    ],
+)
+def test_federated_ease_refuses_round_options_it_would_ignore(
+    flags: list[str], where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations.cli import main
+
+    # Prepare: federated EASE uploads one Gram matrix in one round
+    out = tmp_path / "run"
+    argv = ["simulate", "--data", "synthetic:users=30,items=50,seed=3", "--model", "ease"]
+    # Execute
+    code = main([*argv, *flags, "--out", str(out)])
+    # Assert: refused, not silently ignored, and nothing written
+    assert code == 2
+    assert f"fedrec simulate: error: {where}" in capsys.readouterr().err
+    assert not out.exists()

@@ -406,18 +406,34 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --out and --resume", where="fedrec simulate")
     check_engine_flags(args)
     check_tracker(getattr(args, "track", None))
-    if getattr(args, "track", None) is not None and _is_gram_run(args):
+    device = getattr(args, "device", "cpu")
+    with compute_device(device):  # refuses cuda where unavailable, before anything is made
+        if args.resume is None:
+            choose_model(args)
+        refuse_round_options_for_gram(args)
+        with private_files():  # run files hold user data: private, in Ray's workers too
+            return _run(args)
+
+
+def refuse_round_options_for_gram(args: argparse.Namespace) -> None:
+    """Refuse ``--track`` and quantized uploads for federated EASE (one round, a Gram upload)."""
+    if not _is_gram_run(args):
+        return
+    if getattr(args, "track", None) is not None:
         raise ConfigError(
             "tracking covers round-by-round runs; a federated-EASE run has one round",
             where="--track",
             fix="drop --track (the run's metrics.json and report.md hold its result)",
         )
-    device = getattr(args, "device", "cpu")
-    with compute_device(device):  # refuses cuda where unavailable, before anything is made
-        if args.resume is None:
-            choose_model(args)
-        with private_files():  # run files hold user data: private, in Ray's workers too
-            return _run(args)
+    sets = parse_sets(getattr(args, "set", None) or [])
+    uploads = [key for key in sets if key.startswith("train.upload")]
+    if uploads:
+        raise ConfigError(
+            "quantized uploads apply to item-side updates; federated EASE uploads a Gram "
+            "matrix (its own encoding under --privacy distributed)",
+            where="--set " + ", ".join(uploads),
+            fix="drop it, or choose a model trained in rounds (e.g. --model mf)",
+        )
 
 
 def check_engine_flags(args: argparse.Namespace) -> None:
