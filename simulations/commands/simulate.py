@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="server rounds (non-private defaults: MF 150, CDAE 300, Mult-VAE 400, iALS 150, "
-        "NCF 50, SASRec 400; private: 20)",
+        "NCF 50, SASRec 600; private: 20)",
     )
     parser.add_argument(
         "--clients-per-round",
