@@ -177,9 +177,7 @@ def test_ray_address_needs_the_clusters_token(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1", ":6379", "head:port", "head:0", "head:70000"])
-def test_a_malformed_ray_address_is_refused(
-    address: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_malformed_ray_address_is_refused(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from fedrec.errors import ConfigError
     from simulations.simulation import check_ray_address
 
