@@ -185,6 +185,34 @@ def central_default_model(args: argparse.Namespace, n_items: int) -> tuple[str, 
     )
 
 
+NONPRIVATE_DEFAULT_MODEL = "ials"
+"""The scalable model with the best measured default accuracy (docs/RESULTS.md, "Defaults
+from the data's shape": NDCG@10 1.02x EASE on ml-100k, 0.97x on ml-1m, 0.99x on a dense
+cut of ml-1m, where MF reached 0.95x and 0.85x on the first two)."""
+
+
+def nonprivate_default_model(args: argparse.Namespace) -> tuple[str, str]:
+    """The model of a run without privacy given no ``--model``, and why (issue 17 item 3).
+
+    iALS with the data-shaped defaults; MF when flags of MF's round-based training were
+    given (``--rounds``, ``--strategy``, ``--set model./train./server.``...), so commands
+    written for the former default keep their meaning.
+    """
+    given = explicit(args)
+    training = [f"--{f.replace('_', '-')}" for f in MF_ONLY_FLAGS if f in given]
+    training += [
+        f"--set {item.partition('=')[0]}"
+        for item in args.set or []
+        if item.startswith(("model.", "train.", "server."))
+    ]
+    if training:
+        return "mf", f"mf (the default is ials, but {' '.join(training)} given)"
+    return NONPRIVATE_DEFAULT_MODEL, (
+        "ials (implicit ALS, the default without privacy: the best measured scalable model, "
+        "its rounds and alpha0 from the data's shape; give --model to choose another)"
+    )
+
+
 def _set_value(args: argparse.Namespace, key: str, default: Any) -> Any:
     for item in reversed(args.set or []):
         name, _, text = item.partition("=")

@@ -254,5 +254,16 @@ def test_central_mode_defaults_to_federated_ease_when_the_catalog_fits(
     assert "exceed federated EASE's cap of 10" in capsys.readouterr().out
     assert _model([*central, "--rounds", "5"]) == "mf"  # round-based flags: MF
     assert _model(["--privacy", "local", "--target-epsilon", "8"]) == "mf"
-    assert _model([]) == "mf"
     assert _model(["--privacy", "distributed", "--target-epsilon", "8"]) == "ease"
+
+
+def test_runs_without_privacy_default_to_ials_unless_mf_flags_are_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _model([]) == "ials"
+    assert "the default without privacy" in capsys.readouterr().out
+    assert _model(["--model", "cdae"]) == "cdae"  # an explicit model is respected
+    assert _model(["--rounds", "5"]) == "mf"  # a command written for MF keeps MF
+    assert "--rounds given" in capsys.readouterr().out
+    assert _model(["--set", "train.lr=0.5"]) == "mf"
+    assert _model(["--seed", "3", "--engine", "inprocess"]) == "ials"  # not MF's flags

@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=(*MODEL_KIND_NAMES, GRAM_MODEL),
         default=_DEFAULTS.model.kind,
-        help="ease: one-shot federated EASE (one round; docs/GRAM_EASE.md). Default: mf; "
-        "with --privacy central, ease when the catalog fits its cap",
+        help="ease: one-shot federated EASE (one round; docs/GRAM_EASE.md). Default: ials "
+        "(mf under --privacy local, or given MF's round flags such as --rounds); with "
+        "--privacy central, ease when the catalog fits its cap",
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default=_DEFAULTS.server.strategy)
     parser.add_argument(
@@ -455,12 +456,19 @@ def check_engine_flags(args: argparse.Namespace) -> None:
 def choose_model(args: argparse.Namespace) -> None:
     """Fold in ``--config``; without a model given, central mode's default (issue 17)."""
     from simulations.commands.common import load_data
-    from simulations.config_file import apply_config, central_default_model, explicit
+    from simulations.config_file import (
+        apply_config,
+        central_default_model,
+        explicit,
+        nonprivate_default_model,
+    )
 
     from_file = apply_config(args)
-    if args.privacy not in ("central", "distributed") or "model" in explicit(args) | from_file:
+    if args.privacy == "local" or "model" in explicit(args) | from_file:
         return
-    if args.privacy == "distributed":
+    if args.privacy == "none":
+        args.model, why = nonprivate_default_model(args)
+    elif args.privacy == "distributed":
         args.model, why = GRAM_MODEL, "ease (the only model of --privacy distributed)"
     else:
         args.model, why = central_default_model(args, load_data(args).n_items)
