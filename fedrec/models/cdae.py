@@ -23,7 +23,7 @@ module runs under Opacus's ``GradSampleModule``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +32,7 @@ from torch import nn
 
 from fedrec.models.base import LocalUnit
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
-
-if TYPE_CHECKING:
-    from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
+from fedrec.models.trainable import Examples, TrainableRecommender
 
 
 def corrupt(
@@ -108,6 +104,9 @@ class CDAE(TrainableRecommender):
     """
 
     kind: ClassVar[str] = "cdae"
+    PRESET: ClassVar[str] = "fedrec.federated.presets:cdae_preset"
+    SKIPS_ITEM_INIT: ClassVar[bool] = True
+    TWIN_TRAINER: ClassVar[str] = "fedrec.training.autoencoder:train_autoencoder_centralized"
     ITEM_SIDE: ClassVar[tuple[str, ...]] = (
         "decoder.weight",
         "decoder.bias",
@@ -133,37 +132,10 @@ class CDAE(TrainableRecommender):
         nn.init.zeros_(self.user_input.weight)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> CDAE:
-        return cls(cfg, n_items, n_users, item_init=item_init)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import cdae_preset
-
-        return cdae_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.training.autoencoder import PRESETS
 
         return PRESETS[cls.kind]
-
-    @classmethod
-    def train_twin(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        split: Split,
-        *,
-        seed: int,
-        epochs: int | None,
-    ) -> ScoreFn:
-        """:func:`fedrec.training.autoencoder.train_autoencoder_centralized`."""
-        from fedrec.training.autoencoder import train_autoencoder_centralized
-
-        return train_autoencoder_centralized(model_cfg, train_cfg, split, seed, epochs)
 
     def forward(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Item logits ``[b, n_items]`` for an (already corrupted) input ``x``."""

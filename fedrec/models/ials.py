@@ -31,15 +31,12 @@ from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.trainable import (
     Examples,
     FastUpdate,
-    ScoreFn,
     TrainableRecommender,
     UserState,
 )
 from fedrec.training.ials import gramian, solve_user, user_loss, user_regularization
 
 if TYPE_CHECKING:
-    from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
     from fedrec.federated.shape import DataShape, ShapedDefaults
 
 LOCAL_DP_REFUSAL = (
@@ -54,6 +51,9 @@ class IALS(TrainableRecommender):
     """iALS with user vectors ``P`` and item vectors ``Q`` (no biases)."""
 
     kind = "ials"
+    PRESET = "fedrec.federated.presets:ials_preset"
+    TWIN_TRAINER = "fedrec.training.ials:train_ials_centralized"
+    FAST_MODULE = "fedrec.training.ials"  # own fit (no seed, key) and scores: overridden
     ITEM_SIDE = ("item_emb.weight",)
     USER_SIDE = ("user_emb.weight",)
     ITEM_VECTORS = "item_emb.weight"  # the Q of p_u . q_i
@@ -70,19 +70,6 @@ class IALS(TrainableRecommender):
         nn.init.normal_(self.item_emb.weight, std=std)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> IALS:
-        del item_init  # one embedding table, cheap to initialize
-        return cls(cfg, n_items, n_users)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import ials_preset
-
-        return ials_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         """The federated run's loss settings; ALS solves need no optimizer."""
         from fedrec.federated.presets import IALS_LOCAL, IALS_MODEL
@@ -96,21 +83,6 @@ class IALS(TrainableRecommender):
         from fedrec.federated.shape import ials_shaped_defaults
 
         return ials_shaped_defaults(shape)
-
-    @classmethod
-    def train_twin(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        split: Split,
-        *,
-        seed: int,
-        epochs: int | None,
-    ) -> ScoreFn:
-        """Vectorized ALS (:func:`fedrec.training.ials.train_ials_centralized`)."""
-        from fedrec.training.ials import train_ials_centralized
-
-        return train_ials_centralized(model_cfg, train_cfg, split, seed, epochs)
 
     @classmethod
     def fast_fit(

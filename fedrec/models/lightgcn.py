@@ -47,7 +47,7 @@ by clipping one example.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -55,20 +55,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedrec.models.base import Arrays, LocalUnit
+from fedrec.models.base import LocalUnit
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.trainable import (
-    Examples,
-    FastUpdate,
-    ScoreFn,
-    TrainableRecommender,
-    UserState,
-)
+from fedrec.models.trainable import Examples, TrainableRecommender
 from fedrec.training.negatives import keyed_negatives
-
-if TYPE_CHECKING:
-    from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
 
 LOCAL_DP_REFUSAL = (
     "--model lightgcn has no local-DP mechanism: a user's representation is the message "
@@ -88,6 +78,9 @@ class LightGCN(TrainableRecommender):
     """
 
     kind: ClassVar[str] = "lightgcn"
+    PRESET: ClassVar[str] = "fedrec.federated.presets:lightgcn_preset"
+    TWIN_TRAINER: ClassVar[str] = "fedrec.training.lightgcn:train_lightgcn_centralized"
+    FAST_MODULE: ClassVar[str | None] = "fedrec.training.lightgcn_fast"
     ITEM_SIDE: ClassVar[tuple[str, ...]] = ("item_emb.weight", "item_bias.weight")
     USER_SIDE: ClassVar[tuple[str, ...]] = ("user_emb.weight",)
     BIAS_PARAMETERS: ClassVar[tuple[str, ...]] = ("item_bias.weight",)
@@ -118,76 +111,10 @@ class LightGCN(TrainableRecommender):
     # -- facts ---------------------------------------------------------------------
 
     @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> Self:
-        del item_init  # two small tables, cheap to initialize; the RNG order stays fixed
-        return cls(cfg, n_items, n_users)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import lightgcn_preset
-
-        return lightgcn_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.training.lightgcn import twin_preset
 
         return twin_preset()
-
-    @classmethod
-    def train_twin(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        split: Split,
-        *,
-        seed: int,
-        epochs: int | None,
-    ) -> ScoreFn:
-        from fedrec.training.lightgcn import train_lightgcn_centralized
-
-        return train_lightgcn_centralized(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
-
-    @classmethod
-    def fast_fit(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        global_items: Arrays,
-        user_state: UserState | None,
-        train_items: npt.NDArray[np.int64],
-        *,
-        seed: int,
-        key: bytes | None,
-    ) -> FastUpdate | None:
-        """:func:`fedrec.training.lightgcn_fast.fit` where it applies."""
-        from fedrec.training import lightgcn_fast
-
-        if not lightgcn_fast.supports(model_cfg, train_cfg):
-            return None
-        return lightgcn_fast.fit(
-            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
-        )
-
-    @classmethod
-    def fast_scores(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        global_items: Arrays,
-        user_state: UserState | None,
-        train_items: npt.NDArray[np.int64],
-        *,
-        seed: int,
-    ) -> torch.Tensor | None:
-        """:func:`fedrec.training.lightgcn_fast.scores` (the evaluation refit and score)."""
-        from fedrec.training import lightgcn_fast
-
-        return lightgcn_fast.scores(
-            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed
-        )
 
     # -- the graph -----------------------------------------------------------------
 

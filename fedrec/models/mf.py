@@ -24,8 +24,6 @@ scales with the data like the loss, and is clipped with the example under DP-SGD
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -34,17 +32,16 @@ from torch.nn import functional as F
 
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.trainable import Examples, FastUpdate, TrainableRecommender, UserState
+from fedrec.models.trainable import Examples, TrainableRecommender, UserState
 from fedrec.training.negatives import keyed_negatives
-
-if TYPE_CHECKING:
-    from fedrec.federated.aggregation import ServerConfig
 
 
 class MatrixFactorization(TrainableRecommender):
     """MF with user vectors ``P``, item vectors ``Q`` and item biases ``b``."""
 
     kind = "mf"
+    PRESET = "fedrec.federated.presets:mf_preset"
+    FAST_MODULE = "fedrec.training.mf_fast"  # fast_scores overridden (refit, then p Q^T + b)
     ITEM_SIDE = ("item_emb.weight", "item_bias.weight")
     USER_SIDE = ("user_emb.weight",)
     BIAS_PARAMETERS = ("item_bias.weight",)
@@ -65,46 +62,10 @@ class MatrixFactorization(TrainableRecommender):
         self.item_bias.weight.requires_grad_(cfg.item_bias)
 
     @classmethod
-    def build(
-        cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool
-    ) -> MatrixFactorization:
-        del item_init  # MF's item tables are cheap to initialize; its RNG order stays fixed
-        return cls(cfg, n_items, n_users)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import mf_preset
-
-        return mf_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.training.centralized import CENTRAL_TRAIN
 
         return ModelConfig(kind=cls.kind), CENTRAL_TRAIN
-
-    @classmethod
-    def fast_fit(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        global_items: Arrays,
-        user_state: UserState | None,
-        train_items: npt.NDArray[np.int64],
-        *,
-        seed: int,
-        key: bytes | None,
-    ) -> FastUpdate | None:
-        """:func:`fedrec.training.mf_fast.fit` where it applies (``mf_fast.supports``)."""
-        from fedrec.training import mf_fast
-
-        if not mf_fast.supports(model_cfg, train_cfg):
-            return None
-        return mf_fast.fit(
-            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
-        )
 
     @classmethod
     def fast_scores(

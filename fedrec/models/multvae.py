@@ -19,7 +19,7 @@ generator), so ``forward`` is deterministic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,11 +28,7 @@ import torch
 from fedrec.models.base import LocalUnit
 from fedrec.models.cdae import corrupt, linear, multinomial_nll, user_rows, xavier_
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
-
-if TYPE_CHECKING:
-    from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
+from fedrec.models.trainable import Examples, TrainableRecommender
 
 
 class MultVAE(TrainableRecommender):
@@ -50,6 +46,9 @@ class MultVAE(TrainableRecommender):
     """
 
     kind: ClassVar[str] = "multvae"
+    PRESET: ClassVar[str] = "fedrec.federated.presets:multvae_preset"
+    SKIPS_ITEM_INIT: ClassVar[bool] = True
+    TWIN_TRAINER: ClassVar[str] = "fedrec.training.autoencoder:train_autoencoder_centralized"
     ITEM_SIDE: ClassVar[tuple[str, ...]] = (
         "dec_out.weight",
         "dec_out.bias",
@@ -86,37 +85,10 @@ class MultVAE(TrainableRecommender):
             xavier_(self.enc_hidden, self.enc_out, self.dec_hidden, self.dec_out)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> MultVAE:
-        return cls(cfg, n_items, n_users, item_init=item_init)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import multvae_preset
-
-        return multvae_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         from fedrec.training.autoencoder import PRESETS
 
         return PRESETS[cls.kind]
-
-    @classmethod
-    def train_twin(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        split: Split,
-        *,
-        seed: int,
-        epochs: int | None,
-    ) -> ScoreFn:
-        """:func:`fedrec.training.autoencoder.train_autoencoder_centralized`."""
-        from fedrec.training.autoencoder import train_autoencoder_centralized
-
-        return train_autoencoder_centralized(model_cfg, train_cfg, split, seed, epochs)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance ``[b, dim]`` of ``q(z | x)``."""

@@ -41,7 +41,6 @@ from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
 
 if TYPE_CHECKING:
     from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
 from fedrec.training.negatives import keyed_negatives
 
 LOCAL_DP_REFUSAL = (
@@ -67,6 +66,7 @@ class NeuMF(TrainableRecommender):
     """
 
     kind: ClassVar[str] = "ncf"
+    PRESET: ClassVar[str] = "fedrec.federated.presets:ncf_preset"
     ITEM_SIDE: ClassVar[tuple[str, ...]] = (
         "item_gmf.weight",
         "item_mlp.weight",
@@ -104,19 +104,6 @@ class NeuMF(TrainableRecommender):
             assert isinstance(layer, nn.Linear)
             nn.init.xavier_uniform_(layer.weight)  # Glorot, as He et al.'s MLP
             nn.init.zeros_(layer.bias)
-
-    @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> NeuMF:
-        del item_init  # small tables and tower, cheap to initialize
-        return cls(cfg, n_items, n_users)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import ncf_preset
-
-        return ncf_preset(strategy, privacy)
 
     @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:

@@ -39,7 +39,7 @@ DP-FedAvg on the clipped uploads) applies unchanged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,11 +50,7 @@ from torch.nn import functional as F
 from fedrec.data.sequences import sequence_from_history
 from fedrec.models.base import LocalUnit
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
-
-if TYPE_CHECKING:
-    from fedrec.data.split import Split
-    from fedrec.federated.aggregation import ServerConfig
+from fedrec.models.trainable import Examples, TrainableRecommender
 
 LOCAL_DP_REFUSAL = (
     "--model sasrec has no audited local-DP mechanism: one example is a window of a "
@@ -80,6 +76,9 @@ class SASRec(TrainableRecommender):
     """
 
     kind: ClassVar[str] = "sasrec"
+    PRESET: ClassVar[str] = "fedrec.federated.presets:sasrec_preset"
+    SKIPS_ITEM_INIT: ClassVar[bool] = True
+    TWIN_TRAINER: ClassVar[str] = "fedrec.training.sequential:train_sequential_twin"
     ORDERED: ClassVar[bool] = True
     """Reads the order of the user's items (callers pass them in time order)."""
     ITEM_SIDE: ClassVar[tuple[str, ...]] = (
@@ -140,40 +139,12 @@ class SASRec(TrainableRecommender):
 
     # ---- facts ------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> SASRec:
-        return cls(cfg, n_items, n_users, item_init=item_init)
-
-    @classmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        from fedrec.federated.presets import sasrec_preset
-
-        return sasrec_preset(strategy, privacy)
-
-    @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
         """The federated model; Adam on minibatches of windows (Kang & McAuley's)."""
         from fedrec.federated.presets import SASREC_MODEL
         from fedrec.training.sequential import SASREC_CENTRAL_TRAIN
 
         return SASREC_MODEL, SASREC_CENTRAL_TRAIN
-
-    @classmethod
-    def train_twin(
-        cls,
-        model_cfg: ModelConfig,
-        train_cfg: LocalTrainConfig,
-        split: Split,
-        *,
-        seed: int,
-        epochs: int | None,
-    ) -> ScoreFn:
-        """The twin on every user's train sequence in time order
-        (:func:`fedrec.training.sequential.train_sequential_twin`)."""
-        from fedrec.training.sequential import train_sequential_twin
-
-        return train_sequential_twin(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
 
     # ---- encoder ----------------------------------------------------------------
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self
+from importlib import import_module
+from types import ModuleType
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -72,32 +74,73 @@ class Examples:
         return Examples(tuple(t[index] for t in self.inputs), self.target[index])
 
 
+Preset = tuple[ModelConfig, LocalTrainConfig, "ServerConfig"]
+"""A model's federated defaults: model, device training and server configurations."""
+
+
+def _resolve(path: str) -> object:
+    """The object at ``"package.module:name"``, imported now."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
 class TrainableRecommender(Recommender):
     """A :class:`Recommender` that builds its own examples and loss.
 
     Subclasses implement ``forward``, :meth:`make_examples`, :meth:`loss` and
     ``score``; :func:`fedrec.training.local.train_epochs` drives them. They also state
-    their behaviour facts as classmethods, read without building a model (import
-    trainers lazily inside them): :meth:`build`, :meth:`federated_preset`,
-    :meth:`twin_preset` (required), :meth:`shaped_defaults`, :meth:`train_twin`, :meth:`fast_fit`,
-    :meth:`fast_scores` and :meth:`example_units` (defaults: the generic path).
+    their behaviour facts, read without building a model: the paths :attr:`PRESET`
+    (required), :attr:`FAST_MODULE` and :attr:`TWIN_TRAINER`, imported only when the
+    classmethods that use them run, :attr:`SKIPS_ITEM_INIT`, and the classmethods
+    :meth:`twin_preset` (required), :meth:`build`,
+    :meth:`federated_preset`, :meth:`shaped_defaults`, :meth:`train_twin`, :meth:`fast_fit`,
+    :meth:`fast_scores` and :meth:`example_units` (defaults: the generic path; overrides
+    import trainers lazily inside them).
     """
 
+    PRESET: ClassVar[str]
+    """``"module:function"`` of the federated preset, ``function(strategy, privacy) ->``
+    :data:`Preset` (e.g. ``"fedrec.federated.presets:mf_preset"``), called by
+    :meth:`federated_preset`."""
+    FAST_MODULE: ClassVar[str | None] = None
+    """Module of the fast path without autograd (e.g. ``"fedrec.training.mf_fast"``);
+    ``None``: none. The defaults of :meth:`fast_fit` / :meth:`fast_scores` call its
+    ``supports(model_cfg, train_cfg)``, ``fit(..., seed=, key=)`` and
+    ``scores(..., seed=)``; a class whose module differs overrides them."""
+    TWIN_TRAINER: ClassVar[str] = "fedrec.training.centralized:train_generic"
+    """``"module:function"`` that :meth:`train_twin` calls as ``function(model_cfg,
+    train_cfg, split, seed=, epochs=) -> ScoreFn``. Default: the generic twin (the same
+    model with ``n_users`` slots, its own examples and loss)."""
+    SKIPS_ITEM_INIT: ClassVar[bool] = False
+    """Whether the constructor takes ``item_init`` (:meth:`build`): ``True`` for a model
+    whose item-side initialization is costly; ``False``: it always initializes the item
+    side (cheap tables; the RNG order stays fixed)."""
+
     @classmethod
-    @abstractmethod
     def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> Self:
-        """A new model (``n_users`` user slots), initialized from torch's global RNG.
+        """A new model (``n_users`` user slots), initialized from torch's global RNG:
+        ``cls(cfg, n_items, n_users)``, plus ``item_init=item_init`` if
+        :attr:`SKIPS_ITEM_INIT`.
 
         ``item_init=False``: the caller overwrites the item side at once (a model whose
         item-side initialization is costly may skip it; user-side values must not change).
         """
+        make = cast(Callable[..., Self], cls)
+        if cls.SKIPS_ITEM_INIT:
+            return make(cfg, n_items, n_users, item_init=item_init)
+        return make(cfg, n_items, n_users)
 
     @classmethod
-    @abstractmethod
-    def federated_preset(
-        cls, strategy: str | None, privacy: str
-    ) -> tuple[ModelConfig, LocalTrainConfig, ServerConfig]:
-        """The federated defaults (:func:`fedrec.federated.presets.federated_preset`)."""
+    def federated_preset(cls, strategy: str | None, privacy: str) -> Preset:
+        """The federated defaults (:func:`fedrec.federated.presets.federated_preset`):
+        the function at :attr:`PRESET`."""
+        preset = cast(Callable[[str | None, str], Preset], _resolve(cls.PRESET))
+        return preset(strategy, privacy)
+
+    @classmethod
+    def fast_module(cls) -> ModuleType | None:
+        """:attr:`FAST_MODULE`, imported; ``None`` if the model has no fast path."""
+        return None if cls.FAST_MODULE is None else import_module(cls.FAST_MODULE)
 
     @classmethod
     @abstractmethod
@@ -122,14 +165,10 @@ class TrainableRecommender(Recommender):
         seed: int,
         epochs: int | None,
     ) -> ScoreFn:
-        """Train the centralized twin on every user of ``split``; return its scorer.
-
-        Default: the same model with ``n_users`` slots, its own examples and loss, and
-        :func:`fedrec.training.centralized.train_generic`.
-        """
-        from fedrec.training.centralized import train_generic
-
-        return train_generic(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
+        """Train the centralized twin on every user of ``split``; return its scorer:
+        the function at :attr:`TWIN_TRAINER`."""
+        trainer = cast(Callable[..., ScoreFn], _resolve(cls.TWIN_TRAINER))
+        return trainer(model_cfg, train_cfg, split, seed=seed, epochs=epochs)
 
     @classmethod
     def fast_fit(
@@ -145,9 +184,16 @@ class TrainableRecommender(Recommender):
     ) -> FastUpdate | None:
         """A device's update without autograd, equal to the autograd path
         (:func:`fedrec.federated.client.client_fit`); ``None``: no fast path for these
-        configs (the default)."""
-        del model_cfg, train_cfg, global_items, user_state, train_items, seed, key
-        return None
+        configs. Default: :attr:`FAST_MODULE`'s ``fit`` where its ``supports`` says so."""
+        fast = cls.fast_module()
+        if fast is None or not fast.supports(model_cfg, train_cfg):
+            return None
+        return cast(
+            FastUpdate,
+            fast.fit(
+                model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, key=key
+            ),
+        )
 
     @classmethod
     def fast_scores(
@@ -162,9 +208,15 @@ class TrainableRecommender(Recommender):
     ) -> torch.Tensor | None:
         """Scores ``[n_items]`` of one user as evaluation computes them
         (:func:`fedrec.federated.client.client_scores`), without autograd; ``None``: no
-        fast path (the default)."""
-        del model_cfg, train_cfg, global_items, user_state, train_items, seed
-        return None
+        fast path. Default: :attr:`FAST_MODULE`'s ``scores`` (for every ``train_cfg``:
+        evaluation's refit), ``None`` without a fast module."""
+        fast = cls.fast_module()
+        if fast is None:
+            return None
+        return cast(
+            torch.Tensor,
+            fast.scores(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed),
+        )
 
     def example_units(self, n_interactions: int) -> torch.Tensor | None:
         """The unit (interaction index) of each row of :meth:`make_examples`'s output
