@@ -157,6 +157,17 @@ MF_ONLY_FLAGS = (
 """Flags that configure round-based training: given them, central mode keeps MF."""
 
 
+def mf_flags_given(args: argparse.Namespace) -> list[str]:
+    """The flags of MF's round-based training given on the command line, as typed."""
+    given = explicit(args)
+    training = [f"--{f.replace('_', '-')}" for f in MF_ONLY_FLAGS if f in given]
+    return training + [
+        f"--set {item.partition('=')[0]}"
+        for item in args.set or []
+        if item.startswith(("model.", "train.", "server."))
+    ]
+
+
 def central_default_model(args: argparse.Namespace, n_items: int) -> tuple[str, str]:
     """The model of a ``--privacy central`` run given no ``--model``, and why.
 
@@ -168,13 +179,7 @@ def central_default_model(args: argparse.Namespace, n_items: int) -> tuple[str, 
     from fedrec.federated.gram import MAX_GRAM_ITEMS
 
     cap = int(_set_value(args, "ease.max-items", MAX_GRAM_ITEMS))
-    given = explicit(args)
-    training = [f"--{f.replace('_', '-')}" for f in MF_ONLY_FLAGS if f in given]
-    training += [
-        f"--set {item.partition('=')[0]}"
-        for item in args.set or []
-        if item.startswith(("model.", "train.", "server."))
-    ]
+    training = mf_flags_given(args)
     if training:
         return "mf", f"mf (central mode's default is EASE, but {' '.join(training)} given)"
     if n_items > cap:
@@ -198,13 +203,7 @@ def nonprivate_default_model(args: argparse.Namespace) -> tuple[str, str]:
     given (``--rounds``, ``--strategy``, ``--set model./train./server.``...), so commands
     written for the former default keep their meaning.
     """
-    given = explicit(args)
-    training = [f"--{f.replace('_', '-')}" for f in MF_ONLY_FLAGS if f in given]
-    training += [
-        f"--set {item.partition('=')[0]}"
-        for item in args.set or []
-        if item.startswith(("model.", "train.", "server."))
-    ]
+    training = mf_flags_given(args)
     if training:
         return "mf", f"mf (the default is ials, but {' '.join(training)} given)"
     return NONPRIVATE_DEFAULT_MODEL, (
