@@ -106,11 +106,16 @@ def train_generic(
     *,
     seed: int,
     epochs: int | None = None,
+    pairs: Callable[[Split], tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None = None,
+    default_epochs: int = CENTRAL_EPOCHS,
+    scorer: Callable[[TrainableRecommender, Split], ScoreFn] | None = None,
 ) -> ScoreFn:
     """The generic twin: the model with ``split.n_users`` slots, its own examples and loss,
-    :func:`train_epochs` for ``epochs`` (default :data:`CENTRAL_EPOCHS`)."""
+    :func:`train_epochs` for ``epochs`` (default ``default_epochs``). ``pairs`` (default
+    :func:`train_pairs`) and ``scorer`` (default :func:`score_function`) let a twin feed
+    and score users differently (a sequential model: in time order)."""
     model = build_model(model_cfg, split.n_items, split.n_users, seed=seed)
-    users, items = train_pairs(split)
+    users, items = (pairs or train_pairs)(split)
     gen = torch.Generator().manual_seed(seed)
 
     def examples(generator: torch.Generator) -> Examples:
@@ -120,8 +125,8 @@ def train_generic(
         model,
         make_optimizer(list(model.parameters()), train_cfg),
         examples,
-        epochs=CENTRAL_EPOCHS if epochs is None else epochs,
+        epochs=default_epochs if epochs is None else epochs,
         batch_size=train_cfg.batch_size,
         generator=gen,
     )
-    return score_function(model, split)
+    return (scorer or score_function)(model, split)

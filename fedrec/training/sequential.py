@@ -16,9 +16,8 @@ import torch
 from fedrec.data.sequences import ordered_history, sequence_pairs, train_sequences
 from fedrec.data.split import Split
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import MODEL_KINDS, build_model, model_class
-from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
-from fedrec.training.local import make_optimizer, train_epochs
+from fedrec.models.registry import MODEL_KINDS, model_class
+from fedrec.models.trainable import ScoreFn, TrainableRecommender
 
 SASREC_CENTRAL_TRAIN = LocalTrainConfig(optimizer="adam", lr=1e-3, batch_size=128)
 """SASRec's twin: Adam at 1e-3 on minibatches of 128 windows (Kang & McAuley 2018)."""
@@ -60,19 +59,15 @@ def train_sequential_twin(
     ``epochs``: ``None`` = :data:`SASREC_CENTRAL_EPOCHS`. Seeds initialization,
     dropout and batch order from ``seed``.
     """
-    model = build_model(model_cfg, split.n_items, split.n_users, seed=seed)
-    users, items = sequence_pairs(split)
-    gen = torch.Generator().manual_seed(seed)
+    from fedrec.training.centralized import train_generic
 
-    def examples(generator: torch.Generator) -> Examples:
-        return model.make_examples(users, items, generator=generator)
-
-    train_epochs(
-        model,
-        make_optimizer(list(model.parameters()), train_cfg),
-        examples,
-        epochs=SASREC_CENTRAL_EPOCHS if epochs is None else epochs,
-        batch_size=train_cfg.batch_size,
-        generator=gen,
+    return train_generic(
+        model_cfg,
+        train_cfg,
+        split,
+        seed=seed,
+        epochs=epochs,
+        pairs=sequence_pairs,
+        default_epochs=SASREC_CENTRAL_EPOCHS,
+        scorer=sequence_score_function,
     )
-    return sequence_score_function(model, split)
