@@ -19,7 +19,6 @@ a device reads its data and do not depend on it; ``audit.json`` lists their size
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from fedrec.privacy.distributed import DistributedPlan, decode
 from server.checkpoint import load_checkpoint
 from server.gram_settings import GramSettings
 from server.settings import load_split, read_flat
-from simulations.inprocess import InProcessGrid
+from simulations.inprocess import InProcessGrid, RecordingGrid
 
 REGENERATED = (
     "Uploads are REGENERATED, not replayed: each audited user's device runs the run's own "
@@ -51,21 +50,6 @@ SEES = {
     "upload_classifier": "upload + release, fitted on half of the audited users' true items",
 }
 Uploads = dict[int, npt.NDArray[np.floating]]
-
-
-class RecordingGrid(InProcessGrid):
-    """The in-process Grid, keeping every reply the server receives."""
-
-    def __init__(self, n_nodes: int) -> None:
-        super().__init__(n_nodes)
-        self.replies: list[Message] = []
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += out
-        return out
 
 
 def _nodes(grid: InProcessGrid, users: list[int]) -> dict[int, int]:

@@ -98,6 +98,32 @@ class InProcessGrid(Grid):
             yield reply
 
 
+class RecordingGrid(InProcessGrid):
+    """The in-process Grid, keeping every reply the server receives (for audits and the
+    tests that read what left the devices)."""
+
+    def __init__(self, n_nodes: int, seed: int = 0) -> None:
+        super().__init__(n_nodes, seed)
+        self.replies: list[Message] = []
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        out = list(super().send_and_receive(messages, timeout=timeout))
+        self.replies += out
+        return out
+
+    @property
+    def uploads(self) -> list[Message]:
+        """The train replies (what a device uploads)."""
+        return [m for m in self.replies if m.metadata.message_type == MessageType.TRAIN]
+
+    @property
+    def kinds(self) -> set[str]:
+        """The message types of every reply."""
+        return {m.metadata.message_type for m in self.replies}
+
+
 def simulate_in_process(
     settings: RunSettings, *, on_round: RoundCallback | None = None, finish: bool = True
 ) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +19,10 @@ from server.gram_settings import GramSettings
 from server.secagg import secure_sum
 from server.settings import load_split
 from simulations.cli import main
-from simulations.inprocess import InProcessGrid
+from simulations.inprocess import InProcessGrid, RecordingGrid
 
 DATA = "synthetic:users=30,items=24,dim=4,mean=8,seed=2"
 REPLY_KEYS = {"enc-pk", "mask-pk", "ids", "ciphertexts", "kinds", "shares"}
-
-
-class RecordingGrid(InProcessGrid):
-    """The in-process Grid, keeping every reply the server receives."""
-
-    def __init__(self, n_nodes: int) -> None:
-        super().__init__(n_nodes)
-        self.replies: list[Message] = []
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += out
-        return out
 
 
 def _settings(tmp_path: Path, **extra: object) -> GramSettings:

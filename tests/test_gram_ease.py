@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MessageType
+from flwr.app import MessageType
 
 from fedrec.baselines.ease import ease_weights
 from fedrec.data import Interactions
@@ -23,27 +22,10 @@ from server.gram_app import GramSettings, resolve, run_gram_server
 from server.settings import load_split
 from simulations.cli import main
 from simulations.evaluation import gram_evaluator
-from simulations.inprocess import InProcessGrid
+from simulations.inprocess import RecordingGrid
 from simulations.run_dir import read_metrics, read_rounds
 
 DATA = "synthetic:users=40,items=30,dim=4,mean=10,seed=2"
-
-
-class RecordingGrid(InProcessGrid):
-    """The in-process Grid, keeping every train reply for inspection."""
-
-    def __init__(self, n_nodes: int) -> None:
-        super().__init__(n_nodes)
-        self.uploads: list[Message] = []
-        self.kinds: set[str] = set()
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.uploads += [m for m in out if m.metadata.message_type == MessageType.TRAIN]
-        self.kinds.update(m.metadata.message_type for m in out)
-        return out
 
 
 def test_non_private_federated_ease_is_exactly_ease(synthetic_data: Interactions) -> None:

@@ -9,35 +9,18 @@ upload stops revealing them, so the docs must then be changed too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from flwr.app import Message, MessageType
 
 from fedrec.federated import gram
 from server.gram_app import GramSettings, run_gram_server
 from server.settings import load_split
-from simulations.inprocess import InProcessGrid
+from simulations.inprocess import RecordingGrid
 
 DATA = "synthetic:users=25,items=20,dim=4,mean=6,seed=4"
-
-
-class RecordingGrid(InProcessGrid):
-    """The in-process Grid, keeping every train reply (what the server receives)."""
-
-    def __init__(self, n_nodes: int) -> None:
-        super().__init__(n_nodes)
-        self.uploads: list[Message] = []
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.uploads += [m for m in out if m.metadata.message_type == MessageType.TRAIN]
-        return out
 
 
 def read_upload(

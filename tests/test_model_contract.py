@@ -22,14 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message
 
 from clients import DeviceClient
 from clients.device import RoundConfig
@@ -52,7 +50,7 @@ from fedrec.models.trainable import TrainableRecommender
 from fedrec.privacy.report import LOCAL_UNITS
 from fedrec.recommend.similar import item_vectors, similar_items
 from fedrec.training.centralized import central_preset, train_centralized
-from simulations.inprocess import InProcessGrid
+from simulations.inprocess import RecordingGrid
 
 N_USERS, BLOCK, PER_USER = 36, 8, 6
 """Planted data: 3 blocks of 8 items; user ``u`` holds 6 items of block ``u % 3``."""
@@ -277,21 +275,6 @@ def test_device_explains_with_the_users_own_items(
 # ---- privacy modes -------------------------------------------------------------------
 
 
-class _RecordingGrid(InProcessGrid):
-    """The library's in-process Grid, keeping every reply for inspection."""
-
-    def __init__(self, n_nodes: int, seed: int = 0) -> None:
-        super().__init__(n_nodes, seed)
-        self.replies: list[Message] = []
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies.extend(out)
-        return out
-
-
 def _flat(tmp: Path, kind: str, privacy: str) -> dict[str, Any]:
     return {
         "data": FLOWER_DATA,
@@ -305,7 +288,7 @@ def _flat(tmp: Path, kind: str, privacy: str) -> dict[str, Any]:
     }
 
 
-def _private_run(tmp: Path, kind: str, privacy: str) -> tuple[list[Any], _RecordingGrid]:
+def _private_run(tmp: Path, kind: str, privacy: str) -> tuple[list[Any], RecordingGrid]:
     """A 2-round run through the Flower apps; the start arrays and the grid."""
     from server.privacy_run import resolve_settings
     from server.server_app import run_server
@@ -318,12 +301,12 @@ def _private_run(tmp: Path, kind: str, privacy: str) -> tuple[list[Any], _Record
     settings = resolve_settings(settings, split)
     create_run_dir(tmp, settings)
     start = init_item_arrays(settings.model, split.n_items, seed=settings.seed)
-    grid = _RecordingGrid(split.n_users)
+    grid = RecordingGrid(split.n_users)
     run_server(grid, settings, evaluator=device_evaluator(settings))
     return start, grid
 
 
-def _assert_item_side_replies(grid: _RecordingGrid, start: list[Any]) -> None:
+def _assert_item_side_replies(grid: RecordingGrid, start: list[Any]) -> None:
     train = [r.content for r in grid.replies if r.metadata.message_type == "train"]
     # a private device out of budget replies with its status only
     uploads = [c.array_records["arrays"] for c in train if "arrays" in c.array_records]
