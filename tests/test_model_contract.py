@@ -136,12 +136,15 @@ def test_facts_agree_with_each_other_and_with_a_built_model(kind: str) -> None:
         assert int(np.prod(shapes[cls.ITEM_BIAS])) == n_items
 
 
-def test_user_vector_fact_is_how_the_model_scores(kind: str) -> None:
+@pytest.mark.parametrize(
+    "vector_kind", [k for k in MODEL_KINDS if model_class(k).USER_VECTOR is not None]
+)
+def test_user_vector_fact_is_how_the_model_scores(vector_kind: str) -> None:
     """``USER_VECTOR`` lets a device serve ``ITEM_VECTORS @ p_u + ITEM_BIAS`` without
-    the model: with random parameters that must equal ``score``."""
+    the model: with random parameters that must equal ``score`` (the other kinds are
+    served through ``score``)."""
+    kind = vector_kind
     cls = model_class(kind)
-    if cls.USER_VECTOR is None:
-        pytest.skip(f"{kind} is served through score (no USER_VECTOR)")
     # Prepare: random values everywhere, so a missing or extra term shows
     model = build_model(ModelConfig(kind=kind, **TOY), 20, 1, seed=0)
     gen = torch.Generator().manual_seed(1)
