@@ -252,6 +252,15 @@ def run_gram_server(
     weights, lam, rank = gram.solve_release(matrix, z_release, settings.ease)
     popularity = np.diag(matrix).astype(np.float32)  # released: a DP popularity signal
     del matrix, packed
+    # the ledger before the release: privacy.json is durable before any file holds the
+    # noisy model (checkpoint, model.safetensors) or the harness measures it
+    if distributed is not None:
+        from server.gram_secagg import distributed_report
+
+        report = distributed_report(settings, distributed)
+    else:
+        report = _privacy_report(settings, account)
+    write_privacy_json(run_dir / PRIVACY_JSON, report)
     t_eval = time.perf_counter()
     metrics, eval_failed = _evaluate(evaluator, split, weights)
     epsilon = account.epsilon(privacy.delta) if z is not None and privacy.delta else None
@@ -272,13 +281,6 @@ def run_gram_server(
     append_round(run_dir, record)
     state = {"account": account.to_json(), "lambda": lam, "rank": rank, "noise_multiplier": z}
     save_checkpoint(run_dir, Checkpoint(1, [weights, popularity], {}, state))
-    if distributed is not None:
-        from server.gram_secagg import distributed_report
-
-        report = distributed_report(settings, distributed)
-    else:
-        report = _privacy_report(settings, account)
-    write_privacy_json(run_dir / PRIVACY_JSON, report)
     if on_round is not None:
         on_round(record)
     out: dict[str, Any] = dict(metrics or {})

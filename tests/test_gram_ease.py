@@ -127,6 +127,29 @@ def test_flower_round_uploads_dense_arrays_and_evaluates_on_devices(tmp_path: Pa
     assert ckpt is not None and ckpt.item_arrays[0].shape == (split.n_items, split.n_items)
 
 
+def test_the_ledger_is_durable_before_the_released_model_is_stored_or_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the process dies the moment it would measure or store the noisy model
+    flat = {"data": DATA, "run-dir": str(tmp_path), "model": "ease", "privacy": "central",
+            "privacy.target-epsilon": 8.0, "privacy.insecure-noise-seed": 5}  # fmt: skip
+    settings = GramSettings.from_flat(flat)
+    grid = RecordingGrid(load_split(settings.base).n_users)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed after the release")
+
+    monkeypatch.setattr("server.gram_app._evaluate", crash)
+    # Execute
+    with pytest.raises(KeyboardInterrupt):
+        run_gram_server(grid, settings, evaluator=gram_evaluator(settings.base))
+    # Assert: the release is on the ledger, and no model file exists without it
+    assert load_checkpoint(tmp_path) is None
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    assert report["mode"] == "central" and report["history"]
+    assert verify_privacy_json(tmp_path / "privacy.json") == []
+
+
 def test_simulate_ease_in_process_end_to_end(tmp_path: Path) -> None:
     # Prepare
     common = ["simulate", "--model", "ease", "--engine", "inprocess", "--data", DATA]
