@@ -34,7 +34,9 @@ server, :func:`fedrec.privacy.central_setup.resolve_privacy`):
 Seeds: a fit in server round ``r`` uses ``derive_seed(seed, user, r - 1)``, an
 evaluation ``derive_seed(seed, user, EVAL_ROUND)``, as the Flower-free reference loop
 :func:`fedrec.federated.loop.run_federated` does, so both give the same result.
-``store-dir`` in the node config (deployment) overrides the one in the message.
+``store-dir`` in the node config (deployment) overrides the one in the message, and
+marks the node as a deployed device: it keeps a secret key for MF's keyed negatives
+(docs/PRIVACY.md, "The device key"); a simulated node uses the public key.
 """
 
 from __future__ import annotations
@@ -153,13 +155,20 @@ def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
 
 
 def _device(config: ConfigRecord, context: Context, user: int) -> DeviceClient:
+    # A SuperNode of a deployment names its own store folder in its node config: it is
+    # a real device and keeps a secret negative-sampling key. A simulated node (the
+    # in-process engine, `flwr run` on the local simulation) has none in its node config
+    # and uses the public key, so its run equals the Flower-free reference loop.
+    deployed = "store-dir" in context.node_config
     store_dir = str(context.node_config.get("store-dir", config["store-dir"]))
     seed = int(config["seed"])  # type: ignore[arg-type]
     # without local DP no ledger is written, so the store need not fsync each round
     durable = privacy_config(config).mode == "local"
     ordered = model_class(model_config(config).kind).ORDERED  # a sequential model: time order
     items = user_train_items(load_split(config), user, ordered=ordered)
-    return open_device(store_dir, user, items, seed=seed, durable=durable)
+    return open_device(
+        store_dir, user, items, seed=seed, durable=durable, secret_negatives=deployed
+    )
 
 
 def _round_config(config: ConfigRecord, user: int, seed_round: int, rnd: int) -> RoundConfig:

@@ -211,7 +211,9 @@ class DeviceClient:
 
     The device's secret key of MF's keyed negatives (:mod:`fedrec.training.negatives`)
     lives in the store's meta ``negative_key`` (see :meth:`open`); it never leaves the
-    device. Without one the device uses the public key, as the reference loop does.
+    device. A real device (the default of :meth:`open`, and every deployed SuperNode,
+    :mod:`clients.client_app`) has one. A simulated device has none and uses the public
+    key, as the reference loop does (docs/PRIVACY.md, "The device key").
     """
 
     def __init__(
@@ -269,6 +271,9 @@ class DeviceClient:
         equals the Flower-free reference loop (the DP guarantee holds for any key chosen
         independently of the data).
 
+        The owner check runs before anything is written: a store created for another
+        ``user_id`` is refused as it is, and no key is written into it.
+
         Raises
         ------
         StoreError
@@ -281,15 +286,15 @@ class DeviceClient:
                 with store.transaction():
                     store.set_meta("user_id", user_id)
                     store.set_meta("created", time.time())
-            if secret_negatives and store.get_meta(NEGATIVE_KEY) is None:
-                with store.transaction():
-                    store.set_meta(NEGATIVE_KEY, new_device_key().hex())
-            elif user_id is not None and store.get_meta("user_id") != user_id:
+            # The owner check comes before any write: another user's store is never changed.
+            if user_id is not None and store.get_meta("user_id") != user_id:
                 raise StoreError(
                     f"store belongs to user {store.get_meta('user_id')!r}, not {user_id!r}",
                     where=str(path),
                     fix="open this user's own store file",
                 )
+            if secret_negatives and store.get_meta(NEGATIVE_KEY) is None:
+                store.set_meta(NEGATIVE_KEY, new_device_key().hex())
             return cls(
                 store,
                 seed=seed,

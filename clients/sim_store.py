@@ -61,20 +61,30 @@ def open_device(
     *,
     seed: int,
     durable: bool = True,
+    secret_negatives: bool = False,
 ) -> DeviceClient:
     """Open ``user``'s device, feeding it ``train_items`` if it holds no data yet.
 
     The feed is one transaction (all rows or none), so a crash during it is simply
     repeated at the next open. Item ids are the split's item indices. ``durable=False``
     (a run without local DP) skips fsync: a resume after a crash of the simulation
-    process stays exact, a power loss may lose the last rounds' user states. A
-    simulated device holds no secret negative-sampling key (the public key, as the
-    reference loop: the runs are equal and reproducible from the run seed).
+    process stays exact, a power loss may lose the last rounds' user states.
+
+    ``secret_negatives=False`` (a simulated device, the default): the device holds no
+    secret negative-sampling key and uses the public key, as the reference loop does,
+    so the runs are equal and reproducible from the run seed. ``True`` (a deployed
+    SuperNode, :mod:`clients.client_app`): the device draws its own secret key on first
+    open and keeps it (:meth:`DeviceClient.open`).
     """
     path = device_path(root, user)
     _private_store(path)
     device = DeviceClient.open(
-        path, user_id=user, seed=seed, keep_global=False, durable=durable, secret_negatives=False
+        path,
+        user_id=user,
+        seed=seed,
+        keep_global=False,
+        durable=durable,
+        secret_negatives=secret_negatives,
     )
     try:
         if len(train_items) and not device.n_interactions:
