@@ -493,6 +493,10 @@ class DeviceClient:
             self._keep_states(new_state, config.round, private=True)
         return reply
 
+    def evaluation_state(self, round: int) -> UserState | None:
+        """The user state :meth:`evaluate_round` of ``round`` starts from (read only)."""
+        return self._train_state_before(round + 1, private=False)
+
     def evaluate_round(
         self,
         global_arrays: Sequence[npt.NDArray[Any]],

@@ -32,20 +32,88 @@ import torch
 from clients.device_round import RoundConfig
 from clients.sim_store import device_path, open_device
 from fedrec.data.sequences import user_train_items
+from fedrec.data.split import Split
 from fedrec.errors import StoreError
-from fedrec.federated.client import client_evaluate, derive_seed
+from fedrec.federated.client import UserState, client_evaluate, derive_seed
 from fedrec.federated.gram import score_user
 from fedrec.federated.loop import EVAL_ROUND
 from fedrec.metrics import aggregate
-from fedrec.metrics.evaluate import evaluate_user
+from fedrec.metrics.evaluate import ScoreFn, evaluate_scores, evaluate_user
 from fedrec.models.base import Arrays
 from fedrec.models.registry import model_class
+from fedrec.training import ials, mf_fast
 from server.gram_app import GramEvaluator
 from server.sampling import eval_sample
 from server.server_app import Evaluator
 from server.settings import RunSettings, load_split
 
 log = logging.getLogger("fedrec.simulation")
+
+
+BATCH_USERS = 128  # users scored together (their scores: BATCH_USERS x n_items floats)
+
+
+def _mf_scorer(
+    settings: RunSettings,
+    split: Split,
+    floats: list[npt.NDArray[np.float32]],
+    states: dict[int, UserState],
+) -> ScoreFn:
+    """MF: each user's vector refitted as its device would (one user at a time, cheap),
+    then one ``P Q^T + b`` per batch of users."""
+    q = torch.from_numpy(floats[0])
+    b = torch.from_numpy(floats[1]).reshape(1, -1)
+
+    def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
+        p = np.concatenate(
+            [
+                mf_fast.refit(
+                    settings.model,
+                    settings.train,
+                    floats,
+                    states.get(int(u)),
+                    np.unique(split.train_items(int(u))),
+                    seed=derive_seed(settings.seed, int(u), EVAL_ROUND),
+                )
+                for u in users
+            ]
+        )
+        return torch.from_numpy(p) @ q.T + b
+
+    return scores
+
+
+def _ials_scorer(settings: RunSettings, split: Split, floats: Arrays) -> ScoreFn:
+    """iALS: each user's closed-form vector (:func:`fedrec.training.ials.solve_user`, the
+    Gramian computed once), then one ``Q P^T`` per batch of users (float64, as a device)."""
+    q64 = np.asarray(floats[0], dtype=np.float64)
+    gram = ials.gramian(q64)
+    cfg = settings.model
+
+    def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
+        p = np.stack(
+            [
+                ials.solve_user(
+                    q64,
+                    np.unique(split.train_items(int(u))),
+                    alpha0=cfg.alpha0,
+                    lam=cfg.l2,
+                    gram=gram,
+                )
+                for u in users
+            ]
+        )
+        return torch.from_numpy(np.ascontiguousarray((q64 @ p.T).astype(np.float32).T))
+
+    return scores
+
+
+def batched_kind(settings: RunSettings) -> bool:
+    """Whether the harness scores ``settings``' model in batches of users: MF on its fast
+    path and iALS, whose user vectors come from the item arrays, the user's train items
+    and (MF) its stored vector. Other models are scored one device at a time."""
+    kind = settings.model.kind
+    return kind == "ials" or (kind == "mf" and mf_fast.supports(settings.model, settings.train))
 
 
 def device_evaluator(settings: RunSettings) -> Evaluator:
@@ -56,25 +124,83 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
     ``every_user``) and returns the uniform averages with the beyond-accuracy metrics
     (``None`` values dropped), or ``None`` when nobody could be evaluated. Users of the
     TEST-ONLY ``fail_users`` switch are dead devices: left out, as their replies were.
+
+    MF and iALS (:func:`batched_kind`) are ranked :data:`BATCH_USERS` users at a time
+    (:func:`fedrec.metrics.evaluate.evaluate_scores`: the same ranking code, never a
+    users x items matrix); each user's vector is the one its device's
+    :meth:`~clients.device.DeviceClient.evaluate_round` would compute, so the metrics
+    are the per-device ones up to float rounding of the batched product (tested).
     """
     split = load_split(settings)
     store_dir = str(settings.client_config()["store-dir"])
     durable = settings.privacy.mode == "local"  # the ClientApp opens the stores alike
     dead = set(settings.fail_users)
 
+    def stored_states(users: list[int], rnd: int) -> tuple[dict[int, UserState], set[int]]:
+        """Stored MF states of the sampled users that have a store; users left out."""
+        states: dict[int, UserState] = {}
+        missing: set[int] = set()
+        for user in users:
+            if not device_path(store_dir, user).exists():
+                continue
+            try:
+                device = open_device(
+                    store_dir,
+                    user,
+                    user_train_items(split, user, ordered=False),
+                    seed=settings.seed,
+                    durable=durable,
+                )
+            except StoreError as err:  # e.g. a straggling client still holds it
+                log.warning("evaluation round %d: user %d not evaluated (%s)", rnd, user, err)
+                missing.add(user)
+                continue
+            with device:
+                state = device.evaluation_state(rnd)
+            if state is not None:
+                states[user] = state
+        return states, missing
+
+    def batched(
+        floats: list[npt.NDArray[np.float32]], rnd: int, users: list[int]
+    ) -> dict[str, Any] | None:
+        if settings.model.kind == "ials":
+            scorer = _ials_scorer(settings, split, floats)
+        else:
+            states, missing = stored_states(users, rnd)
+            users = [u for u in users if u not in missing]
+            scorer = _mf_scorer(settings, split, floats, states)
+        if not users:
+            return None
+        summary = evaluate_scores(
+            scorer,
+            split,
+            users=np.asarray(users, dtype=np.int64),
+            batch_size=BATCH_USERS,
+            device="cpu",
+        )
+        return {k: v for k, v in summary.items() if v is not None}
+
     def evaluate(items: Arrays, rnd: int, every_user: bool) -> dict[str, Any] | None:
         n = 0 if every_user else settings.eval_clients
         ordered = model_class(settings.model.kind).ORDERED  # a sequential model: time order
         users = eval_sample(split.test_users(), n, rnd, settings.seed)
+        alive = [u for u in sorted(int(u) for u in users) if u not in dead]
         per_user: list[dict[str, float]] = []
         tops: list[npt.NDArray[np.int64]] = []
         floats = [np.ascontiguousarray(a, dtype=np.float32) for a in items]  # as a device
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as on a device (and in the reference loop)
         try:
-            for user in sorted(int(u) for u in users):
-                if user in dead:
-                    continue
+            if batched_kind(settings):
+                result = batched(floats, rnd, alive)
+                evaluated = 0 if result is None else int(result["users_evaluated"])
+                if evaluated < len(users):
+                    log.warning(
+                        "evaluation round %d: %d devices left out", rnd, len(users) - evaluated
+                    )
+                return result
+            for user in alive:
                 config = RoundConfig(
                     model=settings.model,
                     train=settings.train,
@@ -153,4 +279,4 @@ def gram_evaluator(settings: RunSettings) -> GramEvaluator:
     return evaluate
 
 
-__all__ = ["device_evaluator", "gram_evaluator"]
+__all__ = ["BATCH_USERS", "batched_kind", "device_evaluator", "gram_evaluator"]

@@ -82,7 +82,7 @@ def test_initial_user_vector_matches_build_model() -> None:
     # Prepare
     model = build_model(MODEL, N_ITEMS, 1, seed=42)
     # Execute
-    p = mf_fast.initial_user_vector(MODEL, N_ITEMS, 42)
+    p = mf_fast.initial_user_vector(MODEL, 42)
     # Assert
     np.testing.assert_array_equal(p, model.user_emb.weight.detach().numpy()[0])  # type: ignore[operator]
 

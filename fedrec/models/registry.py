@@ -68,7 +68,9 @@ def build_model(
     n_users
         User slots: ``1`` on a device, the number of users for the centralized twin.
     seed
-        Seeds the initialization of every parameter (item-side and user-side).
+        Seeds the initialization of every parameter (item-side and user-side); a
+        one-user model's user state then comes from
+        :meth:`~fedrec.models.trainable.TrainableRecommender.seed_device_user`.
     item_init
         ``False``: leave the autoencoders' item-side layers uninitialized, for a caller
         that overwrites them at once (a device loading the global arrays: Xavier
@@ -85,6 +87,8 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.build(cfg, n_items, n_users, item_init=item_init)
+    if n_users == 1:  # a device's model: its fresh user state
+        model.seed_device_user(seed)
     check_split(model)
     return model
 

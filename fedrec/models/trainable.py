@@ -116,6 +116,15 @@ class TrainableRecommender(Recommender):
     whose item-side initialization is costly; ``False``: it always initializes the item
     side (cheap tables; the RNG order stays fixed)."""
 
+    def seed_device_user(self, seed: int) -> None:
+        """Set a one-user model's fresh user state from ``seed`` (default: keep the built one).
+
+        :func:`fedrec.models.registry.build_model` calls it for ``n_users == 1`` (a device);
+        a model whose built user state depends on the catalog size's place in the RNG
+        stream overrides it (MF: :func:`fedrec.models.mf.initial_user_vector`).
+        """
+        del seed
+
     @classmethod
     def build(cls, cfg: ModelConfig, n_items: int, n_users: int, *, item_init: bool) -> Self:
         """A new model (``n_users`` user slots), initialized from torch's global RNG:

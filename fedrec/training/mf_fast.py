@@ -5,7 +5,7 @@ Design rule: :func:`fit` and :func:`refit` are a numerical twin of
 on :class:`fedrec.models.mf.MatrixFactorization` (non-private). They make *the same
 ``torch.Generator`` calls in the same order* (the epoch nonce of the keyed negatives of
 :mod:`fedrec.training.negatives`, then ``randperm`` minibatches, per epoch; the fresh
-user vector from the model's initialization stream),
+user vector is the model's, :func:`fedrec.models.mf.initial_user_vector`),
 so results agree with autograd to float rounding (``tests/test_mf_fast.py``). A device
 holds one user and a few hundred examples: torch's per-op autograd and optimizer
 overhead dominated, so the forward/backward here is closed form in numpy.
@@ -35,6 +35,7 @@ import torch
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.mf import MatrixFactorization
+from fedrec.models.mf import initial_user_vector as mf_initial_user_vector
 from fedrec.training.negatives import keyed_negatives
 
 F32 = npt.NDArray[np.float32]
@@ -192,70 +193,30 @@ class _Model:
     b: F32  # [n_items, 1]
 
 
-_SKIP_OK: bool | None = None
+def initial_user_vector(model_cfg: ModelConfig, seed: int) -> F32:
+    """``p_u`` of ``build_model(model_cfg, n_items, 1, seed=seed)`` for any ``n_items``.
 
-
-def skip_normals(gen: torch.Generator, n: int) -> None:
-    """Advance ``gen`` exactly as ``torch.empty(n).normal_(generator=gen)`` would.
-
-    On CPU a float tensor of ``n >= 16`` normals consumes ``n`` 32-bit
-    Mersenne-Twister words, 16 more when ``n`` is not a multiple of 16 (ATen's
-    ``normal_fill``); drawing that many random bytes (one word each) leaves the
-    generator in the same state at about half the cost, and without the float
-    tensor (at 340k items x 32: 11M draws, 44 MB). The equivalence is checked once
-    per process against real draws; without it (another torch), or for ``n < 16``,
-    the normals are drawn.
+    :func:`fedrec.models.mf.initial_user_vector`: drawn from ``seed`` alone, so it
+    costs the same at any catalog size.
     """
-    global _SKIP_OK
-    if _SKIP_OK is None:
-        _SKIP_OK = _skip_matches()
-    if n < 16 or not _SKIP_OK:
-        torch.empty(n).normal_(generator=gen)
-        return
-    _skip_words(gen, n + (16 if n % 16 else 0))
-
-
-def _skip_words(gen: torch.Generator, words: int) -> None:
-    torch.empty(words, dtype=torch.uint8).random_(0, 2, generator=gen)
-
-
-def _skip_matches() -> bool:
-    """Whether :func:`_skip_words` leaves the generator where ``normal_`` does."""
-    for n in (16, 17, 1000, 123_457):
-        a, b = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
-        for g in (a, b):
-            torch.empty(21).normal_(generator=g)  # start mid-buffer
-        torch.empty(n).normal_(generator=a)
-        _skip_words(b, n + (16 if n % 16 else 0))
-        if not torch.equal(
-            torch.empty(64).normal_(generator=a), torch.empty(64).normal_(generator=b)
-        ):
-            return False
-    return True
-
-
-def initial_user_vector(model_cfg: ModelConfig, n_items: int, seed: int) -> F32:
-    """``p_u`` of ``build_model(model_cfg, n_items, 1, seed=seed)``, from the same stream.
-
-    :class:`~fedrec.models.mf.MatrixFactorization` draws its embeddings' default
-    initialization (user, item, bias) and then ``p_u ~ N(0, init_std^2)``.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    d = model_cfg.dim
-    for shape in ((1, d), (n_items, d), (n_items, 1)):
-        skip_normals(gen, shape[0] * shape[1])
-    user = torch.empty((1, d)).normal_(0.0, model_cfg.init_std, generator=gen)
-    out: F32 = user.numpy()[0]
-    return out
+    return mf_initial_user_vector(model_cfg, seed)
 
 
 def _load(
-    model_cfg: ModelConfig, global_items: Arrays, user_state: dict[str, F32] | None, seed: int
+    model_cfg: ModelConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    seed: int,
+    *,
+    own_items: bool = True,
 ) -> _Model:
-    q = np.array(global_items[0], dtype=np.float32, copy=True)
-    b = np.array(global_items[1], dtype=np.float32, copy=True)
+    """``own_items=False``: ``q``/``b`` may be the caller's arrays (a refit never writes
+    them; at 340,000 items the copies cost more than the refit)."""
+    copy = True if own_items else None
+    q = np.array(global_items[0], dtype=np.float32, copy=copy)
+    b = np.array(global_items[1], dtype=np.float32, copy=copy)
     if user_state is None:
-        p = initial_user_vector(model_cfg, q.shape[0], seed)
+        p = initial_user_vector(model_cfg, seed)
     else:
         p = np.array(user_state[USER_KEY], dtype=np.float32).reshape(-1).copy()
     return _Model(p, q, b)
@@ -330,9 +291,11 @@ def _start(
     train_items: npt.NDArray[np.int64],
     seed: int,
     key: bytes | None,
+    *,
+    own_items: bool = True,
 ) -> tuple[_Model, _Loop]:
     """The one-user model and the seeded example loop a fit or a refit starts from."""
-    m = _load(model_cfg, global_items, user_state, seed)
+    m = _load(model_cfg, global_items, user_state, seed, own_items=own_items)
     pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
     gen = torch.Generator().manual_seed(seed)
     opt = _Optimizer("sgd", 1.0, 0.0)
@@ -394,6 +357,8 @@ def refit(
     key: bytes | None = None,
 ) -> F32:
     """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it."""
-    m, base = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed, key)
+    m, base = _start(
+        model_cfg, train_cfg, global_items, user_state, train_items, seed, key, own_items=False
+    )
     _refit(model_cfg, train_cfg, m, base)
     return m.p.reshape(1, -1).copy()
