@@ -102,7 +102,7 @@ class CentralDPStrategy(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Clip, noise the sum, divide by ``q N``; one server-optimizer step on that."""
         good, outcome = self.strategy.collect_train(replies)
-        uploads = [self.strategy.upload_arrays(m.content) for _, m in good]  # decoded
+        uploads = [arrays for _, arrays in good]  # decoded, each deserialized once
         current = self.strategy.global_arrays
         noisy = self.mechanism.aggregate(current, uploads, self.rng)
         pseudo = [g + d for g, d in zip(current, noisy, strict=True)]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -175,11 +176,13 @@ def _collect_sum(
 
     def on_reply(node: int, reply: Message) -> None:
         user = user_of[node]
-        problem = _reason(reply) or _check_upload(reply.content, total.total.shape)
-        if problem:
+        problem, upload = _reason(reply), None
+        if not problem:
+            problem, upload = _read_upload(reply.content, total.total.shape)
+        if upload is None:
             failed[user] = problem
             return
-        total.add(reply.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()[0])
+        total.add(upload)
         added.append(user)
 
     messages = (Message(record, node, MessageType.TRAIN) for node in user_of)
@@ -188,15 +191,19 @@ def _collect_sum(
     return total, sorted(added), dict(sorted(failed.items()))
 
 
-def _check_upload(content: RecordDict, shape: tuple[int, ...]) -> str:
+def _read_upload(
+    content: RecordDict, shape: tuple[int, ...]
+) -> tuple[str, npt.NDArray[np.float32] | None]:
+    """Why ``content`` is not a valid Gram upload ('' when it is), and the upload,
+    deserialized here once (``None`` when refused)."""
     if set(content.array_records) != {ARRAYS_KEY} or content.config_records:
-        return "reply must hold exactly one ArrayRecord 'arrays'"
+        return "reply must hold exactly one ArrayRecord 'arrays'", None
     if content.metric_records:
-        return "reply carries metrics that are not allowed"
+        return "reply carries metrics that are not allowed", None
     arrays = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
     if len(arrays) != 1 or arrays[0].shape != shape or arrays[0].dtype != np.float32:
-        return f"upload must be one dense float32 array of shape {shape}"
-    return ""
+        return f"upload must be one dense float32 array of shape {shape}", None
+    return "", arrays[0]
 
 
 def _evaluate(

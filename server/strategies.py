@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +41,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from fedrec.data.split import Split
 from fedrec.errors import DataError
 from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer, UploadMean
-from fedrec.federated.compression import UploadCodec
+from fedrec.federated.compression import UploadCodec, Wire
 from fedrec.metrics import USER_METRIC_KEYS
 from fedrec.metrics.private import PrivateEvaluation, aggregate_replies
 from fedrec.models.base import Arrays
@@ -59,6 +60,8 @@ TRAIN_LOSS_KEY = "train-loss"
 PRIVACY_KEY = "privacy"
 BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED = "refused: "
+_Read = TypeVar("_Read")
+"""What a reply check deserialized from a valid reply (an upload's wire arrays)."""
 
 
 @dataclass(frozen=True)
@@ -159,19 +162,18 @@ class _FedrecHooks:
         mean = UploadMean()
         losses: list[float] = []
 
-        def take(user: int, msg: Message) -> None:
+        def take(user: int, msg: Message, wire: Wire) -> None:
             del user
-            arrays = self.upload_arrays(msg.content)
             metrics = msg.content.metric_records.get(METRICS_KEY)
             weight = None
             if self.plan.weighted:
-                assert metrics is not None  # checked by _check_upload
+                assert metrics is not None  # checked by _read_upload
                 weight = _scalar(metrics[NUM_EXAMPLES_KEY])
-            mean.add(arrays, weight)
+            mean.add(self.decode_upload(wire), weight)
             if metrics is not None and TRAIN_LOSS_KEY in metrics:
                 losses.append(_scalar(metrics[TRAIN_LOSS_KEY]))
 
-        outcome = _split_refusals(self._consume(replies, self._check_upload, take))
+        outcome = _split_refusals(self._consume(replies, self._read_upload, take, uploads=True))
         new = self.optimizer.step(self._global, [mean.mean()] if mean.count else [])
         self.last_train = outcome
         counts: dict[str, int | float | list[int] | list[float]] = {
@@ -187,17 +189,16 @@ class _FedrecHooks:
         """The global arrays sent in the train step in flight."""
         return self._global
 
-    def upload_arrays(self, content: RecordDict) -> Arrays:
-        """The item arrays a valid upload stands for (a quantized update decoded)."""
-        wire = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+    def decode_upload(self, wire: Wire) -> Arrays:
+        """The item arrays a valid upload's wire arrays stand for (a quantized update
+        decoded against the global arrays of the step in flight)."""
         return self.plan.upload.decode(wire, self._global)
 
-    def collect_train(
-        self, replies: Iterable[Message]
-    ) -> tuple[list[tuple[int, Message]], Outcome]:
-        """Valid uploads by user and the outcome (refusals apart from failures)."""
-        good, outcome = self._sort_replies(replies, self._check_upload)
-        return good, _split_refusals(outcome)
+    def collect_train(self, replies: Iterable[Message]) -> tuple[list[tuple[int, Arrays]], Outcome]:
+        """Valid uploads by user, decoded, and the outcome (refusals apart from failures)."""
+        good, outcome = self._sort_replies(replies, self._read_upload, uploads=True)
+        decoded = [(user, self.decode_upload(wire)) for user, _, wire in good]
+        return decoded, _split_refusals(outcome)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -218,7 +219,7 @@ class _FedrecHooks:
         a local-DP device out of budget is refused, not failed. In central mode the
         release the noise made is left in :attr:`eval_release` for the run's account.
         """
-        good, outcome = self._sort_replies(replies, self._check_eval)
+        good, outcome = self._sort_replies(replies, self._read_eval)
         for user, why in list(outcome.failed.items()):
             if why.startswith(REFUSED):
                 del outcome.failed[user]
@@ -227,7 +228,7 @@ class _FedrecHooks:
         self.last_eval = outcome
         values = [
             {k: _scalar(v) for k, v in m.content.metric_records[METRICS_KEY].items()}
-            for _, m in good
+            for _, m, _ in good
         ]
         summary, self.eval_release = aggregate_replies(
             self.plan.privacy_mode,
@@ -237,6 +238,10 @@ class _FedrecHooks:
             rng=self.eval_rng,
         )
         return None if summary is None else MetricRecord(dict(summary))
+
+    def _read_eval(self, content: RecordDict) -> tuple[str, None]:
+        """Why ``content`` is not an allowed evaluation reply ('' when it is)."""
+        return self._check_eval(content), None
 
     def _check_eval(self, content: RecordDict) -> str:
         """Why ``content`` is not an allowed evaluation reply ('' when it is)."""
@@ -264,38 +269,61 @@ class _FedrecHooks:
         return ""
 
     def _sort_replies(
-        self, replies: Iterable[Message], check: Callable[[RecordDict], str]
-    ) -> tuple[list[tuple[int, Message]], Outcome]:
-        """Valid replies sorted by user (a deterministic sum), and the failures."""
-        good: list[tuple[int, Message]] = []
-        outcome = self._consume(replies, check, lambda user, msg: good.append((user, msg)))
-        return good, outcome
+        self,
+        replies: Iterable[Message],
+        read: Callable[[RecordDict], tuple[str, _Read]],
+        *,
+        uploads: bool = False,
+    ) -> tuple[list[tuple[int, Message, _Read]], Outcome]:
+        """Valid replies sorted by user (a deterministic sum) with what ``read`` got from
+        each, and the failures."""
+        good: list[tuple[int, Message, _Read]] = []
+
+        def take(user: int, msg: Message, got: _Read) -> None:
+            good.append((user, msg, got))
+
+        return good, self._consume(replies, read, take, uploads=uploads)
 
     def _consume(
         self,
         replies: Iterable[Message],
-        check: Callable[[RecordDict], str],
-        take: Callable[[int, Message], None],
+        read: Callable[[RecordDict], tuple[str, _Read]],
+        take: Callable[[int, Message, _Read], None],
+        *,
+        uploads: bool = False,
     ) -> Outcome:
-        """Hand each valid reply to ``take`` in ascending user order; the outcome.
+        """Hand each valid reply, with what ``read`` got from it, to ``take`` in ascending
+        user order; the outcome.
 
-        Replies are read once, as they come (the in-process grid trains a client per
-        reply read); one that arrives before an earlier user's is answered waits, so
-        ``take`` sees the same order whatever the arrival order, and only replies that
-        came early are held.
+        ``read`` checks a reply and returns why it is refused ('' when it is valid) and
+        what it deserialized (an upload's wire arrays), so a reply is deserialized once,
+        right before ``take``. With ``uploads``, :attr:`reply_hook` (local DP) has its
+        say on each train reply. Replies are read once, as they come (the in-process grid
+        trains a client per reply read); one that arrives before an earlier user's is
+        answered waits, still serialized, so ``take`` sees the same order whatever the
+        arrival order, and only replies that came early are held.
         """
         outcome = Outcome()
         order = sorted(set(self._sent.values()))
         pending: dict[int, Message] = {}
         nxt = 0
 
+        def settle(user: int, msg: Message) -> None:
+            problem, got = read(msg.content)
+            if self.reply_hook is not None and uploads:
+                problem = self.reply_hook(user, msg.content) or problem
+            if problem:
+                outcome.failed[user] = problem
+            else:
+                take(user, msg, got)
+                outcome.participants.append(user)
+
         def release(upto_all: bool) -> None:
             nonlocal nxt
             while nxt < len(order):
                 user = order[nxt]
                 if user in pending:
-                    take(user, pending.pop(user))
-                    outcome.participants.append(user)
+                    settle(user, pending.pop(user))
                 elif user not in outcome.failed and not upto_all:
                     return
                 nxt += 1
@@ -307,13 +335,7 @@ class _FedrecHooks:
             if msg.has_error():
                 outcome.failed[user] = _reason(msg.error.reason or "error")
             else:
-                problem = check(msg.content)
-                if self.reply_hook is not None and check == self._check_upload:
-                    problem = self.reply_hook(user, msg.content) or problem
-                if problem:
-                    outcome.failed[user] = problem
-                else:
-                    pending[user] = msg
+                pending[user] = msg
             release(upto_all=False)
         release(upto_all=True)
         answered = set(outcome.participants) | set(outcome.failed)
@@ -324,8 +346,9 @@ class _FedrecHooks:
         outcome.failed = dict(sorted(outcome.failed.items()))
         return outcome
 
-    def _check_upload(self, content: RecordDict) -> str:
-        """Why ``content`` is not a valid upload ('' when it is)."""
+    def _read_upload(self, content: RecordDict) -> tuple[str, Wire]:
+        """Why ``content`` is not a valid upload ('' when it is), and its wire arrays,
+        deserialized here once ([] when it is refused before they are read)."""
         allowed_metrics = {NUM_EXAMPLES_KEY} if self.plan.weighted else set()
         if self.plan.privacy_mode != "local":
             # A locally private device never reports its loss (it describes its data).
@@ -333,18 +356,18 @@ class _FedrecHooks:
         if set(content.array_records) != {ARRAYS_KEY} or set(content.config_records) - (
             self.reply_configs
         ):
-            return "reply must hold exactly one ArrayRecord 'arrays'"
+            return "reply must hold exactly one ArrayRecord 'arrays'", []
         if any(set(r) - allowed_metrics for r in content.metric_records.values()):
-            return "reply carries metrics that are not allowed"
+            return "reply carries metrics that are not allowed", []
         metrics = content.metric_records.get(METRICS_KEY)
         if self.plan.weighted and (metrics is None or NUM_EXAMPLES_KEY not in metrics):
-            return "count weighting is on but the reply has no num-examples"
+            return "count weighting is on but the reply has no num-examples", []
         arrays = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
         shapes = [tuple(a.shape) for a in arrays]
         declared = self.plan.upload.wire_shapes(self.plan.item_shapes)
         if shapes != declared:
-            return f"upload shapes {shapes} != declared {declared}"
-        return self.plan.upload.check_wire(arrays)
+            return f"upload shapes {shapes} != declared {declared}", arrays
+        return self.plan.upload.check_wire(arrays), arrays
 
 
 def _split_refusals(outcome: Outcome) -> Outcome:
@@ -382,7 +405,14 @@ class FedAvgStrategy(_FedrecHooks, FedAvg):
 
 
 class FedAdamStrategy(_FedrecHooks, FedAdam):
-    """FedAdam (Reddi et al., ICLR 2021) on the uniform mean; moments checkpointed."""
+    """FedAdam (Reddi et al., ICLR 2021, Alg. 2) on the uniform mean; moments checkpointed.
+
+    The step is :class:`fedrec.federated.aggregation.FedAdam`'s, the paper's, with no
+    bias correction (``aggregate_train`` of :class:`_FedrecHooks`). Flower's
+    ``FedAdam`` is a base class only so that Flower's wrappers accept the strategy; its
+    own ``aggregate_train``, which scales ``eta`` by a bias correction in Flower 1.42, is
+    never called, and the ``eta``/``beta``/``tau`` given to it are not used to step.
+    """
 
     def __init__(self, plan: RoundPlan, optimizer: ServerOptimizer, cfg: ServerConfig) -> None:
         FedAdam.__init__(
