@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from clients.device import NEGATIVE_KEY
+from clients.sim_store import device_path
+from clients.store import DeviceStore
 from fedrec.metrics import USER_METRIC_KEYS
+from fedrec.training.negatives import KEY_BYTES
 from server.settings import RunSettings
 from simulations.deploy import (
     LOOPBACK,
@@ -27,6 +31,7 @@ from simulations.deploy import (
     _proc_info,
     free_ports,
     node_config,
+    node_store,
     superexec_command,
     superlink_command,
     supernode_command,
@@ -160,7 +165,11 @@ def test_deploy_local_three_nodes_two_rounds(
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "run"
-    argv = ["deploy-local", "--data", TINY, "--nodes", "3", "--rounds", "2"]
+    # iALS samples no negatives, so the deployed devices' secret negative keys leave the
+    # run equal to the in-process one (an MF run's negatives differ: docs/PRIVACY.md).
+    # alpha0 is given because `simulate` shapes it from the data and deploy-local does not.
+    model = ["--model", "ials", "--set", "model.alpha0=0.3"]
+    argv = ["deploy-local", "--data", TINY, "--nodes", "3", "--rounds", "2", *model]
     argv += ["--out", str(out), "--timeout", "600"]
     # Execute
     t0 = time.perf_counter()
@@ -176,6 +185,9 @@ def test_deploy_local_three_nodes_two_rounds(
     for name in ("config.json", "checkpoint.npz", "report.md", "logs/superlink.log"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "clients").iterdir()) == ["node-0", "node-1", "node-2"]
+    for node in range(3):  # each deployed device drew its own secret negative key
+        with DeviceStore.open(device_path(node_store(out, node), node)) as store:
+            assert len(bytes.fromhex(store.get_meta(NEGATIVE_KEY))) == KEY_BYTES
     # Assert: no process left running, checked by pid and start time
     rows = json.loads((out / "logs" / "processes.json").read_text())
     commands = {r["command"] for r in rows}
@@ -188,7 +200,7 @@ def test_deploy_local_three_nodes_two_rounds(
     assert (out / "logs" / "watchdog.log").read_text() == ""
     # Assert: the same result as the same apps in one process (no Flower processes)
     ref = tmp_path / "ref"
-    argv = ["simulate", "--engine", "inprocess", "--data", TINY, "--rounds", "2"]
+    argv = ["simulate", "--engine", "inprocess", "--data", TINY, "--rounds", "2", *model]
     assert main([*argv, "--clients-per-round", "3", "--out", str(ref)]) == 0
     expected = json.loads((ref / "metrics.json").read_text())
     # the deployed evaluation averages the devices' metrics (no list leaves a device, so
