@@ -447,8 +447,16 @@ def write_report(run_dir: str | Path, *, tradeoff: bool = False) -> Path:
     """Write ``report.md`` and its PNG plots into ``run_dir``; return the report path.
 
     ``tradeoff`` also computes the federated model's MMR curve (slow: needs the model).
+    The files describe the users' data: they are created 0600 whatever the caller's
+    umask (the Python API and ``fedrec audit`` call this outside ``fedrec report``).
     """
-    run_dir = Path(run_dir)
+    from fedrec.data.atomic import private_files
+
+    with private_files():
+        return _write_report(Path(run_dir), tradeoff=tradeoff)
+
+
+def _write_report(run_dir: Path, *, tradeoff: bool) -> Path:
     if not run_dir.is_dir():
         raise DataError(
             "run directory not found", where=str(run_dir), fix="pass the --out of a run"

@@ -17,7 +17,6 @@ work on any ``sqlite3.Connection`` in their own ``privacy_ledger`` table.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import BudgetExhaustedError, StoreError
 from fedrec.privacy.accounting import PrivacyAccount, Release, check_accountant, check_delta
 
@@ -146,19 +146,11 @@ class FileLedgerStore:
         return list(data["entries"])
 
     def append(self, record: Record) -> None:
+        """Rewrite the file with ``record`` added: 0600 under any umask (a ledger is user
+        data), through a temporary sibling, fsync, rename and an fsync of the folder."""
         data = {"format": FILE_FORMAT, "version": FILE_VERSION}
         data["entries"] = [*self.records(), record]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write_bytes(self.path, json.dumps(data, sort_keys=True).encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import DataError
 from fedrec.privacy.accounting import PrivacyAccount, epsilon_from_history
 
@@ -205,14 +205,11 @@ def local_budget_report(
 
 
 def write_privacy_json(path: str | Path, report: Mapping[str, Any]) -> None:
-    """Write ``report`` atomically (temp file, fsync, rename)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    """Write ``report`` atomically (temp file, fsync, rename), 0600 under any umask: its
+    per-client statements describe the users (the ServerApp of ``flwr run`` and library
+    callers run without ``fedrec simulate``'s umask)."""
+    text = json.dumps(report, indent=2, sort_keys=True)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def _mismatch(where: str, stated: Any, history: Any, delta: float, accountant: str) -> list[str]:

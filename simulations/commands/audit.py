@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.audit.results import AuditOptions
+    from fedrec.data.atomic import private_files
     from fedrec.errors import ConfigError
     from simulations.audit import AUDIT_JSON, run_audit
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = args.out or args.run_dir / AUDIT_JSON
-    payload = run_audit(args.run_dir, out, clients=args.clients, opts=opts)
+    with private_files():  # audit.json, its ROC plot and their folder describe the users
+        payload = run_audit(args.run_dir, out, clients=args.clients, opts=opts)
     for entry in payload["attacks"]:
         print(
             f"{entry['attack']:<40} auc={_f(entry['auc'])} p@k={_f(entry['precision_at_k'])} "
