@@ -52,6 +52,7 @@ from server.checkpoint import (
 from server.privacy_run import DeviceLedgers, RunPrivacy, eligible_users, resolve_settings
 from server.sampling import discover_users, eval_sample
 from server.settings import RunSettings, load_split
+from server.shaped import apply_shaped_defaults
 from server.strategies import EVAL_ALL_KEY, Outcome, RoundPlan, build_strategy
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -261,7 +262,12 @@ def main(grid: Grid, context: Context) -> None:
     if gram_app.is_gram_run_config(dict(context.run_config)):
         gram_app.run_from_run_config(grid, dict(context.run_config))
         return
-    settings = RunSettings.from_run_config(dict(context.run_config))
+    config = dict(context.run_config)
+    settings = RunSettings.from_run_config(config)
+    # issue 17 item 4: what the run config leaves unset comes from the data's shape
+    settings, reasons = apply_shaped_defaults(settings, load_split(settings), set(config))
+    for reason in reasons:
+        log.info("default from the data's shape: %s", reason)
     run_dir = str(Path(settings.run_dir).resolve())  # clients get the store path from it
     run_server(grid, dataclasses.replace(settings, run_dir=run_dir))
 

@@ -11,13 +11,16 @@ and nothing the selection reads, depends on them.
 The search is Optuna's TPE sampler (Bergstra et al., NeurIPS 2011) with its median
 pruner on the periodic validation NDCG@10 that reaches the run's ``on_round``
 callback (a trial below the median of earlier trials at the same round stops). The
-first trial is the model's preset, so the result is never worse on validation than
-the defaults.
+first trial is what ``fedrec simulate`` would run by default: the model's preset with
+the data-shaped rounds, devices per round and model fields
+(:mod:`fedrec.federated.shape`; iALS, NCF) of the protocol split, so the result is never
+worse on validation than the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -30,6 +33,7 @@ from typing import Any
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import FEDADAM_LR
 from fedrec.federated.presets import default_rounds, federated_preset
+from fedrec.federated.shape import DataShape, ShapedDefaults, shaped_defaults
 
 VALIDATION_FRACTION = 0.2
 """Share of each device's train items held out for scoring trials (the protocol's)."""
@@ -97,15 +101,50 @@ def search_space(model: str, max_rounds: int) -> tuple[Param, ...]:
     return (*SEARCH_SPACES[model], Param(ROUNDS_KEY, low, max_rounds, integer=True))
 
 
-def preset_values(model: str, max_rounds: int) -> dict[str, Any]:
-    """The preset's value of every searched setting (the first trial)."""
-    parts = dict(zip(("model", "train", "server"), federated_preset(model), strict=True))
-    values: dict[str, Any] = {ROUNDS_KEY: max_rounds}
+def preset_values(
+    model: str, max_rounds: int, shaped: ShapedDefaults | None = None
+) -> dict[str, Any]:
+    """The preset's value of every searched setting; with ``shaped`` (the data's shaped
+    defaults), its rounds (at most ``max_rounds``) and model fields instead: the first
+    trial, the run ``fedrec simulate`` makes by default."""
+    preset_model, preset_train, preset_server = federated_preset(model)
+    if shaped is not None:
+        preset_model = dataclasses.replace(preset_model, **shaped.model)  # type: ignore[arg-type]
+    parts: dict[str, Any] = {"model": preset_model, "train": preset_train}
+    parts["server"] = preset_server
+    rounds = max_rounds if shaped is None else min(shaped.rounds, max_rounds)
+    values: dict[str, Any] = {ROUNDS_KEY: rounds}
     for param in SEARCH_SPACES[model]:
         prefix, _, name = param.key.partition(".")
         value = getattr(parts[prefix], name.replace("-", "_"))
         values[param.key] = FEDADAM_LR if value is None and name == "server-lr" else value
     return values
+
+
+def data_shaped(spec: TuneSpec) -> ShapedDefaults | None:
+    """The shaped defaults ``fedrec simulate`` would use for ``spec``'s model on the
+    protocol split of its data (``None``: the model has none)."""
+    from server.settings import RunSettings, load_split
+
+    flat = {k: v for k, v in spec.fixed().items() if k != "clients-per-round"}
+    split = load_split(RunSettings.from_run_config(flat))
+    return shaped_defaults(spec.model, DataShape.of_train(split.train))
+
+
+def with_shaped(spec: TuneSpec, shaped: ShapedDefaults | None) -> TuneSpec:
+    """``spec`` with the shaped rounds as ``--max-rounds`` and the shaped devices per
+    round, where it leaves them unset (the cohort size is fixed across trials)."""
+    if shaped is None:
+        return spec
+    return dataclasses.replace(
+        spec,
+        max_rounds=spec.max_rounds if spec.max_rounds is not None else shaped.rounds,
+        clients_per_round=(
+            spec.clients_per_round
+            if spec.clients_per_round is not None
+            else shaped.clients_per_round
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -213,6 +252,8 @@ def tune(spec: TuneSpec, *, log: Callable[[str], None] = print) -> dict[str, Any
     import optuna
 
     check_spec(spec)
+    shaped = data_shaped(spec)
+    spec = with_shaped(spec, shaped)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = spec.out
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -230,7 +271,7 @@ def tune(spec: TuneSpec, *, log: Callable[[str], None] = print) -> dict[str, Any
         else optuna.pruners.NopPruner()
     )
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    study.enqueue_trial(preset_values(spec.model, spec.rounds))
+    study.enqueue_trial(preset_values(spec.model, spec.rounds, shaped))
     rows: list[dict[str, Any]] = []
 
     def objective(trial: Any) -> float:
@@ -310,7 +351,8 @@ def report_markdown(spec: TuneSpec, rows: list[dict[str, Any]], best: dict[str, 
         "",
         f"{len(rows)} trials (Optuna TPE, "
         f"{'median pruning on the periodic validation NDCG@10' if spec.prune else 'no pruning'};"
-        f" trial 0 is the preset). Each trial is a federated simulation on the validation "
+        " trial 0 is the default run: the preset, with the data-shaped settings where the"
+        " model has them). Each trial is a federated simulation on the validation "
         f"split: every device trains on its train items minus a holdout of "
         f"{spec.validation_fraction} (seed {spec.seed}) and is scored on that holdout by the "
         "simulation harness. **Test items were not used**; the selection reads validation "

@@ -9,8 +9,9 @@ command line leaves unset and prints the reasons. Measured on ml-100k, ml-1m, a 
 and a dense cut of ml-1m and a 10,000-item synthetic set (``docs/RESULTS.md``, "Defaults
 from the data's shape"); the rules were set on ml-100k and ml-1m's validation splits.
 
-The rules cover iALS (the scalable model they were measured for). Other kinds keep
-their presets' rounds and 100 devices per round, measured on ml-100k only.
+The rules cover iALS (the scalable model they were measured for) and the rounds of NCF
+(:func:`passes_defaults`; ml-1m's 50-round preset left 2,627 of its 6,040 users
+untrained). Other kinds keep their presets' rounds and 100 devices per round.
 """
 
 from __future__ import annotations
@@ -95,8 +96,26 @@ def shaped_rounds(shape: DataShape) -> tuple[int, int]:
     """``(rounds, clients per round)`` for :data:`PASSES` passes over the users."""
     n = max(shape.users, 1)
     k = min(n, max(CLIENTS_PER_ROUND, math.ceil(PASSES * n / MAX_ROUNDS)))
-    rounds = max(MIN_ROUNDS, math.ceil(PASSES * n / k))
-    return rounds, k
+    return rounds_at(shape, k), k
+
+
+def rounds_at(shape: DataShape, clients_per_round: int) -> int:
+    """Rounds for :data:`PASSES` passes over the users at ``clients_per_round`` devices a
+    round (a run that fixes its cohort size; at least :data:`MIN_ROUNDS`)."""
+    n = max(shape.users, 1)
+    k = max(1, min(n, clients_per_round))
+    return max(MIN_ROUNDS, math.ceil(PASSES * n / k))
+
+
+def rounds_reason(shape: DataShape, rounds: int, clients_per_round: int, *, given: bool) -> str:
+    """Why ``rounds`` (``given``: the devices per round were set, not shaped)."""
+    k = f"{clients_per_round} devices per round" + (" (given)" if given else "")
+    tail = "" if given else f", more devices per round rather than over {MAX_ROUNDS} rounds"
+    return (
+        f"rounds {rounds} and {k}: each of the {shape.users} users takes part about "
+        f"{PASSES} times ({rounds} x {clients_per_round} / {shape.users}; at least "
+        f"{MIN_ROUNDS} rounds{tail})"
+    )
 
 
 def ials_alpha0(shape: DataShape) -> float:
@@ -115,16 +134,21 @@ def shaped_defaults(kind: str, shape: DataShape) -> ShapedDefaults | None:
     return model_class(kind).shaped_defaults(shape) if kind in MODEL_KINDS else None
 
 
+def passes_defaults(shape: DataShape) -> ShapedDefaults:
+    """Only :func:`shaped_rounds`, with its reason: the shaped defaults of a model whose
+    other settings do not depend on the data (NCF)."""
+    rounds, k = shaped_rounds(shape)
+    return ShapedDefaults(rounds, k, {}, (rounds_reason(shape, rounds, k, given=False),))
+
+
 def ials_shaped_defaults(shape: DataShape) -> ShapedDefaults:
     """iALS's shaped rounds, devices per round and ``alpha0``, each with its reason."""
-    rounds, k = shaped_rounds(shape)
+    passes = passes_defaults(shape)
     alpha0 = ials_alpha0(shape)
     reasons = (
-        f"rounds {rounds} and {k} devices per round: each of the {shape.users} users takes "
-        f"part about {PASSES} times ({rounds} x {k} / {shape.users}; at least {MIN_ROUNDS} "
-        f"rounds, more devices per round rather than over {MAX_ROUNDS} rounds)",
+        *passes.reasons,
         f"alpha0 {alpha0:g}: the unobserved term of each item's loss grows with the "
         f"{shape.users} users (0.3 x sqrt(6040 / {shape.users}), 0.3 at ml-1m's 6,040 users, "
         f"within {IALS_ALPHA0_RANGE[0]:g}-{IALS_ALPHA0_RANGE[1]:g})",
     )
-    return ShapedDefaults(rounds, k, {"alpha0": alpha0}, reasons)
+    return ShapedDefaults(passes.rounds, passes.clients_per_round, {"alpha0": alpha0}, reasons)

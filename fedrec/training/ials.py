@@ -60,6 +60,27 @@ def gramian(q: npt.ArrayLike) -> F64:
     return out
 
 
+_LAST_GRAMIAN: list[tuple[F64, F64]] = []
+"""The last ``(Q, G)`` of :func:`round_gramian` (one entry)."""
+
+
+def round_gramian(q64: F64) -> F64:
+    """:func:`gramian` of ``q64``, reused while ``Q`` is bitwise the same array content.
+
+    Every device of a round solves against the same global ``Q``; in a simulation they
+    share a process, and recomputing ``Q^T Q`` (``n d^2`` flops) per device was most of a
+    round's CPU (ml-1m sparse cut: 0.13 s of a device's 0.13 s). The check is an exact
+    comparison of the whole array, so the result is the one :func:`gramian` returns.
+    """
+    if _LAST_GRAMIAN:
+        cached_q, cached_g = _LAST_GRAMIAN[0]
+        if cached_q.shape == q64.shape and np.array_equal(cached_q, q64):
+            return cached_g.copy()
+    g = gramian(q64)
+    _LAST_GRAMIAN[:] = [(q64.copy(), g.copy())]
+    return g
+
+
 def solve_user(
     q: npt.ArrayLike,
     items: npt.NDArray[np.int64],
@@ -72,7 +93,7 @@ def solve_user(
     q64 = np.asarray(q, dtype=np.float64)
     n, d = q64.shape
     qs = q64[np.asarray(items, dtype=np.int64)]
-    g = gramian(q64) if gram is None else gram
+    g = round_gramian(q64) if gram is None else gram
     a = alpha0 * g + qs.T @ qs
     a[np.diag_indices(d)] += user_regularization(len(qs), n, alpha0, lam)
     p: F64 = np.linalg.solve(a, qs.sum(axis=0))

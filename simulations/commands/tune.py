@@ -40,10 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="R",
-        help="rounds searched in [ceil(R/3), R] (default: the model's default rounds)",
+        help="rounds searched in [ceil(R/3), R] (default: the data-shaped rounds of iALS "
+        "and NCF, else the model's default rounds)",
     )
     parser.add_argument(
-        "--clients-per-round", type=int, default=None, metavar="K", help="as for simulate"
+        "--clients-per-round",
+        type=int,
+        default=None,
+        metavar="K",
+        help="as for simulate (default: the data-shaped one of iALS and NCF, else 100)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split, run and sampler seed")
     parser.add_argument(

@@ -1,0 +1,59 @@
+"""The data-shaped defaults (:mod:`fedrec.federated.shape`) applied to a run's settings.
+
+One rule for every way a run starts: ``fedrec simulate`` (what its command line set,
+:mod:`simulations.shaped`) and the ``ServerApp`` under ``flwr run`` (the keys of its run
+config, :func:`server.server_app.main`). Only what was not given changes:
+
+- neither ``num-server-rounds`` nor ``clients-per-round`` given: both shaped;
+- ``clients-per-round`` given alone: the rounds for the same passes over the users at
+  that cohort size (pyproject's ``[tool.flwr.app.config]`` sets it to 100);
+- ``num-server-rounds`` given: the rounds and cohort size stay as given or preset;
+- a shaped model field (iALS's ``model.alpha0``) given: it stays.
+
+Private runs keep their own rounds (each round spends budget and the noise is
+calibrated to the round count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from typing import Any
+
+from fedrec.data.split import Split
+from fedrec.federated.shape import DataShape, rounds_at, rounds_reason, shaped_defaults
+from server.settings import RunSettings
+
+ROUNDS_KEY = "num-server-rounds"
+CLIENTS_KEY = "clients-per-round"
+
+
+def apply_shaped_defaults(
+    settings: RunSettings, split: Split, given: Collection[str]
+) -> tuple[RunSettings, list[str]]:
+    """``settings`` with the shaped defaults of what ``given`` (flat run-config keys such
+    as ``num-server-rounds`` or ``model.alpha0``) leaves unset, and the reasons used."""
+    if settings.privacy.enabled:
+        return settings, []
+    shape = DataShape.of_train(split.train)
+    shaped = shaped_defaults(settings.model.kind, shape)
+    if shaped is None:
+        return settings, []
+    reasons: list[str] = []
+    changes: dict[str, Any] = {}
+    if ROUNDS_KEY not in given and CLIENTS_KEY not in given:
+        changes.update(rounds=shaped.rounds, clients_per_round=shaped.clients_per_round)
+        reasons.append(shaped.reasons[0])
+    elif ROUNDS_KEY not in given:
+        k = settings.clients_per_round
+        changes["rounds"] = rounds_at(shape, k)
+        reasons.append(rounds_reason(shape, changes["rounds"], k, given=True))
+    model: dict[str, Any] = {
+        name: value
+        for name, value in shaped.model.items()
+        if f"model.{name.replace('_', '-')}" not in given
+    }
+    if model:
+        changes["model"] = dataclasses.replace(settings.model, **model)
+        reasons += list(shaped.reasons[1:])
+    return dataclasses.replace(settings, **changes), reasons
