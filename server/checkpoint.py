@@ -88,7 +88,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     if not path.exists():
         return None
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:  # a run dir may come from anyone
             raw = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as err:
         raise StoreError(

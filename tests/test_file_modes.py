@@ -1,4 +1,5 @@
-"""Files that describe users are 0600 (folders 0700) whatever the process's umask.
+"""Files that describe users are 0600 (folders 0700) whatever the process's umask, and a
+run directory's checkpoint is loaded without unpickling anything.
 
 ``fedrec simulate`` runs under umask 077, but the ServerApp of ``flwr run``, the Python
 API and a library caller do not: each writer here is run under umask 022, where a file
@@ -81,3 +82,30 @@ def test_audit_files_and_the_report_are_private_under_an_open_umask(tmp_path: Pa
     written = ["report.md", *(p.name for p in run_dir.glob("*.png"))]
     assert len(written) > 1
     assert {name: _mode(run_dir / name) for name in written} == dict.fromkeys(written, 0o600)
+
+
+class _Payload:
+    """Unpickling this object writes a marker file: the attack a pickle load would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    # Prepare: a run directory whose checkpoint carries a pickled object array
+    import numpy as np
+
+    from fedrec.errors import StoreError
+    from server.checkpoint import CHECKPOINT_NPZ, load_checkpoint
+
+    marker = tmp_path / "marker"
+    payload = np.empty(1, dtype=object)
+    payload[0] = _Payload(marker)
+    np.savez(tmp_path / CHECKPOINT_NPZ, round=np.array(1), **{"item.0": payload})
+    # Execute / Assert: a clear error, and the pickle never ran
+    with pytest.raises(StoreError, match="unreadable checkpoint"):
+        load_checkpoint(tmp_path)
+    assert not marker.exists()
