@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.federated.aggregation import STRATEGIES
@@ -28,6 +28,9 @@ from server.settings import RunSettings
 from simulations.commands.common import add_data_arguments
 from simulations.commands.simulate import GRAM_MODEL
 from simulations.progress import Progress
+
+if TYPE_CHECKING:
+    from fedrec.data.split import Split
 
 NAME = "deploy-local"
 HELP = (
@@ -41,7 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_data_arguments(parser)
     parser.add_argument("--nodes", type=int, required=True, metavar="N", help="SuperNodes")
-    parser.add_argument("--rounds", type=int, default=3, help="server rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="server rounds (default 3, not shaped from the data as in fedrec simulate: "
+        "each round starts real processes; a model's data-shaped settings, e.g. iALS's "
+        "alpha0, do apply)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run directory to create")
     parser.add_argument(
         "--resume",
@@ -124,9 +134,8 @@ def _run(args: argparse.Namespace) -> int:
             raise
         done = finished_round(Path(settings.run_dir))
     else:
-        settings = _settings(args)
-        check_nodes(settings, args.nodes)
-        lock = open_new_run_dir(Path(settings.run_dir), settings, load_split(settings))
+        settings, split = _settings(args)
+        lock = open_new_run_dir(Path(settings.run_dir), settings, split)
         done = 0
     with lock, _signals_as_interrupt(), Progress(settings.rounds - done, "rounds") as bar:
 
@@ -191,13 +200,31 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4f}"
 
 
-def _settings(args: argparse.Namespace) -> RunSettings:
-    """The settings of ``fedrec simulate`` with the same flags (privacy resolved)."""
+def _settings(args: argparse.Namespace) -> tuple[RunSettings, Split]:
+    """The settings of ``fedrec simulate`` with the same flags, and the run's split.
+
+    What the flags and ``--set`` leave unset takes the data-shaped defaults of
+    ``fedrec simulate`` (:mod:`server.shaped`; iALS's ``model.alpha0``), reasons printed
+    the same way; then privacy is resolved. The rounds (``--rounds``, 3) and devices per
+    round (every node) stay deploy-local's: the shaped rounds are 50 or more, each
+    starting real processes, and the nodes, not the data's users, bound a round.
+    """
+    from server.settings import load_split
+    from server.shaped import CLIENTS_KEY, ROUNDS_KEY, apply_shaped_defaults
     from simulations.commands.simulate import prepare_settings, settings_from_args
+    from simulations.deploy import check_nodes
+    from simulations.shaped import given_keys
 
     ns = argparse.Namespace(**vars(args))
     ns.clients_per_round = args.clients_per_round or args.nodes
-    return prepare_settings(settings_from_args(ns))
+    settings = settings_from_args(ns)
+    check_nodes(settings, args.nodes)  # before anything is printed
+    split = load_split(settings)
+    given = given_keys(args) | {ROUNDS_KEY, CLIENTS_KEY}
+    settings, reasons = apply_shaped_defaults(settings, split, given)
+    for reason in reasons:
+        print(f"default from the data's shape: {reason}")
+    return prepare_settings(settings, split), split
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
