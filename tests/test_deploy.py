@@ -167,8 +167,8 @@ def test_deploy_local_three_nodes_two_rounds(
     out = tmp_path / "run"
     # iALS samples no negatives, so the deployed devices' secret negative keys leave the
     # run equal to the in-process one (an MF run's negatives differ: docs/PRIVACY.md).
-    # alpha0 is given because `simulate` shapes it from the data and deploy-local does not.
-    model = ["--model", "ials", "--set", "model.alpha0=0.3"]
+    # Neither command is given alpha0: both shape it from the data (3.0 on 3 users).
+    model = ["--model", "ials"]
     argv = ["deploy-local", "--data", TINY, "--nodes", "3", "--rounds", "2", *model]
     argv += ["--out", str(out), "--timeout", "600"]
     # Execute
