@@ -61,8 +61,7 @@ def _mf_scorer(
 ) -> ScoreFn:
     """MF: each user's vector refitted as its device would (one user at a time, cheap),
     then one ``P Q^T + b`` per batch of users."""
-    q = torch.from_numpy(floats[0])
-    b = torch.from_numpy(floats[1]).reshape(1, -1)
+    q, b = floats[0], floats[1].reshape(1, -1)
 
     def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
         p = np.concatenate(
@@ -78,7 +77,9 @@ def _mf_scorer(
                 for u in users
             ]
         )
-        return torch.from_numpy(p) @ q.T + b
+        out = p @ q.T  # NumPy's BLAS: on one thread about twice torch's speed here
+        out += b
+        return torch.from_numpy(out)
 
     return scores
 
@@ -103,7 +104,7 @@ def _ials_scorer(settings: RunSettings, split: Split, floats: Arrays) -> ScoreFn
                 for u in users
             ]
         )
-        return torch.from_numpy(np.ascontiguousarray((q64 @ p.T).astype(np.float32).T))
+        return torch.from_numpy((p @ q64.T).astype(np.float32))
 
     return scores
 

@@ -11,7 +11,10 @@ ranking (no cut-off): one plus the number of candidates that beat it.
 
 The batch size adapts so that ``batch * n_items`` stays under ``MAX_BATCH_FLOATS``
 scores; :func:`evaluate_user` runs the very same code on one user, so a device
-evaluating itself reports exactly what central evaluation would.
+evaluating itself reports exactly what central evaluation would. On the CPU the
+ranking runs in NumPy row by row (:func:`_rank_rows`: no dense masks, a partition for
+the top list); on another device in torch over the batch (:func:`_rank_batch`); both
+give the same lists and ranks (tested).
 """
 
 from __future__ import annotations
@@ -129,6 +132,72 @@ def _rank_batch(
     return hits.cpu().numpy(), top10.cpu().numpy(), rank.cpu().numpy().astype(np.int64)
 
 
+def _row_top(
+    row: npt.NDArray[np.floating], train: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.int64]:
+    """:func:`_top_k` of one masked row (train items at ``-inf``), without padding."""
+    n = row.size
+    if k < n:
+        part = np.argpartition(row, n - k - 1)
+        chosen = part[n - k :]
+        threshold = row[chosen].min()
+        # a tie across the cut (the (k+1)-th equals the k-th) or train items reached:
+        # resolve exactly, by lower index
+        if row[part[n - k - 1]] == threshold or threshold == -np.inf:
+            above = np.flatnonzero(row > threshold)
+            at = np.flatnonzero(row == threshold)
+            if threshold == -np.inf:
+                at = at[~np.isin(at, train)]
+            chosen = np.concatenate([above, at[: k - above.size]])
+    else:
+        chosen = np.setdiff1d(np.arange(n, dtype=np.int64), train)
+    return chosen[np.lexsort((chosen, -row[chosen]))].astype(np.int64)
+
+
+def _rank_rows(
+    scores: npt.NDArray[np.floating], train: sp.csr_matrix, test: sp.csr_matrix
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """:func:`_rank_batch` on the CPU in NumPy, one row at a time (same results).
+
+    ``train``/``test``: the batch's rows of the split (sparse). Touches each score a
+    few times (a partition, one comparison per count) and never builds a dense mask:
+    on one CPU thread it is about 20x faster than the torch path on a 340,000-item
+    catalog (torch's boolean reductions and ``masked_fill`` dominated).
+    """
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float32)
+    if bool(np.isnan(scores).any()):
+        raise ValueError("scores contain NaN; the model diverged or score_fn is wrong")
+    b, n = scores.shape
+    k = min(LIST_LENGTH, n)
+    hits = np.zeros((b, k), dtype=bool)
+    top10 = np.full((b, TOP_K), -1, dtype=np.int64)
+    rank = np.zeros(b, dtype=np.int64)
+    for r in range(b):
+        tr = train.indices[train.indptr[r] : train.indptr[r + 1]].astype(np.int64)
+        te = test.indices[test.indptr[r] : test.indptr[r + 1]].astype(np.int64)
+        tr = tr[train.data[train.indptr[r] : train.indptr[r + 1]] != 0]
+        te = te[test.data[test.indptr[r] : test.indptr[r + 1]] != 0]
+        row = scores[r].copy()
+        row[tr] = -np.inf
+        top = _row_top(row, tr, k)
+        hits[r, : top.size] = np.isin(top, te)
+        m = min(top.size, TOP_K)
+        top10[r, :m] = top[:m]
+        relevant = np.setdiff1d(te, tr)
+        if relevant.size == 0:
+            continue
+        best = row[relevant].max()
+        rank[r] = 1 + np.count_nonzero(row > best)
+        if np.count_nonzero(row == best) > 1:
+            first = relevant[row[relevant] == best].min()
+            before = np.count_nonzero(row[:first] == best)
+            if best == -np.inf:  # the train items at -inf are no candidates
+                before -= np.count_nonzero(np.unique(tr) < first)
+            rank[r] += before
+    return hits, top10, rank
+
+
 def _row_counts(matrix: sp.csr_matrix) -> npt.NDArray[np.int64]:
     binary = sp.csr_matrix(matrix, copy=True)
     binary.eliminate_zeros()
@@ -240,9 +309,14 @@ def evaluate_scores(
             raise ValueError(
                 f"score_fn returned shape {tuple(scores.shape)}, expected ({len(batch)}, {n_items})"
             )
-        train = _dense_rows(split.train, batch, dev)
-        test = _dense_rows(split.test, batch, dev)
-        batch_hits, batch_top, batch_rank = _rank_batch(scores, train, test)
+        if dev.type == "cpu":
+            batch_hits, batch_top, batch_rank = _rank_rows(
+                scores.numpy(), sp.csr_matrix(split.train[batch]), sp.csr_matrix(split.test[batch])
+            )
+        else:
+            train = _dense_rows(split.train, batch, dev)
+            test = _dense_rows(split.test, batch, dev)
+            batch_hits, batch_top, batch_rank = _rank_batch(scores, train, test)
         hits.append(batch_hits)
         tops.append(batch_top)
         ranks.append(batch_rank)
@@ -278,6 +352,14 @@ def evaluate_user(
     if test_idx.size == 0:
         raise ValueError("evaluate_user needs at least one test item")
     n_items = int(scores.shape[-1])
+    if scores.device.type == "cpu":
+        rows = [np.asarray(train_items, dtype=np.int64), test_idx]
+        train, test = (
+            sp.csr_matrix((np.ones(r.size), r, [0, r.size]), shape=(1, n_items)) for r in rows
+        )
+        hits, top, rank = _rank_rows(scores.reshape(1, n_items).numpy(), train, test)
+        per_user = metrics_from_hits(hits, np.array([test_idx.size]), rank)
+        return {key: float(value[0]) for key, value in per_user.items()}, top[0]
     masks = torch.zeros((2, n_items), dtype=torch.bool, device=scores.device)
     masks[0, torch.as_tensor(np.asarray(train_items, dtype=np.int64), device=scores.device)] = True
     masks[1, torch.as_tensor(test_idx, device=scores.device)] = True

@@ -104,8 +104,10 @@ class MatrixFactorization(TrainableRecommender):
         if not mf_fast.supports(model_cfg, train_cfg):
             return None
         p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
-        q, b = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in global_items[:2])
-        return (torch.from_numpy(p) @ q.T + b.T)[0]
+        q, b = (np.asarray(a, dtype=np.float32) for a in global_items[:2])
+        scores = p @ q.T  # as the harness's batches of users (simulations.evaluation)
+        scores += b.T
+        return torch.from_numpy(scores[0])
 
     def example_units(self, n_interactions: int) -> torch.Tensor:
         """Interaction ``j``'s positive row and its ``negatives`` rows (BCE), or its
