@@ -280,19 +280,14 @@ class DeviceClient:
             Corrupted, foreign, newer or already-open store, or a ``user_id`` that
             differs from the one the store was created for. The file is left untouched.
         """
-        store = DeviceStore.open(path, durable=durable)
+        # The owner check comes before any write, an older schema's migration included:
+        # another user's store is never changed (DeviceStore.open refuses it).
+        store = DeviceStore.open(path, durable=durable, user_id=user_id)
         try:
             if store.get_meta("created") is None:
                 with store.transaction():
                     store.set_meta("user_id", user_id)
                     store.set_meta("created", time.time())
-            # The owner check comes before any write: another user's store is never changed.
-            if user_id is not None and store.get_meta("user_id") != user_id:
-                raise StoreError(
-                    f"store belongs to user {store.get_meta('user_id')!r}, not {user_id!r}",
-                    where=str(path),
-                    fix="open this user's own store file",
-                )
             if secret_negatives and store.get_meta(NEGATIVE_KEY) is None:
                 store.set_meta(NEGATIVE_KEY, new_device_key().hex())
             return cls(

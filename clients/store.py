@@ -363,18 +363,26 @@ class DeviceStore:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, target_version: int = SCHEMA_VERSION, durable: bool = True
+        cls,
+        path: str | Path,
+        *,
+        target_version: int = SCHEMA_VERSION,
+        durable: bool = True,
+        user_id: str | int | None = None,
     ) -> DeviceStore:
         """Open (or create) the store at ``path``, migrating it to ``target_version``.
 
-        ``durable=False``: no fsync per commit (see the module docstring).
+        ``durable=False``: no fsync per commit (see the module docstring). ``user_id``:
+        refuse a store created for another user (its ``meta`` ``user_id``), read before
+        anything is written, the migration of an older schema included.
 
         Raises
         ------
         StoreError
-            The file is corrupted or foreign, is newer than this code, is locked by
-            another open (under any name), is not a regular file, or its folder does
-            not exist. A foreign or newer file is never modified then.
+            The file is corrupted or foreign, is newer than this code, belongs to
+            another user than ``user_id``, is locked by another open (under any name),
+            is not a regular file, or its folder does not exist. A foreign, newer or
+            other user's file is never modified then.
         """
         path = Path(path)
         if not path.parent.is_dir():
@@ -382,7 +390,7 @@ class DeviceStore:
         fd, key = _lock(path)
         try:
             _remove_legacy_lock(path)
-            return cls(path, _connect(path, fd, target_version, durable), fd, key)
+            return cls(path, _connect(path, fd, target_version, durable, user_id), fd, key)
         except BaseException:
             _unlock(fd, key)
             raise
@@ -539,11 +547,15 @@ def _remove_legacy_lock(path: Path) -> None:
             legacy.unlink()
 
 
-def _connect(path: Path, fd: int, target_version: int, durable: bool) -> sqlite3.Connection:
+def _connect(
+    path: Path, fd: int, target_version: int, durable: bool, user_id: str | int | None
+) -> sqlite3.Connection:
     _inspect(path, fd)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=0.0)
     try:
         version = _identify(conn, path)
+        if user_id is not None and version > 0:  # reads only: before any write
+            _check_owner(conn, path, user_id)
         if version == 0:  # our id in the main file before any WAL frame (see _inspect)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -558,6 +570,19 @@ def _connect(path: Path, fd: int, target_version: int, durable: bool) -> sqlite3
         conn.close()
         raise
     return conn
+
+
+def _check_owner(conn: sqlite3.Connection, path: Path, user_id: str | int) -> None:
+    """Refuse a store created (``meta`` ``created`` set) for another user than ``user_id``."""
+    with _reading(path):
+        rows = conn.execute("SELECT key, value FROM meta WHERE key IN ('user_id', 'created')")
+        meta = {key: json.loads(value) for key, value in rows}
+    if meta.get("created") is not None and meta.get("user_id") != user_id:
+        raise _error(
+            f"store belongs to user {meta.get('user_id')!r}, not {user_id!r}",
+            path,
+            "open this user's own store file; the file was left untouched",
+        )
 
 
 def migrate(conn: sqlite3.Connection, current: int, target: int = SCHEMA_VERSION) -> None:

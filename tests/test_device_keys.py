@@ -57,6 +57,30 @@ def test_opening_another_users_store_fails_and_leaves_it_byte_identical(
         assert store.get_meta("user_id") == 3
 
 
+def test_another_users_store_of_an_older_schema_is_refused_before_its_migration(
+    tmp_path: Path,
+) -> None:
+    # Prepare: user 3's store as schema 1 wrote it (no privacy ledger table yet)
+    path = tmp_path / "device.db"
+    with DeviceStore.open(path, target_version=1) as store:
+        store.set_meta("user_id", 3)
+        store.set_meta("created", 0.0)
+        store.add_interactions([(1, None, 0.0), (5, 4.0, 1.0)])
+    assert int.from_bytes(path.read_bytes()[60:64], "big") == 1  # PRAGMA user_version
+    before = _folder_bytes(tmp_path)
+    # Execute: user 4 opens it, as a device would (which migrates a store it may open)
+    with pytest.raises(StoreError, match="belongs to user 3") as caught:
+        DeviceClient.open(path, user_id=4)
+    # Assert: refused before the migration wrote anything: byte for byte the same file,
+    # still schema 1, and no lock left behind (its owner opens and migrates it)
+    assert caught.value.where == str(path)
+    assert _folder_bytes(tmp_path) == before
+    with DeviceClient.open(path, user_id=3) as device:
+        assert device.client_id == "3"
+    with DeviceStore.open(path) as store:
+        assert store.version == 2 and len(store.interactions()) == 2
+
+
 def _train_message(settings: RunSettings, arrays: list[np.ndarray], node: int) -> Message:
     config = ConfigRecord(dict(settings.client_config()))
     config["server-round"] = 1
