@@ -11,7 +11,9 @@ config, :func:`server.server_app.main`). Only what was not given changes:
 - a shaped model field (iALS's ``model.alpha0``) given: it stays.
 
 Private runs keep their own rounds (each round spends budget and the noise is
-calibrated to the round count).
+calibrated to the round count); under ``--privacy central`` a model whose preset asks
+for it (iALS) puts every user in every round unless ``clients-per-round`` is given
+(:func:`fedrec.federated.presets.central_clients_per_round`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
+import numpy as np
+
 from fedrec.data.split import Split
+from fedrec.federated.presets import central_clients_per_round
 from fedrec.federated.shape import DataShape, rounds_at, rounds_reason, shaped_defaults
 from server.settings import RunSettings
 
@@ -34,7 +39,7 @@ def apply_shaped_defaults(
     """``settings`` with the shaped defaults of what ``given`` (flat run-config keys such
     as ``num-server-rounds`` or ``model.alpha0``) leaves unset, and the reasons used."""
     if settings.privacy.enabled:
-        return settings, []
+        return _central_cohort(settings, split, given)
     shape = DataShape.of_train(split.train)
     shaped = shaped_defaults(settings.model.kind, shape)
     if shaped is None:
@@ -57,3 +62,20 @@ def apply_shaped_defaults(
         changes["model"] = dataclasses.replace(settings.model, **model)
         reasons += list(shaped.reasons[1:])
     return dataclasses.replace(settings, **changes), reasons
+
+
+def _central_cohort(
+    settings: RunSettings, split: Split, given: Collection[str]
+) -> tuple[RunSettings, list[str]]:
+    """A central-DP run's cohort size from its model's preset when none was given."""
+    if settings.privacy.mode != "central" or CLIENTS_KEY in given:
+        return settings, []
+    n_clients = int(np.count_nonzero(np.diff(split.train.indptr) > 0))
+    k = central_clients_per_round(settings.model.kind, n_clients)
+    if k is None:
+        return settings, []
+    reason = (
+        f"clients per round {k}: every user in every round under central DP-FedAvg for "
+        f"{settings.model.kind} (q = 1, the noise on the mean is z S / {k})"
+    )
+    return dataclasses.replace(settings, clients_per_round=k), [reason]
