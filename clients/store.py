@@ -374,7 +374,9 @@ class DeviceStore:
 
         ``durable=False``: no fsync per commit (see the module docstring). ``user_id``:
         refuse a store created for another user (its ``meta`` ``user_id``), read before
-        anything is written, the migration of an older schema included.
+        anything is written, the migration of an older schema included. (If its owner
+        stopped without closing it, SQLite folds the owner's committed WAL into the file
+        when the refused open closes: the bytes change, the content does not.)
 
         Raises
         ------
@@ -581,7 +583,7 @@ def _check_owner(conn: sqlite3.Connection, path: Path, user_id: str | int) -> No
         raise _error(
             f"store belongs to user {meta.get('user_id')!r}, not {user_id!r}",
             path,
-            "open this user's own store file; the file was left untouched",
+            "open this user's own store file; nothing was written into this one",
         )
 
 
