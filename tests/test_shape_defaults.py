@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from fedrec.federated.shape import (
     shaped_defaults,
     shaped_rounds,
 )
+from server.privacy_run import eligible_users
 from server.settings import load_split
 from simulations.commands import simulate as simulate_cmd
 from simulations.shaped import apply_shape_defaults
@@ -119,5 +121,8 @@ def test_private_runs_keep_their_rounds(tmp_path: Path) -> None:
     # Execute
     shaped, reasons = apply_shape_defaults(settings, load_split(settings), args)  # type: ignore[arg-type]
 
-    # Assert
-    assert reasons == [] and shaped == settings
+    # Assert: the rounds stay; the cohort is every user (central iALS's q = 1 preset,
+    # fedrec.federated.presets.central_clients_per_round), nothing else changes
+    n = len(eligible_users(load_split(settings)))  # type: ignore[arg-type]
+    assert shaped == dataclasses.replace(settings, clients_per_round=n)
+    assert shaped.rounds == settings.rounds and len(reasons) == 1 and "every user" in reasons[0]
