@@ -16,9 +16,11 @@ import torch
 
 from fedrec.data import random_split, synthetic
 from fedrec.errors import ConfigError
+from fedrec.federated.aggregation import sample_clients
 from fedrec.federated.client import client_fit, client_scores
 from fedrec.federated.loop import run_federated
-from fedrec.federated.presets import LIGHTGCN_LOCAL, federated_preset
+from fedrec.federated.presets import LIGHTGCN_LOCAL, default_rounds, federated_preset
+from fedrec.federated.shape import PASSES, DataShape, shaped_defaults
 from fedrec.metrics.evaluate import evaluate_scores
 from fedrec.models.base import check_facts, check_split, item_side, user_side
 from fedrec.models.config import LocalTrainConfig, ModelConfig
@@ -282,3 +284,30 @@ def test_cli_simulate_recommend_similar_and_baseline(
     assert json.loads((run / "config.json").read_text())["model"]["kind"] == "lightgcn"
     assert len(recs) == 3 and len(similar) == 3
     assert local == 2 and "one-interaction unit" in capsys.readouterr().err
+
+
+def _participations(users: int, rounds: int, per_round: int) -> np.ndarray:
+    counts = np.zeros(users, dtype=np.int64)
+    for rnd in range(rounds):
+        counts[sample_clients(users, per_round, rnd, 0)] += 1
+    return counts
+
+
+def test_shaped_rounds_let_every_user_take_part_about_passes_times() -> None:
+    # Prepare: ml-1m's train shape (6,040 users)
+    shape = DataShape(users=6040, items=3706, interactions=6040 * 132)
+
+    # Execute
+    shaped = shaped_defaults("lightgcn", shape)
+    assert shaped is not None
+    shaped_counts = _participations(shape.users, shaped.rounds, shaped.clients_per_round)
+    preset_counts = _participations(shape.users, default_rounds("lightgcn"), 100)
+
+    # Assert: about PASSES participations each and nobody left out, where the preset's
+    # 150 rounds of 100 give 2.5 and leave about 8% of the users out; only the rounds
+    # and devices per round are shaped
+    assert (shaped.rounds, shaped.clients_per_round) == (604, 100)
+    assert abs(shaped_counts.mean() - PASSES) < 0.2
+    assert (shaped_counts == 0).mean() < 0.001
+    assert (preset_counts == 0).mean() > 0.05
+    assert shaped.model == {} and "takes part about" in shaped.reasons[0]
