@@ -8,7 +8,8 @@ config, :func:`server.server_app.main`). Only what was not given changes:
 - ``clients-per-round`` given alone: the rounds for the same passes over the users at
   that cohort size (pyproject's ``[tool.flwr.app.config]`` sets it to 100);
 - ``num-server-rounds`` given: the rounds and cohort size stay as given or preset;
-- a shaped model field (iALS's ``model.alpha0``) given: it stays.
+- a shaped model or server field (iALS's ``model.alpha0``, its ``server.server-lr`` on
+  dense data) given: it stays (a shaped server rate also needs the preset's strategy).
 
 Private runs keep their own rounds (each round spends budget and the noise is
 calibrated to the round count); under ``--privacy central`` a model whose preset asks
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.data.split import Split
-from fedrec.federated.presets import central_clients_per_round
+from fedrec.federated.presets import central_clients_per_round, federated_preset
 from fedrec.federated.shape import DataShape, rounds_at, rounds_reason, shaped_defaults
 from server.settings import RunSettings
 
@@ -51,8 +52,8 @@ def apply_shaped_defaults(
         reasons.append(shaped.reasons[0])
     elif ROUNDS_KEY not in given:
         k = settings.clients_per_round
-        changes["rounds"] = rounds_at(shape, k)
-        reasons.append(rounds_reason(shape, changes["rounds"], k, given=True))
+        changes["rounds"] = rounds_at(shape, k, shaped.passes)
+        reasons.append(rounds_reason(shape, changes["rounds"], k, given=True, passes=shaped.passes))
     model: dict[str, Any] = {
         name: value
         for name, value in shaped.model.items()
@@ -60,7 +61,16 @@ def apply_shaped_defaults(
     }
     if model:
         changes["model"] = dataclasses.replace(settings.model, **model)
-        reasons += list(shaped.reasons[1:])
+        reasons += [shaped.reason("model", name) for name in model]
+    # the shaped rate is an Adam rate: only under the preset's strategy (FedAdam)
+    server: dict[str, Any] = {
+        name: value
+        for name, value in shaped.server.items()
+        if f"server.{name.replace('_', '-')}" not in given
+    }
+    if server and settings.server.strategy == federated_preset(settings.model.kind)[2].strategy:
+        changes["server"] = dataclasses.replace(settings.server, **server)
+        reasons += [shaped.reason("server", name) for name in server]
     return dataclasses.replace(settings, **changes), reasons
 
 

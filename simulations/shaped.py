@@ -22,6 +22,8 @@ def given_keys(args: argparse.Namespace) -> set[str]:
         given.add(ROUNDS_KEY)
     if getattr(args, "clients_per_round", None) is not None:
         given.add(CLIENTS_KEY)
+    if getattr(args, "server_lr", None) is not None:
+        given.add("server.server-lr")
     return given
 
 

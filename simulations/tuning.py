@@ -110,6 +110,7 @@ def preset_values(
     preset_model, preset_train, preset_server = federated_preset(model)
     if shaped is not None:
         preset_model = dataclasses.replace(preset_model, **shaped.model)  # type: ignore[arg-type]
+        preset_server = dataclasses.replace(preset_server, **shaped.server)  # type: ignore[arg-type]
     parts: dict[str, Any] = {"model": preset_model, "train": preset_train}
     parts["server"] = preset_server
     rounds = max_rounds if shaped is None else min(shaped.rounds, max_rounds)

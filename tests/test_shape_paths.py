@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedrec.federated.presets import federated_preset
-from fedrec.federated.shape import DataShape, ials_alpha0, rounds_at, shaped_rounds
+from fedrec.federated.shape import (
+    DENSE_PER_USER,
+    DataShape,
+    ials_alpha0,
+    ials_shaped_defaults,
+    rounds_at,
+    shaped_rounds,
+)
 from server import server_app
 from server.settings import RunSettings, load_split
 from server.shaped import apply_shaped_defaults
@@ -138,3 +146,49 @@ def test_tune_runs_the_shaped_defaults_as_trial_zero(tmp_path: Path) -> None:
     best = json.loads((spec.out / "best.json").read_text())
     assert best["clients-per-round"] == shaped_rounds(shape)[1]
     assert best["model.alpha0"] == ials_alpha0(shape)
+
+
+DENSE = DataShape(users=605, items=3624, interactions=243_660)  # ml-1m's dense cut (validation)
+
+
+def test_dense_data_gets_a_smaller_server_rate_over_more_rounds_and_no_other_set_does() -> None:
+    # Execute
+    dense = ials_shaped_defaults(DENSE)
+    others = [
+        ials_shaped_defaults(DataShape(943, 1682, 79_619)),  # ml-100k
+        ials_shaped_defaults(DataShape(6040, 3706, 797_758)),  # ml-1m
+        ials_shaped_defaults(DataShape(6040, 3465, 157_937)),  # its sparse cut
+    ]
+
+    # Assert: rate x rounds kept (the distance Adam moves), about 0.0099 and 122 rounds
+    scale = DENSE.per_user / DENSE_PER_USER
+    assert dense.server == {"server_lr": pytest.approx(0.02 / scale, rel=1e-3)}
+    assert dense.rounds == rounds_at(DENSE, 100, 10 * scale) == 122
+    assert "server rate 0.00993" in dense.reason("server", "server_lr")
+    assert all(o.server == {} and o.passes == 10 for o in others)
+    assert [o.rounds for o in others] == [95, 604, 604]
+
+
+def test_the_shaped_server_rate_applies_only_where_unset_and_under_fedadam(tmp_path: Path) -> None:
+    # Prepare: a dense synthetic set (240 train items per user)
+    data = "synthetic:users=40,items=600,mean=500,seed=4"
+    preset = RunSettings(data=data, model=federated_preset("ials")[0])
+    preset = dataclasses.replace(preset, server=federated_preset("ials")[2])
+    split = load_split(preset)
+    shape = DataShape.of_train(split.train)
+    assert shape.per_user > DENSE_PER_USER
+
+    # Execute
+    plain, reasons = apply_shaped_defaults(preset, split, set())
+    given, _ = apply_shaped_defaults(preset, split, {"server.server-lr"})
+    fedavg = dataclasses.replace(
+        preset, server=dataclasses.replace(preset.server, strategy="fedavg")
+    )
+    other, _ = apply_shaped_defaults(fedavg, split, set())
+    tuned = preset_values("ials", 1000, ials_shaped_defaults(shape))
+
+    # Assert
+    assert plain.server.server_lr == ials_shaped_defaults(shape).server["server_lr"] < 0.02
+    assert any(r.startswith("server rate") for r in reasons)
+    assert given.server.server_lr == 0.02 and other.server.server_lr == fedavg.server.server_lr
+    assert tuned["server.server-lr"] == plain.server.server_lr  # tune's trial 0 too

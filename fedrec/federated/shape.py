@@ -9,9 +9,9 @@ command line leaves unset and prints the reasons. Measured on ml-100k, ml-1m, a 
 and a dense cut of ml-1m and a 10,000-item synthetic set (``docs/RESULTS.md``, "Defaults
 from the data's shape"); the rules were set on ml-100k and ml-1m's validation splits.
 
-The rules cover iALS (the scalable model they were measured for) and the rounds of NCF
-(:func:`passes_defaults`; ml-1m's 50-round preset left 2,627 of its 6,040 users
-untrained). Other kinds keep their presets' rounds and 100 devices per round.
+The rules cover iALS (the scalable model they were measured for) and the rounds of
+LightGCN (:func:`passes_defaults`; measured on ml-1m's validation split). Other kinds
+keep their presets' rounds and 100 devices per round.
 """
 
 from __future__ import annotations
@@ -56,6 +56,21 @@ overshoots the dense cut (3.0: 0.356 against 0.389 at 1.0). A fit to four sets, 
 law: ``fedrec tune`` searches ``alpha0`` (``docs/RESULTS.md``)."""
 IALS_ALPHA0_RANGE = (0.1, 3.0)
 """Bounds of the shaped ``alpha0`` (the range measured)."""
+DENSE_PER_USER = 200
+"""Above this many train interactions per user, iALS's server rate is scaled by
+``DENSE_PER_USER / s`` and its passes by ``s / DENSE_PER_USER`` (the same rate x rounds,
+the distance Adam moves each coordinate). Server Adam moves each coordinate by about
+the rate per round whatever the gradient's size; on ml-1m's dense cut (605 users, 403
+train items each on its validation split) the preset's 0.02 overshoots mid-run:
+validation NDCG@10 0.375 at round 20, 0.347 at round 40, back to 0.381 only after the
+step decay (61 rounds; test: 0.711 at round 40, final 0.778, a range of 0.057 over the
+last 30% of the rounds). At the scaled rate 0.00993 and 122 rounds validation rises to
+0.387 and varies by 0.004 over the last 30% (test: 0.786, 0.997x EASE, range 0.006);
+halving the rate without more rounds under-trains (0.0079, 61 rounds: 0.377). The
+threshold sits between ml-1m (132 per user, stable at 0.02: test range 0.003) and the
+dense cut; ml-100k (84), ml-1m's sparse cut
+(26) and the 10,000-item synthetic set (32) are below it and unchanged. One set above
+the threshold, on its validation split: a fit, not a law (``docs/RESULTS.md``)."""
 
 
 @dataclass(frozen=True)
@@ -90,32 +105,51 @@ class ShapedDefaults:
     model: dict[str, float] = field(default_factory=dict)
     """``ModelConfig`` fields to set (e.g. ``{"alpha0": 0.3}``)."""
     reasons: tuple[str, ...] = ()
+    """The rounds' reason first, then one per ``model`` field, then one per ``server``
+    field, in their order."""
+    server: dict[str, float] = field(default_factory=dict)
+    """``ServerConfig`` fields to set (e.g. ``{"server_lr": 0.01}``)."""
+    passes: float = PASSES
+    """Participations per user the rounds are for (at a cohort size given instead)."""
+
+    def reason(self, part: str, name: str) -> str:
+        """The reason of ``model`` or ``server`` field ``name``."""
+        names = [("model", n) for n in self.model] + [("server", n) for n in self.server]
+        return self.reasons[1 + names.index((part, name))]
 
 
-def shaped_rounds(shape: DataShape) -> tuple[int, int]:
-    """``(rounds, clients per round)`` for :data:`PASSES` passes over the users."""
+def shaped_rounds(shape: DataShape, passes: float = PASSES) -> tuple[int, int]:
+    """``(rounds, clients per round)`` for ``passes`` passes over the users."""
     n = max(shape.users, 1)
-    k = min(n, max(CLIENTS_PER_ROUND, math.ceil(PASSES * n / MAX_ROUNDS)))
-    return rounds_at(shape, k), k
+    k = min(n, max(CLIENTS_PER_ROUND, math.ceil(passes * n / MAX_ROUNDS)))
+    return rounds_at(shape, k, passes), k
 
 
-def rounds_at(shape: DataShape, clients_per_round: int) -> int:
-    """Rounds for :data:`PASSES` passes over the users at ``clients_per_round`` devices a
+def rounds_at(shape: DataShape, clients_per_round: int, passes: float = PASSES) -> int:
+    """Rounds for ``passes`` passes over the users at ``clients_per_round`` devices a
     round (a run that fixes its cohort size; at least :data:`MIN_ROUNDS`)."""
     n = max(shape.users, 1)
     k = max(1, min(n, clients_per_round))
-    return max(MIN_ROUNDS, math.ceil(PASSES * n / k))
+    return max(MIN_ROUNDS, math.ceil(round(passes * n / k, 6)))
 
 
-def rounds_reason(shape: DataShape, rounds: int, clients_per_round: int, *, given: bool) -> str:
+def rounds_reason(
+    shape: DataShape, rounds: int, clients_per_round: int, *, given: bool, passes: float = PASSES
+) -> str:
     """Why ``rounds`` (``given``: the devices per round were set, not shaped)."""
     k = f"{clients_per_round} devices per round" + (" (given)" if given else "")
     tail = "" if given else f", more devices per round rather than over {MAX_ROUNDS} rounds"
     return (
         f"rounds {rounds} and {k}: each of the {shape.users} users takes part about "
-        f"{PASSES} times ({rounds} x {clients_per_round} / {shape.users}; at least "
+        f"{passes:.3g} times ({rounds} x {clients_per_round} / {shape.users}; at least "
         f"{MIN_ROUNDS} rounds{tail})"
     )
+
+
+def ials_dense_scale(shape: DataShape) -> float:
+    """``s / DENSE_PER_USER`` above :data:`DENSE_PER_USER` interactions per user, else 1:
+    the factor dividing iALS's server rate and multiplying its passes."""
+    return max(1.0, shape.per_user / DENSE_PER_USER)
 
 
 def ials_alpha0(shape: DataShape) -> float:
@@ -136,19 +170,34 @@ def shaped_defaults(kind: str, shape: DataShape) -> ShapedDefaults | None:
 
 def passes_defaults(shape: DataShape) -> ShapedDefaults:
     """Only :func:`shaped_rounds`, with its reason: the shaped defaults of a model whose
-    other settings do not depend on the data (NCF)."""
+    other settings do not depend on the data (LightGCN)."""
     rounds, k = shaped_rounds(shape)
     return ShapedDefaults(rounds, k, {}, (rounds_reason(shape, rounds, k, given=False),))
 
 
 def ials_shaped_defaults(shape: DataShape) -> ShapedDefaults:
-    """iALS's shaped rounds, devices per round and ``alpha0``, each with its reason."""
-    passes = passes_defaults(shape)
+    """iALS's shaped rounds, devices per round, ``alpha0`` and (dense data) server rate,
+    each with its reason."""
+    from fedrec.federated.presets import IALS_SERVER
+
+    preset_lr = float(IALS_SERVER.server_lr or 0.0)
+    scale = ials_dense_scale(shape)
+    passes = PASSES * scale
+    rounds, k = shaped_rounds(shape, passes)
     alpha0 = ials_alpha0(shape)
-    reasons = (
-        *passes.reasons,
+    reasons = [
+        rounds_reason(shape, rounds, k, given=False, passes=passes),
         f"alpha0 {alpha0:g}: the unobserved term of each item's loss grows with the "
         f"{shape.users} users (0.3 x sqrt(6040 / {shape.users}), 0.3 at ml-1m's 6,040 users, "
         f"within {IALS_ALPHA0_RANGE[0]:g}-{IALS_ALPHA0_RANGE[1]:g})",
-    )
-    return ShapedDefaults(passes.rounds, passes.clients_per_round, {"alpha0": alpha0}, reasons)
+    ]
+    server: dict[str, float] = {}
+    if scale > 1.0:
+        server["server_lr"] = float(f"{preset_lr / scale:.3g}")
+        reasons.append(
+            f"server rate {server['server_lr']:g} and {passes:.3g} passes: "
+            f"{shape.per_user:.0f} train items per user, above {DENSE_PER_USER}: the rate "
+            f"{preset_lr:g} x {DENSE_PER_USER} / {shape.per_user:.0f} with the rounds "
+            "scaled up alike (the preset's rate overshoots mid-run on dense data)"
+        )
+    return ShapedDefaults(rounds, k, {"alpha0": alpha0}, tuple(reasons), server, passes)
