@@ -111,6 +111,14 @@ class LightGCN(TrainableRecommender):
         self.register_buffer("graph_items", empty, False)
         self.register_buffer("graph_keys", empty.clone(), False)
 
+    def seed_device_user(self, seed: int) -> None:
+        """A device's fresh ``p_u``: MF's (:func:`fedrec.models.mf.initial_user_vector`,
+        from ``seed`` alone), which the fast path (MF's loader) starts from too."""
+        from fedrec.models.mf import initial_user_vector
+
+        with torch.no_grad():
+            self.user_emb.weight[0] = torch.from_numpy(initial_user_vector(self.cfg, seed))
+
     # -- facts ---------------------------------------------------------------------
 
     @classmethod

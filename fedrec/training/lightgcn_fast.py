@@ -33,13 +33,13 @@ from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.training.mf_fast import (
     USER_KEY,
-    _Examples,
-    _examples,
-    _load,
-    _Model,
-    _Optimizer,
-    _sigmoid,
-    _softplus,
+    FastExamples,
+    FastModel,
+    FastOptimizer,
+    fast_examples,
+    load_model,
+    sigmoid,
+    softplus,
 )
 
 F32 = npt.NDArray[np.float32]
@@ -75,7 +75,7 @@ def _graph(train_items: npt.NDArray[np.int64], n_items: int) -> _Graph:
 
 
 def _step(
-    cfg: ModelConfig, m: _Model, graph: _Graph, ex: _Examples, *, items: bool
+    cfg: ModelConfig, m: FastModel, graph: _Graph, ex: FastExamples, *, items: bool
 ) -> tuple[float, F32, F32 | None, F32 | None]:
     """``(loss, dL/dp, dL/dQ, dL/db)`` of one minibatch (``items=False``: ``dL/dp`` only)."""
     rows = ex.items.reshape(-1)
@@ -90,10 +90,10 @@ def _step(
     count = np.float32(len(ex.labels))
     if cfg.loss == "bpr":  # rows interleave (positive, negative) per example
         d = x[0::2] - x[1::2]
-        gd = -_sigmoid(-d) / count
+        gd = -sigmoid(-d) / count
         gx = np.stack([gd, -gd], axis=1).reshape(-1)
     else:
-        gx = (_sigmoid(x) - ex.labels) / count
+        gx = (sigmoid(x) - ex.labels) / count
     l2 = np.float32(cfg.l2)
     gp = half * (gx @ q)
     if cfg.l2 != 0:
@@ -109,9 +109,9 @@ def _step(
         0, torch.from_numpy(rows), torch.from_numpy(gx).unsqueeze(1)
     )
     if cfg.loss == "bpr":
-        data = float(np.mean(_softplus(-d)))
+        data = float(np.mean(softplus(-d)))
     else:
-        data = float(np.mean(_softplus(x) - x * ex.labels))
+        data = float(np.mean(softplus(x) - x * ex.labels))
     if cfg.l2 != 0:
         data += float(l2) * (float(np.vdot(q, q)) / float(count) + float(m.p @ m.p))
     return data, gp, gq.numpy(), gb.numpy()
@@ -128,9 +128,9 @@ class _Loop:
 
     def epochs(
         self,
-        m: _Model,
+        m: FastModel,
         n: int,
-        opt: _Optimizer,
+        opt: FastOptimizer,
         *,
         items: bool,
         train_bias: bool = True,
@@ -139,11 +139,11 @@ class _Loop:
         """``n`` epochs of minibatch steps (:func:`fedrec.training.local.train_epochs`)."""
         total, steps = 0.0, 0
         for _ in range(n):
-            ex = _examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
+            ex = fast_examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
             perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
             for start in range(0, len(perm), self.batch_size):
                 i = perm[start : start + self.batch_size]
-                batch = _Examples(ex.items[i], ex.labels[i])
+                batch = FastExamples(ex.items[i], ex.labels[i])
                 loss, gp, gq, gb = _step(self.cfg, m, self.graph, batch, items=items)
                 opt.step("p", m.p, gp)
                 if gq is not None and gb is not None:
@@ -167,18 +167,18 @@ def _start(
     train_items: npt.NDArray[np.int64],
     seed: int,
     key: bytes | None,
-) -> tuple[_Model, _Loop]:
-    m = _load(model_cfg, global_items, user_state, seed)
+) -> tuple[FastModel, _Loop]:
+    m = load_model(model_cfg, global_items, user_state, seed)
     pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
     graph = _graph(pos.numpy(), m.q.shape[0])
     gen = torch.Generator().manual_seed(seed)
     return m, _Loop(model_cfg, graph, pos, gen, key, train_cfg.batch_size)
 
 
-def _refit(cfg: LocalTrainConfig, m: _Model, loop: _Loop, steps: int) -> None:
+def _refit(cfg: LocalTrainConfig, m: FastModel, loop: _Loop, steps: int) -> None:
     if steps == 0:
         return
-    opt = _Optimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
+    opt = FastOptimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
     loop.epochs(m, steps, opt, items=False)
 
 
@@ -198,7 +198,7 @@ def fit(
         _refit(train_cfg, m, loop, train_cfg.refit_epochs(first=user_state is None))
     mu = train_cfg.proximal_mu
     proximal = (mu, m.q.copy(), m.b.copy()) if mu > 0 else None
-    opt = _Optimizer(train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay)
+    opt = FastOptimizer(train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay)
     loss = loop.epochs(
         m, train_cfg.epochs, opt, items=True, train_bias=model_cfg.item_bias, proximal=proximal
     )

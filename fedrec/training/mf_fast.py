@@ -52,7 +52,7 @@ def supports(model_cfg: ModelConfig, train_cfg: LocalTrainConfig) -> bool:
 
 
 @dataclass
-class _Optimizer:
+class FastOptimizer:
     """``torch.optim.SGD`` / ``Adam`` over named float32 arrays, updated in place."""
 
     kind: str
@@ -84,33 +84,34 @@ class _Optimizer:
 
 
 @dataclass
-class _Examples:
+class FastExamples:
     """One epoch's examples: item rows ``[n]`` (BCE) or ``[n, 2]`` (BPR), labels."""
 
     items: npt.NDArray[np.int64]
     labels: F32
 
 
-def _examples(
+def fast_examples(
     model_cfg: ModelConfig,
     pos: torch.Tensor,
     n_items: int,
     gen: torch.Generator,
     key: bytes | None,
-) -> _Examples:
+) -> FastExamples:
     """:meth:`MatrixFactorization.make_examples`, with the same generator call."""
     k = model_cfg.negatives
     p = pos.numpy()
     neg = keyed_negatives(gen, key, np.zeros(len(p), dtype=np.int64), p, k, n_items).reshape(-1)
     if model_cfg.loss == "bpr":
         pairs = np.stack([np.repeat(p, k), neg], axis=1)
-        return _Examples(pairs, np.ones(len(pairs), dtype=np.float32))
+        return FastExamples(pairs, np.ones(len(pairs), dtype=np.float32))
     labels = np.zeros(len(p) + len(neg), dtype=np.float32)
     labels[: len(p)] = 1.0
-    return _Examples(np.concatenate([p, neg]), labels)
+    return FastExamples(np.concatenate([p, neg]), labels)
 
 
-def _softplus(x: F32) -> F32:
+def softplus(x: F32) -> F32:
+    """``log(1 + e^x)`` without overflow."""
     out: F32 = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
     return out
 
@@ -124,14 +125,15 @@ class _Grads:
     b: F32  # [len(rows)] contributions to dL/db
 
 
-def _sigmoid(x: F32) -> F32:
+def sigmoid(x: F32) -> F32:
+    """The logistic function in float32 (``e^-x`` may overflow to ``inf``: 0)."""
     with np.errstate(over="ignore"):
         out: F32 = (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
     return out
 
 
 def _grads(
-    cfg: ModelConfig, p: F32, q_all: F32, b_all: F32, ex: _Examples, *, items: bool
+    cfg: ModelConfig, p: F32, q_all: F32, b_all: F32, ex: FastExamples, *, items: bool
 ) -> _Grads:
     """Loss and gradients of one minibatch (see the module docstring).
 
@@ -143,10 +145,10 @@ def _grads(
     n = np.float32(len(ex.labels))
     if cfg.loss == "bpr":  # rows interleave (positive, negative) per example
         d = x[0::2] - x[1::2]
-        gd = -_sigmoid(-d) / n
+        gd = -sigmoid(-d) / n
         gx = np.stack([gd, -gd], axis=1).reshape(-1)
     else:
-        gx = (_sigmoid(x) - ex.labels) / n
+        gx = (sigmoid(x) - ex.labels) / n
     gp = gx @ q
     l2 = np.float32(cfg.l2)
     if cfg.l2 != 0:
@@ -155,9 +157,9 @@ def _grads(
         return _Grads(float("nan"), gp, rows, q[:0], gx[:0])
     gq = gx[:, None] * p[None, :]
     if cfg.loss == "bpr":
-        data = float(np.mean(_softplus(-d)))
+        data = float(np.mean(softplus(-d)))
     else:
-        data = float(np.mean(_softplus(x) - x * ex.labels))
+        data = float(np.mean(softplus(x) - x * ex.labels))
     if cfg.l2 == 0:
         return _Grads(data, gp, rows, gq, gx)
     gq += (np.float32(2) * l2 / n) * q
@@ -185,7 +187,7 @@ def _summed(g: _Grads) -> tuple[npt.NDArray[np.int64], F32, F32]:
 
 
 @dataclass
-class _Model:
+class FastModel:
     """The device's MF parameters as float32 arrays (own copies)."""
 
     p: F32  # [d]
@@ -202,14 +204,14 @@ def initial_user_vector(model_cfg: ModelConfig, seed: int) -> F32:
     return mf_initial_user_vector(model_cfg, seed)
 
 
-def _load(
+def load_model(
     model_cfg: ModelConfig,
     global_items: Arrays,
     user_state: dict[str, F32] | None,
     seed: int,
     *,
     own_items: bool = True,
-) -> _Model:
+) -> FastModel:
     """``own_items=False``: ``q``/``b`` may be the caller's arrays (a refit never writes
     them; at 340,000 items the copies cost more than the refit)."""
     copy = True if own_items else None
@@ -219,7 +221,7 @@ def _load(
         p = initial_user_vector(model_cfg, seed)
     else:
         p = np.array(user_state[USER_KEY], dtype=np.float32).reshape(-1).copy()
-    return _Model(p, q, b)
+    return FastModel(p, q, b)
 
 
 @dataclass
@@ -230,21 +232,21 @@ class _Loop:
     pos: torch.Tensor
     gen: torch.Generator
     batch_size: int
-    opt: _Optimizer
+    opt: FastOptimizer
     train_items: bool = False
     train_bias: bool = False
     mu: float = 0.0
     anchor: tuple[F32, F32] | None = None
     key: bytes | None = None
 
-    def epochs(self, m: _Model, n: int) -> float:
+    def epochs(self, m: FastModel, n: int) -> float:
         total, steps = 0.0, 0
         for _ in range(n):
-            ex = _examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
+            ex = fast_examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
             perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
             for start in range(0, len(perm), self.batch_size):
                 i = perm[start : start + self.batch_size]
-                batch = _Examples(ex.items[i], ex.labels[i])
+                batch = FastExamples(ex.items[i], ex.labels[i])
                 g = _grads(self.cfg, m.p, m.q, m.b, batch, items=self.train_items)
                 self.opt.step("p", m.p, g.p)
                 if self.train_items:
@@ -253,7 +255,7 @@ class _Loop:
                 steps += 1
         return total / max(steps, 1)
 
-    def _item_step(self, m: _Model, g: _Grads) -> None:
+    def _item_step(self, m: FastModel, g: _Grads) -> None:
         if self.opt.sparse_ok and self.mu == 0:  # only touched rows move
             rows, gq, gb = _summed(g)
             q = m.q[rows]
@@ -273,11 +275,11 @@ class _Loop:
             self.opt.step("b", m.b, gb)
 
 
-def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: _Model, loop: _Loop) -> None:
+def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: FastModel, loop: _Loop) -> None:
     """The user-side refit (Singhal et al. 2021) on frozen item rows; its loss is unused."""
     if cfg.refit_steps == 0:
         return
-    opt = _Optimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
+    opt = FastOptimizer(cfg.refit_optimizer, cfg.refit_lr, cfg.weight_decay)
     _Loop(model_cfg, loop.pos, loop.gen, cfg.batch_size, opt, key=loop.key).epochs(
         m, cfg.refit_steps
     )
@@ -293,12 +295,12 @@ def _start(
     key: bytes | None,
     *,
     own_items: bool = True,
-) -> tuple[_Model, _Loop]:
+) -> tuple[FastModel, _Loop]:
     """The one-user model and the seeded example loop a fit or a refit starts from."""
-    m = _load(model_cfg, global_items, user_state, seed, own_items=own_items)
+    m = load_model(model_cfg, global_items, user_state, seed, own_items=own_items)
     pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
     gen = torch.Generator().manual_seed(seed)
-    opt = _Optimizer("sgd", 1.0, 0.0)
+    opt = FastOptimizer("sgd", 1.0, 0.0)
     return m, _Loop(model_cfg, pos, gen, train_cfg.batch_size, opt, key=key)
 
 
@@ -335,7 +337,7 @@ def fit(
         pos,
         gen,
         train_cfg.batch_size,
-        _Optimizer(train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay),
+        FastOptimizer(train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay),
         train_items=True,
         train_bias=model_cfg.item_bias,
         mu=mu,
