@@ -47,8 +47,12 @@ def test_numpy_rows_rank_as_the_torch_batch(n_items: int, levels: int) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_known_answer_with_ties_and_train_items() -> None:
+@pytest.mark.parametrize("rows", [True, False], ids=["numpy-rows", "torch-batch"])
+def test_known_answer_with_ties_and_train_items(
+    rows: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Prepare: 6 items; item 1 is a train item; items 2 and 4 tie with test item 4
+    monkeypatch.setattr(evaluate_module, "ROW_RANKING_MIN_ITEMS", 1 if rows else 10**9)
     scores = torch.tensor([0.1, 9.0, 0.5, 0.7, 0.5, 0.2])
     # Execute
     metrics, top = evaluate_user(scores, np.array([1]), np.array([4]))
@@ -75,6 +79,7 @@ def test_evaluate_scores_same_metrics_on_cpu_rows_and_torch_batch(
         masks = [torch.from_numpy(m.toarray() > 0) for m in (train, test)]
         return _rank_batch(torch.from_numpy(scores), masks[0], masks[1])
 
+    monkeypatch.setattr(evaluate_module, "ROW_RANKING_MIN_ITEMS", 1)  # the rows at 90 items
     # Execute: the NumPy rows, then the torch batch in their place
     rows = evaluate_scores(score, split, batch_size=16)
     monkeypatch.setattr(evaluate_module, "_rank_rows", torch_path)
