@@ -4,10 +4,13 @@ A preset (:mod:`fedrec.federated.presets`) fixes a model's loss and optimizers. 
 to train, how many devices join a round and how strongly to regularize depend on the
 data instead: on the number of users ``N`` who can be sampled, of items ``n`` and of
 train interactions per user ``s``. :func:`shaped_defaults` turns a :class:`DataShape`
-into those settings, each with its reason; ``fedrec simulate`` applies them to what the
-command line leaves unset and prints the reasons. Measured on ml-100k, ml-1m, a sparse
-and a dense cut of ml-1m and a 10,000-item synthetic set (``docs/RESULTS.md``, "Defaults
-from the data's shape"); the rules were set on ml-100k and ml-1m's validation splits.
+into those settings, each with its reason; :func:`server.shaped.apply_shaped_defaults`
+applies them to what a run leaves unset (``fedrec simulate``, ``flwr run``'s run config,
+``fedrec tune``'s first trial) and ``simulate`` prints the reasons. Measured on ml-100k,
+ml-1m, a sparse and a dense cut of ml-1m and a 10,000-item synthetic set
+(``docs/RESULTS.md``, "Defaults from the data's shape"); the rules were set on
+validation splits only: rounds and ``alpha0`` on ml-100k's, ml-1m's and the two cuts',
+the dense-data server rate on the dense cut's.
 
 The rules cover iALS (the scalable model they were measured for) and the rounds of
 LightGCN (:func:`passes_defaults`; measured on ml-1m's validation split). Other kinds
