@@ -311,3 +311,13 @@ def test_shaped_rounds_let_every_user_take_part_about_passes_times() -> None:
     assert (shaped_counts == 0).mean() < 0.001
     assert (preset_counts == 0).mean() > 0.05
     assert shaped.model == {} and "takes part about" in shaped.reasons[0]
+
+
+def test_shaped_rounds_never_cut_the_presets_rounds() -> None:
+    # Prepare: ml-100k's shape, where 10 passes would be 95 rounds
+    shape = DataShape(users=943, items=1682, interactions=943 * 84)
+
+    # Execute / Assert: fewer rounds than the preset's are not applied (validation: 95
+    # rounds were below 150 on ml-100k)
+    assert shaped_defaults("lightgcn", shape) is None
+    assert default_rounds("lightgcn") == 150
