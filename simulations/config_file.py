@@ -173,8 +173,11 @@ def central_default_model(args: argparse.Namespace, n_items: int) -> tuple[str, 
 
     Federated EASE (one round, docs/GRAM_EASE.md) when the catalog fits its cap: on
     ml-1m at epsilon 8 it reaches NDCG@10 0.377 where DP-FedAvg MF reaches 0.127, below
-    popularity's 0.206 (issue 17). MF otherwise, and when flags of round-based training
-    were given (they would mean nothing to EASE).
+    popularity's 0.206 (issue 17). Above the cap iALS with its central preset (every
+    user every round): on ml-100k at epsilon 8, delta 1e-4, 0.3266 where MF's default
+    reaches 0.1446; on ml-1m at delta 1e-5, 0.296 (a replica of the mechanism,
+    docs/RESULTS.md). MF when flags of MF's round-based training were given (they would
+    mean nothing to EASE).
     """
     from fedrec.federated.gram import MAX_GRAM_ITEMS
 
@@ -183,7 +186,11 @@ def central_default_model(args: argparse.Namespace, n_items: int) -> tuple[str, 
     if training:
         return "mf", f"mf (central mode's default is EASE, but {' '.join(training)} given)"
     if n_items > cap:
-        return "mf", f"mf (the catalog's {n_items} items exceed federated EASE's cap of {cap})"
+        return "ials", (
+            f"ials (the catalog's {n_items} items exceed federated EASE's cap of {cap}; "
+            "iALS with every user in every round is the best measured round-based model "
+            "under central DP)"
+        )
     return "ease", (
         f"ease (federated EASE: central mode's default when the catalog fits, {n_items} <= "
         f"{cap} items; give --model to choose another)"

@@ -250,7 +250,7 @@ def test_central_mode_defaults_to_federated_ease_when_the_catalog_fits(
     assert _model(central) == "ease"
     assert "central mode's default when the catalog fits" in capsys.readouterr().out
     assert _model([*central, "--model", "mf"]) == "mf"  # an explicit model is respected
-    assert _model([*central, "--set", "ease.max-items=10"]) == "mf"  # 20 items > cap 10
+    assert _model([*central, "--set", "ease.max-items=10"]) == "ials"  # 20 items > cap 10
     assert "exceed federated EASE's cap of 10" in capsys.readouterr().out
     assert _model([*central, "--rounds", "5"]) == "mf"  # round-based flags: MF
     assert _model(["--privacy", "local", "--target-epsilon", "8"]) == "mf"
