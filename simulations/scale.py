@@ -58,7 +58,8 @@ class ScaleSpec:
     seed: int = 0
     shape: str = ""
     """A :data:`fedrec.data.shapes.SHAPES` name: that catalog's shape scaled to ``users``
-    (``items`` is then the shape's), trained with ``fedrec simulate``'s MF defaults;
+    (``items`` is then the shape's), trained with ``fedrec simulate``'s MF defaults and
+    evaluated at the end on every test user, as ``fedrec simulate`` does;
     ``""``: :func:`scale_log` with ``items`` and the plain settings of the 27k entry."""
 
 
@@ -158,10 +159,11 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
         scale_log(spec.users, spec.items, spec.mean_interactions, spec.seed).to_parquet(data)
     t_data = time.perf_counter()
     if spec.shape:  # `fedrec simulate`'s defaults (the MF preset)
+        # the last evaluation covers every test user, as `fedrec simulate`'s
         settings = RunSettings.from_run_config({
             "data": str(data.resolve()), "model": "mf", "model.dim": spec.dim,
             "num-server-rounds": spec.rounds, "clients-per-round": spec.clients_per_round,
-            "seed": spec.seed, "eval-clients": spec.eval_users, "final-eval-all": False,
+            "seed": spec.seed, "eval-clients": spec.eval_users, "final-eval-all": True,
             "run-dir": str((out / "run").resolve()),
         })  # fmt: skip
     else:
