@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -72,6 +71,7 @@ from fedrec.models.registry import model_class
 from fedrec.privacy import record as privacy_record
 from fedrec.privacy.record import PrivacyRecord
 from fedrec.ray_auth import secure_flwr_simulation
+from fedrec.training.threads import limit_process_to_one_thread
 
 secure_flwr_simulation()  # `flwr run`: Ray's ports refuse clients without the run's token
 
@@ -144,7 +144,7 @@ def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
     global _threads_set
     with _THREADS:
         if not _threads_set:  # many tiny models per process: one thread is fastest
-            torch.set_num_threads(1)
+            limit_process_to_one_thread()
             _threads_set = True
     user = int(context.node_config["partition-id"])
     config = msg.content["config"]

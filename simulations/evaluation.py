@@ -42,6 +42,7 @@ from fedrec.metrics.evaluate import ScoreFn, evaluate_scores, evaluate_user
 from fedrec.models.base import Arrays
 from fedrec.models.registry import model_class
 from fedrec.training import ials, mf_fast
+from fedrec.training.threads import single_threaded
 from server.gram_app import GramEvaluator
 from server.sampling import eval_sample
 from server.server_app import Evaluator
@@ -190,9 +191,7 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
         per_user: list[dict[str, float]] = []
         tops: list[npt.NDArray[np.int64]] = []
         floats = [np.ascontiguousarray(a, dtype=np.float32) for a in items]  # as a device
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as on a device (and in the reference loop)
-        try:
+        with single_threaded():  # as on a device (and in the reference loop)
             if batched_kind(settings):
                 result = batched(floats, rnd, alive)
                 evaluated = 0 if result is None else int(result["users_evaluated"])
@@ -238,8 +237,6 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
                     )
                 per_user.append(result.metrics)
                 tops.append(np.asarray(result.top10, dtype=np.int64))
-        finally:
-            torch.set_num_threads(threads)
         skipped = len(users) - len(per_user)
         if skipped:
             log.warning("evaluation round %d: %d devices left out", rnd, skipped)

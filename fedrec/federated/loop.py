@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from fedrec.data.sequences import user_train_items
 from fedrec.data.split import Split
@@ -30,6 +29,7 @@ from fedrec.models.registry import init_item_arrays
 from fedrec.privacy.accounting import PrivacyAccount
 from fedrec.privacy.central import DPFedAvg
 from fedrec.privacy.ledger import MemoryLedgerStore, PrivacyLedger
+from fedrec.training.threads import single_threaded
 
 EVAL_ROUND = -1
 """The ``round`` part of the evaluation seed ``derive_seed(seed, user, EVAL_ROUND)``."""
@@ -126,9 +126,7 @@ def run_federated(
     server = build_server_optimizer(server_cfg, rounds)
     states: dict[int, UserState] = {}
     result = FederatedResult(items, states)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny models: thread start-up costs more than it saves
-    try:
+    with single_threaded():  # many tiny models: thread start-up costs more than it saves
         for rnd in range(rounds):
             start = time.perf_counter()
             if central is not None:
@@ -189,8 +187,6 @@ def run_federated(
                 on_round(entry)
         result.item_arrays = items
         result.metrics = evaluate_federated(split, model_cfg, train_cfg, items, states, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
     return result
 
 
