@@ -558,10 +558,12 @@ def _connect(
         version = _identify(conn, path)
         if user_id is not None and version > 0:  # reads only: before any write
             _check_owner(conn, path, user_id)
+        # before the first write: a simulated device's store (durable=False) is created
+        # without an fsync (setting the id under the default FULL cost 19 ms per store)
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         if version == 0:  # our id in the main file before any WAL frame (see _inspect)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, version, target_version)
