@@ -142,20 +142,29 @@ def references_sentence(names: list[str]) -> str:
 
 
 def below_popularity(
-    ndcg: Any, popularity: Any, name: str = "this run", *, private: bool = True
+    ndcg: Any,
+    popularity: Any,
+    name: str = "this run",
+    *,
+    private: bool = True,
+    model: str | None = None,
 ) -> str | None:
-    """A warning when NDCG@10 is below the popularity baseline's (else ``None``)."""
+    """A warning when NDCG@10 is below the popularity baseline's (else ``None``).
+
+    ``model``: the run's model kind, so that the advice does not suggest it again.
+    """
     if ndcg is None or popularity is None or float(ndcg) >= float(popularity):
         return None
+    other_model = "" if model == "ials" else "the best scalable model measured (`--model ials`), "
     advice = (
         "At this budget the model is not worth deploying as is: raise epsilon, train "
         "longer, or publish a DP popularity ranking instead (docs/PRIVACY.md, 'DP "
         "popularity release')."
         if private
         else "The model is not worth deploying as is. Try, in this order: more rounds "
-        "(`--rounds`; iALS's default grows with the users, docs/RESULTS.md), the best "
-        "scalable model measured (`--model ials`), `fedrec tune` on a validation split, or "
-        "federated EASE (`--model ease`) when the catalog fits its cap."
+        f"(`--rounds`; iALS's default grows with the users, docs/RESULTS.md), {other_model}"
+        "`fedrec tune` on a validation split, or federated EASE (`--model ease`) when the "
+        "catalog fits its cap."
     )
     return (
         f"**Below popularity:** {name} reaches NDCG@10 {float(ndcg):.4f}, less than the "

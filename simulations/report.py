@@ -366,7 +366,9 @@ def _accuracy_section(
             )
     lines.append("")
     popularity = refs.get("popularity", {}).get("ndcg@10")
-    flag = words.below_popularity(ndcg, popularity, private=mode != "none")
+    flag = words.below_popularity(
+        ndcg, popularity, private=mode != "none", model=_model_kind(config)
+    )
     if flag:
         lines += [flag, ""]
     note = words.references_sentence([name for name in refs])

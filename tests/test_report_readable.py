@@ -19,6 +19,7 @@ import pytest
 from simulations import report as report_mod
 from simulations.cli import main
 from simulations.commands.simulate import epsilon_fields, resume_line
+from simulations.privacy_words import below_popularity
 from simulations.progress import Progress
 from simulations.report import write_report
 
@@ -200,3 +201,16 @@ def test_help_of_accountant_states_its_default() -> None:
     sub = build_parser()._subparsers._group_actions[0].choices["simulate"]  # type: ignore[union-attr]
     assert "default: rdp" in sub.format_help()
     assert isinstance(sub, argparse.ArgumentParser)
+
+
+@pytest.mark.parametrize(("model", "suggested"), [("mf", True), ("ials", False), (None, True)])
+def test_below_popularity_advice_does_not_suggest_the_runs_own_model(
+    model: str | None, suggested: bool
+) -> None:
+    # Execute
+    text = below_popularity(0.01, 0.05, private=False, model=model)
+
+    # Assert
+    assert text is not None and "**Below popularity:**" in text
+    assert ("`--model ials`" in text) == suggested
+    assert "`fedrec tune`" in text
