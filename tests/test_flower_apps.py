@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Message
 
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.federated.loop import evaluate_federated, run_federated
@@ -25,25 +23,10 @@ from server.checkpoint import load_checkpoint
 from server.server_app import run_server
 from server.settings import RunSettings, load_split
 from simulations.evaluation import device_evaluator
-from simulations.inprocess import InProcessGrid as LibraryGrid
+from simulations.inprocess import RecordingGrid as InProcessGrid  # keeps every reply
 from simulations.run_dir import create_run_dir, read_metrics, read_rounds
 
 DATA = "synthetic:users=30,items=50,dim=4,mean=15,seed=3"
-
-
-class InProcessGrid(LibraryGrid):
-    """The library's in-process Grid (no Ray), keeping every reply for inspection."""
-
-    def __init__(self, n_nodes: int, seed: int = 0) -> None:
-        super().__init__(n_nodes, seed)
-        self.replies: list[Message] = []
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        out = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies.extend(out)
-        return out
 
 
 def make_settings(tmp: Path, **overrides: Any) -> RunSettings:
