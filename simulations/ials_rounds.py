@@ -40,30 +40,9 @@ from fedrec.metrics.evaluate import evaluate_scores
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
-from fedrec.training.ials import gramian
+from fedrec.training.ials import gramian, item_gradient, solve_rows
 
 F64 = npt.NDArray[np.float64]
-
-
-def solve_users(
-    q64: F64,
-    train: sp.csr_matrix,
-    users: npt.NDArray[np.int64],
-    *,
-    alpha0: float,
-    lam: float,
-    gram: F64,
-) -> F64:
-    """The closed-form ``p`` of each of ``users`` (rows of ``[len(users), d]``)."""
-    n, d = q64.shape
-    a = np.empty((len(users), d, d))
-    b = np.empty((len(users), d))
-    for k, u in enumerate(users):
-        qs = q64[train.indices[train.indptr[u] : train.indptr[u + 1]]]
-        a[k] = alpha0 * gram + qs.T @ qs
-        a[k][np.diag_indices(d)] += lam * (len(qs) + alpha0 * n)
-        b[k] = qs.sum(axis=0)
-    return np.asarray(np.linalg.solve(a, b[:, :, None])[:, :, 0], dtype=np.float64)
 
 
 def mean_upload(
@@ -87,12 +66,9 @@ def mean_upload(
             grad[idx] += (2.0 / c) * (np.outer(qi @ p[j] - 1.0, p[j]) + lam * qi)
         return (q64 - lr * grad).astype(np.float32)
     acc = np.zeros_like(q64)
-    base = (2.0 * lam * alpha0) * q64
     for j, u in enumerate(cohort):
-        scores = q64 @ p[j]
-        g = 2.0 * alpha0 * np.outer(scores, p[j]) + base
         idx = train.indices[train.indptr[u] : train.indptr[u + 1]]
-        g[idx] += 2.0 * np.outer(scores[idx] - 1.0, p[j]) + (2.0 * lam) * q64[idx]
+        g = item_gradient(p[j], q64, idx, alpha0=alpha0, lam=lam)
         acc += (q64 - lr * g).astype(np.float32)
     return (acc / c).astype(np.float32)
 
@@ -106,7 +82,7 @@ def evaluate(
     g, qt = gramian(q), torch.from_numpy(q)
 
     def score(chosen: npt.NDArray[np.int64]) -> torch.Tensor:
-        p = solve_users(q, train, chosen, alpha0=model_cfg.alpha0, lam=model_cfg.l2, gram=g)
+        p = solve_rows(q, train[chosen], alpha0=model_cfg.alpha0, lam=model_cfg.l2, gram=g)
         return (torch.from_numpy(p) @ qt.T).float()
 
     return dict(evaluate_scores(score, split, users=users))
@@ -137,7 +113,7 @@ def run_rounds(
         cohort = eligible[sample_clients(len(eligible), clients_per_round, rnd - 1, seed)]
         if len(cohort):
             q64 = np.asarray(items[0], dtype=np.float64)
-            p = solve_users(q64, train, cohort, alpha0=a0, lam=lam, gram=gramian(q64))
+            p = solve_rows(q64, train[cohort], alpha0=a0, lam=lam)
             mean = mean_upload(
                 q64, p, train, cohort, alpha0=a0, lam=lam, lr=train_cfg.lr, fast=fast
             )

@@ -202,20 +202,27 @@ def user_vector(model_cfg: ModelConfig, global_items: Arrays, train_items: npt.A
     return solve_user(global_items[0], items, alpha0=model_cfg.alpha0, lam=model_cfg.l2)
 
 
-def solve_rows(other: npt.ArrayLike, matrix: sp.csr_matrix, *, alpha0: float, lam: float) -> F64:
+def solve_rows(
+    other: npt.ArrayLike,
+    matrix: sp.csr_matrix,
+    *,
+    alpha0: float,
+    lam: float,
+    gram: F64 | None = None,
+) -> F64:
     """Closed-form solve of every row of ``matrix`` against the factors ``other``.
 
     Rows are users and ``other`` is ``Q`` (the user step), or rows are items of the
     transposed matrix and ``other`` is ``P`` (the item step, whose regularization
     ``lam (|U_i| + alpha0 N)`` has the same form). The ``d x d`` systems are built row by
     row (``O_S^T O_S``, one BLAS call each) and solved together in chunks of
-    :data:`SOLVE_CHUNK` rows.
+    :data:`SOLVE_CHUNK` rows. ``gram``: ``other``'s :func:`gramian`, when the caller has it.
     """
     o = np.asarray(other, dtype=np.float64)
     m, d = o.shape
     csr = sp.csr_matrix(matrix)
     indptr, indices = csr.indptr, csr.indices
-    base = alpha0 * gramian(o)
+    base = alpha0 * (gramian(o) if gram is None else gram)
     n_rows = csr.shape[0]
     out = np.empty((n_rows, d), dtype=np.float64)
     diag = np.diag_indices(d)
