@@ -228,6 +228,13 @@ def default_rounds(kind: str, privacy: str = "none") -> int:
     """
     if privacy != "none":
         return 20
-    rounds = {"mf": 150, "cdae": 300, "multvae": 400, "ials": 150, "ncf": 50, "lightgcn": 150}
-    rounds["sasrec"] = 600  # one server Adam step per round (docs/RESULTS.md, SASRec)
+    rounds = {
+        "mf": 150,
+        "cdae": 300,
+        "multvae": 400,
+        "ials": 150,
+        "ncf": 50,
+        "lightgcn": 150,
+        "sasrec": 600,  # one server Adam step per round (docs/RESULTS.md, SASRec)
+    }
     return rounds.get(kind, 20)

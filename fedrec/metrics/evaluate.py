@@ -202,6 +202,11 @@ def _rank_rows(
     return hits, top10, rank
 
 
+def _ranks_by_row(device: torch.device, n_items: int) -> bool:
+    """Whether to rank with :func:`_rank_rows` (the CPU, a large catalog) over the batch."""
+    return device.type == "cpu" and n_items >= ROW_RANKING_MIN_ITEMS
+
+
 def _row_counts(matrix: sp.csr_matrix) -> npt.NDArray[np.int64]:
     binary = sp.csr_matrix(matrix, copy=True)
     binary.eliminate_zeros()
@@ -313,7 +318,7 @@ def evaluate_scores(
             raise ValueError(
                 f"score_fn returned shape {tuple(scores.shape)}, expected ({len(batch)}, {n_items})"
             )
-        if dev.type == "cpu" and n_items >= ROW_RANKING_MIN_ITEMS:
+        if _ranks_by_row(dev, n_items):
             batch_hits, batch_top, batch_rank = _rank_rows(
                 scores.numpy(), sp.csr_matrix(split.train[batch]), sp.csr_matrix(split.test[batch])
             )
@@ -356,7 +361,7 @@ def evaluate_user(
     if test_idx.size == 0:
         raise ValueError("evaluate_user needs at least one test item")
     n_items = int(scores.shape[-1])
-    if scores.device.type == "cpu" and n_items >= ROW_RANKING_MIN_ITEMS:
+    if _ranks_by_row(scores.device, n_items):
         rows = [np.asarray(train_items, dtype=np.int64), test_idx]
         train, test = (
             sp.csr_matrix((np.ones(r.size), r, [0, r.size]), shape=(1, n_items)) for r in rows
