@@ -39,7 +39,7 @@ DP-FedAvg on the clipped uploads) applies unchanged.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,9 @@ from fedrec.data.sequences import sequence_from_history
 from fedrec.models.base import LocalUnit
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender
+
+if TYPE_CHECKING:
+    from fedrec.federated.shape import DataShape, ShapedDefaults
 
 LOCAL_DP_REFUSAL = (
     "--model sasrec has no audited local-DP mechanism: one example is a window of a "
@@ -145,6 +148,17 @@ class SASRec(TrainableRecommender):
         from fedrec.training.sequential import SASREC_CENTRAL_TRAIN
 
         return SASREC_MODEL, SASREC_CENTRAL_TRAIN
+
+    @classmethod
+    def shaped_defaults(cls, shape: DataShape) -> ShapedDefaults | None:
+        """Rounds and devices per round from the number of users
+        (:func:`fedrec.federated.shape.sasrec_shaped_defaults`): about 10 passes over the
+        users at 33 devices a round, at least the preset's 600 rounds. At equal passes
+        the federated run tracks its twin's epochs (ml-1m temporal split: 98.9% after 6.6
+        passes, ``docs/RESULTS.md``); the preset's 600 rounds are 3.3 passes on ml-1m."""
+        from fedrec.federated.shape import sasrec_shaped_defaults
+
+        return sasrec_shaped_defaults(shape)
 
     # ---- encoder ----------------------------------------------------------------
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
