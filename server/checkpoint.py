@@ -33,14 +33,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import StoreError
-from fedrec.models.base import Arrays
+
+if TYPE_CHECKING:  # torch: not needed to read a checkpoint's fields (the CLI imports headcount)
+    from fedrec.models.base import Arrays
 
 CHECKPOINT_NPZ = "checkpoint.npz"
 CHECKPOINT_JSON = "checkpoint.json"

@@ -18,16 +18,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedrec.data import resolve_data
-from fedrec.data.split import Split, random_split, temporal_split, validation_split
 from fedrec.errors import ConfigError, DataError
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.federated.presets import default_rounds, federated_preset
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import refuse_local_dp
 from fedrec.privacy.config import PrivacyConfig
+
+if TYPE_CHECKING:  # data and models load where used: the CLI parser reads the defaults
+    from fedrec.data.split import Split
 
 Scalar = bool | int | float | str
 FEDPROX_DEFAULT_MU = 0.01
@@ -187,6 +187,8 @@ class RunSettings:
             privacy = PrivacyConfig(**parts["privacy"])
         except TypeError as err:
             raise ConfigError(str(err), where="run config", fix="check the field names") from err
+        from fedrec.models.registry import refuse_local_dp
+
         refuse_local_dp(model.kind, privacy.mode)  # iALS, NCF: no local-DP mechanism
         top.setdefault("rounds", default_rounds(model.kind, privacy.mode))  # as the CLI
         if server.strategy == "fedprox" and train.proximal_mu == 0.0:
@@ -218,6 +220,9 @@ def _check_fields(parts: Mapping[str, Mapping[str, Any]]) -> None:
 
 def load_split(settings: RunSettings) -> Split:
     """The protocol split of the run's data (same call as the clients make)."""
+    from fedrec.data import resolve_data
+    from fedrec.data.split import random_split, temporal_split
+
     data = resolve_data(settings.data, min_rating=settings.min_rating, k_core=settings.k_core)
     if settings.split == "temporal":
         split = temporal_split(data, test_fraction=settings.test_fraction)
@@ -231,6 +236,8 @@ def with_validation(split: Split, fraction: float | None, seed: int) -> Split:
     per-user holdout, scored on that holdout; the test items are in neither."""
     if fraction is None:
         return split
+    from fedrec.data.split import validation_split
+
     return validation_split(split, seed=seed, test_fraction=float(fraction))
 
 

@@ -3,6 +3,10 @@
 Each module in :mod:`simulations.commands` exposes ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. A :class:`fedrec.errors.FedrecError`
 anywhere below is printed as one line on stderr with exit code 2, never a traceback.
+
+Building the parser imports every command module, so their top level stays light:
+torch, Opacus, Flower, pandas and SciPy load inside ``run`` (``fedrec --help`` takes a
+fraction of a second; tests/test_cli_fast.py checks ``sys.modules`` after building it).
 """
 
 from __future__ import annotations
@@ -54,12 +58,31 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: reads the installed version only when asked (importlib.metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version"
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"fedrec {_version()}")  # stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedrec",
         description="Federated, privacy-preserving recommendation (Flower + Opacus).",
     )
-    parser.add_argument("--version", action="version", version=f"fedrec {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"simulations.commands.{name}")

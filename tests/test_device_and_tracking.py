@@ -50,7 +50,7 @@ def _record_devices(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Run EASE and the ranking on the CPU, recording the device each was asked to use."""
     import fedrec.baselines as baselines
     import fedrec.baselines.ease as ease
-    import simulations.commands.baseline as baseline_cmd
+    import fedrec.metrics as metrics
 
     seen: dict[str, list[str]] = {"ease": [], "ranking": []}
     real_weights, real_evaluate = ease.ease_weights, baselines.evaluate_scores
@@ -65,7 +65,7 @@ def _record_devices(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
     monkeypatch.setattr(ease, "ease_weights", weights)
     monkeypatch.setattr(baselines, "evaluate_scores", evaluate)
-    monkeypatch.setattr(baseline_cmd, "evaluate_scores", evaluate)
+    monkeypatch.setattr(metrics, "evaluate_scores", evaluate)  # the baseline command's
     return seen
 
 

@@ -17,7 +17,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedrec.data.resolve import KNOWN_DATASETS, default_data_dir
 from fedrec.errors import ConfigError, DataError, OutputError
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -63,6 +62,8 @@ def download(name: str, data_dir: str | Path | None = None) -> Path:
 
     An existing non-empty ``data_dir/name`` is returned as it is (no network access).
     """
+    from fedrec.data.resolve import KNOWN_DATASETS, default_data_dir  # loaders: pandas
+
     if name in KNOWN_DATASETS and name not in ARCHIVES:
         raise ConfigError(
             f"no verified checksum is known for {name}, so fedrec will not download it",

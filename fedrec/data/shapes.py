@@ -19,12 +19,15 @@ as on the real file.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from fedrec.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas loads in shaped_log: the CLI parser reads SHAPES without it
+    import pandas as pd
 
 _START = 1_600_000_000  # Unix seconds of the first interaction
 _PASSES = 6  # rounds of drawing for users still short of distinct items
@@ -108,6 +111,8 @@ def shaped_log(shape: Shape, seed: int = 0) -> pd.DataFrame:
     be uniform draws when a heavy user exhausts its community's popular items). Rows
     are in time order, users interleaved. Deterministic in ``seed``.
     """
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     n_users, n_items = shape.users, shape.items
     ranks = rng.permutation(n_items) + 1

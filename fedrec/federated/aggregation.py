@@ -22,13 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrec.errors import ConfigError
-from fedrec.models.base import Arrays
+
+if TYPE_CHECKING:  # torch: not needed to read STRATEGIES or ServerConfig (the CLI parser)
+    from fedrec.models.base import Arrays
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 LR_SCHEDULES = ("constant", "step", "cosine")

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # SciPy loads in of_train: the CLI parser reads this module's constants
+    import scipy.sparse as sp
 
 PASSES = 10
 """Expected participations of each user over the run, ``rounds x K / N``. Each round is
@@ -95,6 +98,8 @@ class DataShape:
     @classmethod
     def of_train(cls, train: sp.spmatrix | sp.sparray) -> DataShape:
         """The shape of a ``users x items`` train matrix."""
+        import scipy.sparse as sp
+
         csr = sp.csr_matrix(train)
         counts = np.diff(csr.indptr)
         return cls(int((counts > 0).sum()), int(csr.shape[1]), int(csr.nnz))

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ACCOUNTANTS": "fedrec.privacy.accounting",
+    "ACCOUNTANTS": "fedrec.privacy.config",
     "PrivacyAccount": "fedrec.privacy.accounting",
     "Release": "fedrec.privacy.accounting",
     "calibrate_noise": "fedrec.privacy.accounting",

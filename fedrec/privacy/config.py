@@ -17,6 +17,9 @@ from fedrec.errors import ConfigError
 PRIVACY_MODES = ("none", "local", "central", "distributed")
 """``distributed``: SecAgg+ with Skellam noise shares, ``--model ease`` only (docs/SECAGG.md)."""
 
+ACCOUNTANTS = ("rdp", "prv")
+"""Opacus accountants a run may choose; ``"rdp"`` is the default."""
+
 
 @dataclass(frozen=True)
 class PrivacyConfig:
@@ -81,9 +84,11 @@ class PrivacyConfig:
                 where=where,
                 fix="use none|local|central|distributed",
             )
-        if self.accountant not in ("rdp", "prv"):
+        if self.accountant not in ACCOUNTANTS:
             raise ConfigError(
-                f"unknown accountant {self.accountant!r}", where="accountant", fix="use rdp|prv"
+                f"unknown accountant {self.accountant!r}",
+                where="accountant",
+                fix="use " + "|".join(ACCOUNTANTS),
             )
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigError(f"must be > 0, got {self.target_epsilon}", where="--target-epsilon")

@@ -50,22 +50,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from fedrec.data.split import Split
 from fedrec.errors import ConfigError
-from fedrec.metrics import evaluate_lists
-from fedrec.metrics.evaluate import Metrics
 from fedrec.recommend.similar import FloatArray, unit_rows
 
 IntArray = npt.NDArray[np.int64]
 Relevance = Literal["minmax", "rank"]
 Redundancy = Literal["max", "mean"]
-ScoreFn = Callable[[IntArray], torch.Tensor]
+
+if TYPE_CHECKING:  # torch and the metrics load where used: `fedrec recommend`'s parser
+    import torch
+
+    from fedrec.data.split import Split
+    from fedrec.metrics.evaluate import Metrics
+
+    ScoreFn = Callable[[IntArray], torch.Tensor]
 MAX_BLOCK_FLOATS = 4_000_000
 
 
@@ -196,6 +199,8 @@ def candidate_pools(
 
     Pools are best first, ties by lower index (as in :mod:`fedrec.metrics.evaluate`).
     """
+    import torch
+
     users = split.test_users()
     score_rows, pool_rows = [], []
     for start in range(0, len(users), batch_size):
@@ -238,6 +243,8 @@ def tradeoff_curve(
         recall@20 meaningful; MMR is greedy, so the first 10 are the ``k = 10`` list)
         and the MMR choices.
     """
+    from fedrec.metrics import evaluate_lists
+
     features = split.data.item_genres if item_genres is None else item_genres
     if features is None:
         raise ConfigError(

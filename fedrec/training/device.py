@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedrec.errors import ConfigError
 
+if TYPE_CHECKING:  # imported where used: the CLI parser reads DEVICES without torch
+    import torch
+
 DEVICES = ("cpu", "cuda")
-_current = [torch.device("cpu")]
+_current: list[torch.device] = []  # innermost compute_device last; empty: the CPU
 
 
 def resolve_device(name: str) -> torch.device:
     """``name`` as a torch device; refused when unknown or when CUDA is not available."""
+    import torch
+
     if name not in DEVICES:
         raise ConfigError(
             f"unknown device {name!r}", where="--device", fix=f"use one of {', '.join(DEVICES)}"
@@ -41,7 +45,9 @@ def resolve_device(name: str) -> torch.device:
 
 def current_device() -> torch.device:
     """The device chosen by the innermost :func:`compute_device` (the CPU outside any)."""
-    return _current[-1]
+    import torch
+
+    return _current[-1] if _current else torch.device("cpu")
 
 
 @contextmanager

@@ -15,29 +15,33 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from fedrec.baselines import BASELINES, fit_baseline, make_baseline
-from fedrec.data.interactions import Interactions
-from fedrec.data.split import Split, random_split, temporal_split
 from fedrec.errors import ConfigError
-from fedrec.metrics import evaluate_scores
-from fedrec.metrics.evaluate import Metrics
 from fedrec.models.config import MODEL_KIND_NAMES
 from fedrec.training.device import DEVICES, compute_device
 from simulations.commands.common import add_data_arguments, load_data, prepare_output_dir
 from simulations.seeds import SeedSummary, parse_seeds, run_seeds
 from simulations.tracking import TRACKERS, check_tracker, open_tracker
 
-NAME = "baseline"
-TRAINED = MODEL_KIND_NAMES
-MODELS = (*BASELINES, *TRAINED)
-HELP = f"Train a centralized reference ({', '.join(MODELS)})."
+if TYPE_CHECKING:  # torch and the models load in the functions: the parser is built without
+    import torch
 
-ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+    from fedrec.data.interactions import Interactions
+    from fedrec.data.split import Split
+    from fedrec.metrics.evaluate import Metrics
+
+    ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+
+NAME = "baseline"
+BASELINE_NAMES = ("popularity", "itemknn", "ease", "markov")
+"""The keys of :data:`fedrec.baselines.BASELINES`, which imports torch (a test checks)."""
+TRAINED = MODEL_KIND_NAMES
+MODELS = (*BASELINE_NAMES, *TRAINED)
+HELP = f"Train a centralized reference ({', '.join(MODELS)})."
 MAX_DENSE_ITEMS = 20_000
 """Item-kNN's similarity is saved densely (a model file) only up to this many items."""
 
@@ -122,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_split(data: Interactions, config: BaselineConfig, seed: int) -> Split:
     """The protocol split of ``data`` for one seed (temporal splits ignore the seed)."""
+    from fedrec.data.split import random_split, temporal_split
+
     if config.split == "temporal":
         return temporal_split(data, test_fraction=config.test_fraction)
     return random_split(data, test_fraction=config.test_fraction, seed=seed)
@@ -147,6 +153,8 @@ def fit_model(
         model_cfg, train_cfg = central_preset(config.model)
         scorer = train_centralized(model_cfg, train_cfg, split, seed=seed, epochs=config.epochs)
         return scorer, None
+    from fedrec.baselines import fit_baseline, make_baseline
+
     options: dict[str, object] = {}
     if config.model == "ease":
         options["lam"] = config.ease_lambda
@@ -169,6 +177,8 @@ def _model_arrays(fitted: object, n_items: int) -> list[npt.NDArray[np.float32]]
 
 def evaluate_seed(config: BaselineConfig, data: Interactions, seed: int) -> Metrics:
     """Split, fit and evaluate for one seed: the protocol's metric dict."""
+    from fedrec.metrics import evaluate_scores
+
     split = make_split(data, config, seed)
     return evaluate_scores(fit_scores(config, split, seed), split)
 
@@ -180,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedrec.metrics import evaluate_scores
+
     config = BaselineConfig.from_args(args)
     data = load_data(args)
     kept: list[tuple[Split, list[npt.NDArray[np.float32]] | None]] = []
@@ -219,6 +231,8 @@ def _metrics_json(summary: SeedSummary) -> Mapping[str, object]:
 
 
 def _config_json(config: BaselineConfig, data: Interactions, seconds: float) -> dict[str, object]:
+    import torch
+
     return {
         "command": NAME,
         **asdict(config),

@@ -18,11 +18,13 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedrec.data import Interactions, resolve_data
 from fedrec.data.atomic import atomic_output_dir
-from fedrec.data.resolve import data_spec
 from fedrec.errors import ConfigError
+
+if TYPE_CHECKING:  # loaders (pandas, SciPy) load when data is read, not to build the parser
+    from fedrec.data import Interactions
 
 DATA_HELP = (
     "a MovieLens folder, a CSV/Parquet file (user,item[,rating,timestamp]), a "
@@ -82,6 +84,8 @@ class _DataSpec(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
+        from fedrec.data.resolve import data_spec
+
         setattr(namespace, self.dest, values)
         columns = {
             role: getattr(namespace, f"{role}_col", None)
@@ -96,6 +100,8 @@ class _DataSpec(argparse.Action):
 
 def load_data(args: argparse.Namespace) -> Interactions:
     """The interaction log named by the options of :func:`add_data_arguments`."""
+    from fedrec.data import resolve_data
+
     if args.k_core is not None and args.k_core < 1:
         raise ConfigError(f"--k-core must be at least 1, got {args.k_core}", where="--k-core")
     return resolve_data(args.data, min_rating=args.min_rating, k_core=args.k_core)

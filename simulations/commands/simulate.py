@@ -17,25 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedrec.data.atomic import check_output_dir, private_files
-from fedrec.data.split import Split
 from fedrec.errors import ConfigError
 from fedrec.federated.aggregation import STRATEGIES
 from fedrec.federated.presets import default_rounds
 from fedrec.models.config import MODEL_KIND_NAMES
-from fedrec.privacy.accounting import ACCOUNTANTS
-from fedrec.privacy.config import PRIVACY_MODES
+from fedrec.privacy.config import ACCOUNTANTS, PRIVACY_MODES
 from fedrec.training.allocator import ENV as ALLOCATOR_ENV
 from fedrec.training.allocator import steady_allocator
 from fedrec.training.device import DEVICES, compute_device
-from server.checkpoint import headcount
-from server.gram_settings import GramSettings
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
 from simulations.config_file import track_explicit
 from simulations.progress import Progress
 from simulations.tracking import TRACKERS, check_tracker, open_tracker
 
+# Everything above is light (no torch, Opacus, Flower, pandas): ``fedrec --help`` and
+# every command's parser import this module (tests/test_cli_fast.py). The rest loads in
+# the functions that run.
 if TYPE_CHECKING:
+    from fedrec.data.split import Split
+    from server.gram_settings import GramSettings
     from simulations.run_dir import RunDirLock
 
 NAME = "simulate"
@@ -476,6 +477,7 @@ def choose_model(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from server.checkpoint import headcount
     from simulations.inprocess import simulate_in_process
     from simulations.run_dir import (
         acquire_run_dir,
@@ -592,6 +594,7 @@ def gram_settings(args: argparse.Namespace) -> tuple[GramSettings, Split]:
     Also ``fedrec deploy-local --model ease``'s. A run of one round has nothing to resume.
     """
     from server.gram_app import resolve
+    from server.gram_settings import GramSettings
     from simulations.simulation import absolute
 
     if args.resume is not None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedrec.data import random_split, temporal_split, write_split
-from fedrec.data.split import validation_split
 from fedrec.errors import ConfigError
 from simulations.commands.common import add_data_arguments, load_data
 
@@ -50,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedrec.data import random_split, temporal_split, validation_split, write_split
+
     if args.validation_fraction is not None and not args.validation:
         raise ConfigError(
             "given without --validation",
