@@ -43,7 +43,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        shown = "default" in text or action.default in (None, False, argparse.SUPPRESS)
+        stated = "default" in text.lower()  # "Default: ials (...)" is not followed by "mf"
+        shown = stated or action.default in (None, False, argparse.SUPPRESS)
         if shown or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"

@@ -30,7 +30,8 @@ def test_every_option_with_a_default_shows_it_in_help(name: str) -> None:
             continue
         if action.default in (None, False) or action.dest == "help":
             continue
-        assert "default" in (action.help or "") or f"(default: {action.default})" in text, (
+        stated = "default" in (action.help or "").lower()
+        assert stated or f"(default: {action.default})" in text, (
             name,
             action.dest,
         )

@@ -72,7 +72,7 @@ def test_deploy_local_trains_ials_with_simulate_s_shaped_alpha0(
     # Execute
     deployed, config = _deploy_settings(monkeypatch, tmp_path / "d", "--model", "ials")
     printed = capsys.readouterr().out
-    flags = ("--model", "ials", "--rounds", "3", "--clients-per-round", "3", "--eval-every", "0")
+    flags = ("--model", "ials", "--rounds", "3", "--clients-per-round", "3")
     simulated = _simulate_settings(monkeypatch, tmp_path / "s", *flags)
 
     # Assert: the shaped alpha0, with its reason printed as simulate prints it, in the
@@ -80,8 +80,7 @@ def test_deploy_local_trains_ials_with_simulate_s_shaped_alpha0(
     assert deployed.model.alpha0 == alpha0
     assert config["settings"]["model.alpha0"] == alpha0
     assert f"{SHAPED}alpha0 {alpha0:g}:" in printed
-    # ... deploy-local's own rounds (3), devices per round (every node) and evaluation
-    # (at the end only; simulate's default is every 5 rounds) ...
+    # ... deploy-local's own rounds (3) and devices per round (every node) ...
     assert (deployed.rounds, deployed.clients_per_round) == (3, 3)
     # ... and, apart from the run directory, simulate's settings for the same run
     assert dataclasses.replace(deployed, run_dir=simulated.run_dir) == simulated
@@ -99,3 +98,38 @@ def test_deploy_local_keeps_a_given_alpha0(
     # Assert: what the user set wins, and no shaped default is reported
     assert (deployed.model.alpha0, deployed.rounds) == (0.5, 2)
     assert SHAPED not in capsys.readouterr().out
+
+
+def test_deploy_local_defaults_to_simulate_s_model_and_evaluation_schedule(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: no --model, no --eval-every; simulate given deploy-local's own two defaults
+    own = ("--rounds", "3", "--clients-per-round", "3")
+
+    # Execute
+    deployed, config = _deploy_settings(monkeypatch, tmp_path / "d")
+    printed = capsys.readouterr().out
+    simulated = _simulate_settings(monkeypatch, tmp_path / "s", "--model", "ials", *own)
+
+    # Assert: simulate's default model (iALS, its reason printed) and evaluation every 5
+    # rounds, in the settings deployed and in config.json; otherwise simulate's settings
+    assert (deployed.model.kind, deployed.eval_every) == ("ials", 5)
+    assert (config["settings"]["model"], config["settings"]["eval-every"]) == ("ials", 5)
+    assert "model: ials (" in printed
+    assert dataclasses.replace(deployed, run_dir=simulated.run_dir) == simulated
+
+
+def test_deploy_local_keeps_mf_given_mf_s_round_flags_as_simulate_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: --rounds given, as in the commands written when MF was the default
+    flags = ("--rounds", "2")
+
+    # Execute
+    deployed, _ = _deploy_settings(monkeypatch, tmp_path / "d", *flags)
+    printed = capsys.readouterr().out
+    simulated = _simulate_settings(monkeypatch, tmp_path / "s", *flags)
+
+    # Assert: both keep MF, and deploy-local says why in simulate's words
+    assert deployed.model.kind == simulated.model.kind == "mf"
+    assert "model: mf (the default is ials, but --rounds given)" in printed

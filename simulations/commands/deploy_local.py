@@ -7,6 +7,10 @@ run, and stops every process it started (also on Ctrl-C, SIGTERM and SIGHUP; a
 watchdog does it after SIGKILL). ``RUN_DIR`` gets the files of
 ``fedrec simulate`` plus ``logs/`` (docs/DEPLOYMENT.md). ``--resume RUN_DIR --nodes N``
 continues a stopped run from its checkpoint, with the node stores it left.
+
+Defaults are ``fedrec simulate``'s (the model it would choose, evaluation every 5
+rounds, the data-shaped model settings) except two a live deployment sets itself: the
+rounds (3: each round starts real processes) and the devices per round (every node).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from server.checkpoint import headcount
 from server.settings import RunSettings
 from simulations.commands.common import add_data_arguments
 from simulations.commands.simulate import GRAM_MODEL
+from simulations.config_file import track_explicit
 from simulations.progress import Progress
 
 if TYPE_CHECKING:
@@ -63,9 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         choices=(*MODEL_KIND_NAMES, GRAM_MODEL),
-        default="mf",
+        default=RunSettings().model.kind,
         help="ease: one-shot federated EASE, one round (the only model of --privacy "
-        "distributed: SecAgg+ with Skellam noise; docs/SECAGG.md)",
+        "distributed: SecAgg+ with Skellam noise; docs/SECAGG.md). Default: fedrec "
+        "simulate's choice: ials (mf under --privacy local, or given MF's round flags "
+        "such as --rounds); with --privacy central, ease when the catalog fits its cap",
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default="fedadam")
     parser.add_argument(
@@ -77,7 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="split, init and sampling seed")
     parser.add_argument(
-        "--eval-every", type=int, default=0, metavar="N", help="evaluate every N rounds (0: end)"
+        "--eval-every",
+        type=int,
+        default=5,
+        metavar="N",
+        help="evaluate a sample of --eval-clients devices every N rounds (default 5, as "
+        "fedrec simulate; 0: only at the end; a 3-round run is evaluated at its end only)",
     )
     parser.add_argument("--eval-clients", type=int, default=100, help="users per periodic eval")
     parser.add_argument("--server-lr", type=float, default=None, help="server learning rate")
@@ -93,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds before the run is stopped"
     )
+    track_explicit(parser)  # which flags were given: the model's choice (as fedrec simulate)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from server.settings import load_split
+    from simulations.commands.simulate import choose_model
     from simulations.deploy import check_nodes, deploy_local
     from simulations.run_dir import (
         acquire_run_dir,
@@ -115,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out and --resume", where="fedrec deploy-local")
+    if args.resume is None:
+        choose_model(args)  # fedrec simulate's default model, its reason printed
     if args.resume is None and args.model == GRAM_MODEL:
         return _run_gram(args)
     if args.resume is not None and _is_gram_run(Path(args.resume)):
