@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import gram_client
@@ -65,6 +65,7 @@ from fedrec.data.sequences import user_train_items
 from fedrec.errors import ConfigError
 from fedrec.federated.client import derive_seed
 from fedrec.federated.loop import EVAL_ROUND
+from fedrec.federated.npy import NUMPY_STYPE, record_arrays, save_npy
 from fedrec.metrics.private import evaluation_mechanism
 from fedrec.models.config import ModelConfig
 from fedrec.models.registry import model_class
@@ -102,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     if gram_client.handles(msg):  # --model ease: one-shot federated EASE
         return gram_client.train(msg, context)
     user, config, rnd = _begin(msg, context)
-    arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
+    arrays = _arrays(msg)
     if bool(config.get("noop", False)):
         echo = _upload(arrays, arrays, config, seed=0)
         return Message(RecordDict({"arrays": ArrayRecord(echo)}), reply_to=msg)
@@ -122,7 +123,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if gram_client.handles(msg):  # --model ease: one-shot federated EASE
         return gram_client.evaluate(msg, context)
     user, config, rnd = _begin(msg, context)
-    arrays = msg.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
+    arrays = _arrays(msg)
     round_config = _round_config(config, user, EVAL_ROUND, rnd)
     privacy = privacy_config(config)
     test_items = load_split(config).test_items(user)
@@ -138,6 +139,27 @@ def evaluate(msg: Message, context: Context) -> Message:
         status = PrivacyRecord(privacy_record.BUDGET_EXHAUSTED).to_dict()
         return Message(RecordDict({PRIVACY_KEY: ConfigRecord(dict(status))}), reply_to=msg)
     return Message(RecordDict({"metrics": MetricRecord(dict(report.values))}), reply_to=msg)
+
+
+def _arrays(msg: Message) -> list[npt.NDArray[Any]]:
+    """The message's global arrays: ``to_numpy_ndarrays()``, each ``.npy`` header parsed
+    once per process (:mod:`fedrec.federated.npy`; every message of a round carries the
+    same arrays)."""
+    record = msg.content["arrays"]
+    assert isinstance(record, ArrayRecord)
+    return record_arrays(record.values())
+
+
+def _array_record(arrays: list[npt.NDArray[Any]]) -> ArrayRecord:
+    """``ArrayRecord(arrays)``, the same record, each ``np.save`` header written once."""
+    return ArrayRecord(
+        {
+            str(i): Array(
+                dtype=str(a.dtype), shape=tuple(a.shape), stype=NUMPY_STYPE, data=save_npy(a)
+            )
+            for i, a in enumerate(arrays)
+        }
+    )
 
 
 def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
@@ -228,7 +250,7 @@ def _pack_fit(
     content = RecordDict()
     if reply.ok:
         assert reply.item_arrays is not None
-        content["arrays"] = ArrayRecord(_upload(reply.item_arrays, reference, config, seed=seed))
+        content["arrays"] = _array_record(_upload(reply.item_arrays, reference, config, seed=seed))
         metrics: dict[str, int | float | list[int] | list[float]] = {}
         if bool(config.get("weighted", False)):
             metrics["num-examples"] = reply.num_examples

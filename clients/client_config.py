@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flwr.app import ConfigRecord
 
@@ -73,18 +74,53 @@ def _fields(config: ConfigRecord, prefix: str, cls: type[Any]) -> dict[str, Any]
 
 def model_config(config: ConfigRecord) -> ModelConfig:
     """``model`` (kind) and ``model.*``."""
+    return _parsed(config, _model_config)
+
+
+def train_config(config: ConfigRecord) -> LocalTrainConfig:
+    """``train.*`` (unknown keys ignored)."""
+    return _parsed(config, _train_config)
+
+
+def privacy_config(config: ConfigRecord) -> PrivacyConfig:
+    """``privacy`` (mode) and ``privacy.*``; mode ``none`` when absent."""
+    return _parsed(config, _privacy_config)
+
+
+_Parsed = TypeVar("_Parsed")
+_PARSED: dict[tuple[Any, ...], Any] = {}
+"""``(reader, the config's items with their types) -> what the reader made of them``."""
+
+
+def _parsed(config: ConfigRecord, read: Callable[[ConfigRecord], _Parsed]) -> _Parsed:
+    """``read(config)``, once per distinct config (the settings are frozen dataclasses):
+    every message of a round carries the same config, and reading its 40 keys into the
+    dataclasses cost more per message than a device's store open."""
+    try:
+        key = (read, tuple(config.items()), tuple(map(type, config.values())))
+        found = _PARSED.get(key)
+    except TypeError:  # a list value: not hashable
+        return read(config)
+    if found is None:
+        found = read(config)
+        with _LOCK:
+            if len(_PARSED) >= 64:
+                _PARSED.clear()
+            _PARSED[key] = found
+    return found
+
+
+def _model_config(config: ConfigRecord) -> ModelConfig:
     fields = _fields(config, "model.", ModelConfig)
     fields.pop("kind", None)
     return ModelConfig(kind=str(config["model"]), **fields)
 
 
-def train_config(config: ConfigRecord) -> LocalTrainConfig:
-    """``train.*`` (unknown keys ignored)."""
+def _train_config(config: ConfigRecord) -> LocalTrainConfig:
     return LocalTrainConfig(**_fields(config, "train.", LocalTrainConfig))
 
 
-def privacy_config(config: ConfigRecord) -> PrivacyConfig:
-    """``privacy`` (mode) and ``privacy.*``; mode ``none`` when absent."""
+def _privacy_config(config: ConfigRecord) -> PrivacyConfig:
     fields = _fields(config, "privacy.", PrivacyConfig)
     fields.pop("mode", None)
     return PrivacyConfig(mode=str(config.get("privacy", "none")), **fields)

@@ -128,6 +128,22 @@ def _shapes(
     return items, users
 
 
+_LAST_CATALOG: tuple[list[ItemId], dict[ItemId, int]] | None = None
+
+
+def _row_index(ids: list[ItemId]) -> dict[ItemId, int]:
+    """``{id: row}`` of the catalog ``ids`` (read only). The last catalog's dict is
+    reused when ``ids`` equal it: a simulated device gets the same catalog with every
+    message, and building the dict cost more than comparing the lists."""
+    global _LAST_CATALOG
+    last = _LAST_CATALOG
+    if last is not None and last[0] == ids:
+        return last[1]
+    row = {i: r for r, i in enumerate(ids)}
+    _LAST_CATALOG = (list(ids), row)
+    return row
+
+
 class _Global:
     """Held global item parameters; the serving model is built on first use only.
 
@@ -156,7 +172,7 @@ class _Global:
                 problem, where="global arrays", fix="send arrays of the model config's shapes"
             )
         self.arrays, self.model_cfg, self.train_cfg, self.ids = arrays, model_cfg, train_cfg, ids
-        self.row = {i: r for r, i in enumerate(ids)}
+        self.row = _row_index(ids)
         self.item_names = [n for n, _ in items]
         self.state_shapes = dict(users)
         self._seed = seed
@@ -234,15 +250,13 @@ class DeviceClient:
         self.refresh_steps = refresh_steps
         key = store.get_meta(NEGATIVE_KEY)
         self.negative_key = None if key is None else check_key(bytes.fromhex(str(key)))
-        stored = store.interactions()
-        self._items: list[ItemId] = [r.item for r in stored]
-        self._stamps: list[float] = [r.timestamp for r in stored]
+        self._items, self._stamps = store.history()
         self._titles: dict[ItemId, str] = {
             item_id(i): str(t) for i, t in store.get_meta(TITLES) or []
         }
         self._global = self._load_global()
         self._seen = np.zeros(0, dtype=np.int64)
-        self._order = np.zeros(0, dtype=np.int64)
+        self._order: npt.NDArray[np.int64] | None = None
         self._sync()
         self._serve: UserState | None = None
         self._p: npt.NDArray[np.float32] | None = None
@@ -702,16 +716,23 @@ class DeviceClient:
         g = self._global
         rows = [] if g is None else [g.row[i] for i in self._items if i in g.row]
         self._seen = np.unique(np.asarray(rows, dtype=np.int64))
-        # time order (timestamp, then recording order), a repeated item at its latest
-        pairs = zip(self._items, self._stamps, strict=True)
-        timed = [] if g is None else [(t, g.row[i]) for i, t in pairs if i in g.row]
-        ordered = [r for _, r in sorted(timed, key=lambda pair: pair[0])]
-        self._order = np.asarray(last_unique(ordered), dtype=np.int64)
+        self._order = None  # the time order: made when a sequential model reads it
         self._cached_scores = None
+
+    def _time_order(self) -> npt.NDArray[np.int64]:
+        """The catalog rows in time order (timestamp, then recording order), a repeated
+        item at its latest (as of the last :meth:`_sync`)."""
+        if self._order is None:
+            g = self._global
+            pairs = zip(self._items, self._stamps, strict=True)
+            timed = [] if g is None else [(t, g.row[i]) for i, t in pairs if i in g.row]
+            ordered = [r for _, r in sorted(timed, key=lambda pair: pair[0])]
+            self._order = np.asarray(last_unique(ordered), dtype=np.int64)
+        return self._order
 
     def _history(self, g: _Global) -> npt.NDArray[np.int64]:
         """The user's catalog rows: in time order for a sequential model, else sorted."""
-        return self._order if model_class(g.model_cfg.kind).ORDERED else self._seen
+        return self._time_order() if model_class(g.model_cfg.kind).ORDERED else self._seen
 
     def _refresh(self) -> None:
         """Refit the serving state on all known items against the frozen global items."""

@@ -29,8 +29,8 @@ MODEL_KIND = "ease"
 
 def handles(msg: Message) -> bool:
     """Whether ``msg`` is a federated-EASE message."""
-    config = msg.content.config_records.get("config")
-    return config is not None and config.get("model") == MODEL_KIND
+    config = msg.content.get("config")  # not .config_records: a new dict per call
+    return isinstance(config, ConfigRecord) and config.get("model") == MODEL_KIND
 
 
 def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord]:

@@ -42,6 +42,7 @@ from fedrec.data.split import Split
 from fedrec.errors import DataError
 from fedrec.federated.aggregation import FEDADAM_LR, ServerConfig, ServerOptimizer, UploadMean
 from fedrec.federated.compression import UploadCodec, Wire
+from fedrec.federated.npy import record_arrays
 from fedrec.metrics import USER_METRIC_KEYS
 from fedrec.metrics.private import PrivateEvaluation, aggregate_replies
 from fedrec.models.base import Arrays
@@ -362,7 +363,7 @@ class _FedrecHooks:
         metrics = content.metric_records.get(METRICS_KEY)
         if self.plan.weighted and (metrics is None or NUM_EXAMPLES_KEY not in metrics):
             return "count weighting is on but the reply has no num-examples", []
-        arrays = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+        arrays = record_arrays(content.array_records[ARRAYS_KEY].values())  # headers parsed once
         shapes = [tuple(a.shape) for a in arrays]
         declared = self.plan.upload.wire_shapes(self.plan.item_shapes)
         if shapes != declared:
