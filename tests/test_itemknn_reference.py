@@ -167,3 +167,21 @@ def test_row_ranking_from_a_sampled_floor_equals_the_torch_batch(
     # Assert: top lists, hits and first-hit ranks identical, ties by lower index
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_reference_on_a_user_sample_equals_the_full_similarity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: a "large" catalog by lowering both caps; a sample of the test users
+    from fedrec.baselines import ItemKNN, evaluate_baseline, reference_metrics
+    from fedrec.data import random_split, resolve_data
+
+    split = random_split(resolve_data("synthetic:users=300,items=200,seed=3"), seed=0)
+    monkeypatch.setattr(itemknn, "DENSE_ROWS_MAX_ITEMS", 100)
+    sample = split.test_users()[::7]
+    # Execute: the reference computes only the sample's item rows
+    refs = reference_metrics(split, max_ease_items=100, users=sample)
+    full = evaluate_baseline(ItemKNN(20), split, users=sample)
+    # Assert: every metric equal
+    assert refs["itemknn"] == full
+    assert refs["itemknn"]["users_evaluated"] == len(sample)

@@ -101,7 +101,9 @@ def reference_metrics(
             max_ease_items,
             SCALABLE_KNN_K,
         )
-        out["itemknn"] = evaluate_baseline(ItemKNN(SCALABLE_KNN_K), split, users=users)
+        chosen = split.test_users() if users is None else np.asarray(users, dtype=np.int64)
+        knn = ItemKNN(SCALABLE_KNN_K).fit(split.train, items=split.train[chosen].indices)
+        out["itemknn"] = evaluate_scores(knn.score, split, users=users)
     else:
         out["ease"] = evaluate_baseline(EASE(ease_lambda), split, users=users)
     return out

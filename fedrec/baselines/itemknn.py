@@ -196,10 +196,13 @@ class ItemKNN:
         self.train: sp.csr_matrix | None = None
         self.similarity: sp.csr_matrix | None = None
 
-    def fit(self, train: sp.csr_matrix) -> Self:
+    def fit(self, train: sp.csr_matrix, *, items: npt.NDArray[np.int64] | None = None) -> Self:
+        """Fit on the binary train matrix. ``items`` (large catalogs only): the rows of
+        the similarity to compute, those of the items of the users to be scored; the
+        others stay empty (:func:`sparse_cosine_neighbours`)."""
         self.train = as_binary_csr(train)
         if self.k is not None and self.train.shape[1] > DENSE_ROWS_MAX_ITEMS:
-            self.similarity = sparse_cosine_neighbours(self.train, self.k)
+            self.similarity = sparse_cosine_neighbours(self.train, self.k, items=items)
         else:
             self.similarity = cosine_neighbours(self.train, self.k)
         return self
