@@ -14,6 +14,7 @@ model, local-training and server-optimizer dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ class RunSettings:
             elif key in _TOP:
                 top[_TOP[key]] = value
             else:
-                raise ConfigError(f"unknown setting {key!r}", where="run config", fix="remove it")
+                raise unknown_setting(key)
         _check_fields(parts)
         if isinstance(top.get("fail_users"), str):
             text = top["fail_users"].strip()
@@ -210,12 +211,31 @@ def _check_fields(parts: Mapping[str, Mapping[str, Any]]) -> None:
         valid = {f.name for f in dataclasses.fields(_PART_TYPES[prefix])}
         unknown = sorted(set(given) - valid)
         if unknown:
-            names = ", ".join(f"{prefix}.{n.replace('_', '-')}" for n in sorted(valid))
-            raise ConfigError(
-                f"unknown setting {prefix}.{unknown[0].replace('_', '-')}",
-                where="--set / run config",
-                fix=f"valid {prefix} keys: {names}",
-            )
+            raise unknown_setting(f"{prefix}.{unknown[0].replace('_', '-')}")
+
+
+def flat_keys() -> list[str]:
+    """Every key of the flat form: the top-level ones, then ``model.<field>``, ..."""
+    keys = [*_TOP, "model", "strategy", "privacy"]
+    for prefix, part in _PART_TYPES.items():
+        keys += [f"{prefix}.{f.name.replace('_', '-')}" for f in dataclasses.fields(part)]
+    return keys
+
+
+def unknown_setting(key: str, where: str = "--set / run config") -> ConfigError:
+    """The error for a flat key that names no setting: the closest valid key, and the list."""
+    valid, prefix = flat_keys(), key.partition(".")[0]
+    spelled = key.replace("_", "-")
+    close = [k for k in valid if k.endswith(("-" + spelled, "." + spelled))]
+    close = close or difflib.get_close_matches(spelled, valid, n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]}? " if close and close[0] != key else ""
+    if "." in key and prefix in _PART_TYPES:
+        names = [k for k in valid if k.startswith(prefix + ".")]
+        listed = f"valid {prefix} keys: " + ", ".join(names)
+    else:
+        tops = [k for k in valid if "." not in k] + [f"{p}.<field>" for p in _PART_TYPES]
+        listed = "valid keys: " + ", ".join(tops)
+    return ConfigError(f"unknown setting {key}", where=where, fix=hint + listed)
 
 
 def load_split(settings: RunSettings) -> Split:

@@ -21,6 +21,8 @@ from fedrec.errors import ConfigError
 
 EXPLICIT = "_explicit_flags"
 """The attribute of the parsed namespace that lists the destinations given explicitly."""
+FROM_FILE = "_keys_from_config"
+"""The attribute of the parsed namespace that maps each flat key the file set to the file."""
 
 FLAG_OF_KEY = {
     "data": "data",
@@ -134,15 +136,27 @@ def apply_config(args: argparse.Namespace) -> set[str]:
         flat = {k: v for k, v in flat.items() if not k.startswith("privacy.")}
     sets: list[str] = []
     applied: set[str] = set()
+    typed = {item.partition("=")[0].strip() for item in args.set or []}  # --set wins
+    origin: dict[str, str] = {}
     for key, value in flat.items():
         dest = FLAG_OF_KEY.get(key)
         if dest is None:
             sets.append(f"{key}={json.dumps(value)}")
+            if key not in typed:
+                origin[key] = str(path)
         elif dest not in given:
             setattr(args, dest, value)
             applied.add(dest)
+            origin[key] = str(path)
     args.set = [*sets, *(args.set or [])]
+    setattr(args, FROM_FILE, origin)
     return applied
+
+
+def key_origin(args: argparse.Namespace, key: str) -> str:
+    """Where the value of flat ``key`` came from, for an error's ``where``."""
+    path = getattr(args, FROM_FILE, {}).get(key)
+    return f"{path}: {key}" if path is not None else f"--set {key}"
 
 
 MF_ONLY_FLAGS = (

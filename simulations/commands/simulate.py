@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from fedrec.training.allocator import steady_allocator
 from fedrec.training.device import DEVICES, compute_device
 from server.settings import RunSettings, load_split
 from simulations.commands.common import add_data_arguments
-from simulations.config_file import track_explicit
+from simulations.config_file import key_origin, track_explicit
 from simulations.progress import Progress
 from simulations.tracking import TRACKERS, check_tracker, open_tracker
 
@@ -167,9 +168,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if args.proximal_mu is not None:
         flat["train.proximal-mu"] = float(args.proximal_mu)
     flat.update(privacy_flat(args))
-    sets = parse_sets(args.set)
-    check_set_types(sets)
-    flat.update(sets)
+    flat.update(parse_sets(args.set))
+    check_set_types(flat, where=lambda key: key_origin(args, key))  # --config's values too
     if args.seed < 0:
         raise ConfigError(f"must be >= 0, got {args.seed}", where="--seed")
     if args.k_core is not None and args.k_core < 1:
@@ -177,24 +177,31 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     return RunSettings.from_run_config(flat)
 
 
-def check_set_types(sets: dict[str, Any]) -> None:
-    """Refuse a ``--set`` value of the wrong type (e.g. ``model.dim=1.5``) up front."""
+def check_set_types(
+    sets: dict[str, Any], where: Callable[[str], str] = lambda key: f"--set {key}"
+) -> None:
+    """Refuse an unknown key or a value of the wrong type (e.g. ``model.dim=1.5``) up
+    front, naming where it was given (``where(key)``: ``--set`` or the config file)."""
     from fedrec.federated.aggregation import ServerConfig
     from fedrec.models.config import LocalTrainConfig, ModelConfig
     from fedrec.privacy.config import PrivacyConfig
+    from server.settings import flat_keys, unknown_setting
 
     parts = {"model": ModelConfig(), "train": LocalTrainConfig(), "server": ServerConfig()}
     parts["privacy"] = PrivacyConfig()
     top = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunSettings)}
-    defaults = RunSettings()
+    top["num-server-rounds"] = top.pop("rounds")  # the flat key of RunSettings.rounds
+    defaults, valid = RunSettings(), set(flat_keys())
     for key, value in sets.items():
         prefix, _, rest = key.partition(".")
+        if key not in valid:
+            raise unknown_setting(key, where=where(key))
         if rest and prefix in parts:
             default = getattr(parts[prefix], rest.replace("-", "_"), None)
         elif key in top:
             default = getattr(defaults, top[key].name)
         else:
-            continue  # unknown keys: RunSettings names them
+            continue  # model, strategy, privacy: checked by their configs
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
@@ -210,7 +217,7 @@ def check_set_types(sets: dict[str, Any]) -> None:
             article = "an" if kind == "int" else "a"
             raise ConfigError(
                 f"expected {article} {kind}, got {value!r}",
-                where=f"--set {key}",
+                where=where(key),
                 fix=f"give {article} {kind} value, e.g. {key}={default!r}",
             )
 
@@ -324,7 +331,11 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}", where="--set")
+            raise ConfigError(
+                f"expected KEY=VALUE, got {item!r}",
+                where="--set",
+                fix="give one setting per --set, e.g. --set model.dim=16",
+            )
         try:
             out[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
