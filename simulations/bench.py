@@ -204,7 +204,8 @@ def bench_large(workdir: Path, *, tiny: bool = False) -> dict[str, Any]:
     One child process (:func:`simulations.scale.measure_rss`) runs :func:`large_spec`;
     the evaluation figure is the harness's final evaluation of every test user, in
     batches (``eval_seconds``, wall, for ``eval_users`` users;
-    ``eval_seconds_per_user`` = seconds / users).
+    ``eval_seconds_per_user`` = seconds / users); ``reference_seconds`` (wall) and
+    ``reference_cpu_seconds``: after the last round, the references and metrics.json.
     """
     spec = large_spec(tiny=tiny)
     r = measure_rss(spec, workdir / "large", timeout=3600.0)
@@ -226,6 +227,8 @@ def bench_large(workdir: Path, *, tiny: bool = False) -> dict[str, Any]:
         "device_store_bytes": r.get("device_store_bytes"),
         "ndcg@10": r.get("ndcg@10"),
         "reference_ndcg@10": r.get("reference"),
+        "reference_seconds": r.get("reference_seconds"),
+        "reference_cpu_seconds": r.get("reference_cpu_seconds"),
     }
     return {"large_catalog": entry, "large_catalog_detail": r}
 
@@ -354,6 +357,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{'large_catalog eval s/user':28s} "
                      f"{float(big['eval_seconds_per_user'] or 0):12.4f}")  # fmt: skip
         lines.append(f"{'large_catalog MB/device/round':28s} {down:12.1f}  (each way)")
+        lines.append(f"{'large_catalog reference s':28s} "
+                     f"{float(big.get('reference_seconds') or 0):12.1f}"
+                     f"  ({float(big.get('reference_cpu_seconds') or 0):.1f} CPU s)")  # fmt: skip
     m = result["machine"]
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
                  f"device {m['device']}, load {m['load_average']} -> "

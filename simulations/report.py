@@ -343,7 +343,9 @@ def _accuracy_section(
         lines.append(
             "- EASE: skipped, the catalog is above "
             f"{EASE_MAX_ITEMS:,} items (its dense items x items matrices do not fit in "
-            "memory); item-kNN (20 neighbours, sparse similarity) is the reference instead"
+            "memory); item-kNN (cosine, 20 neighbours, sparse similarity) is the reference "
+            "instead; plain cosine favours items that few users share, so on a sparse, "
+            "heavy-tailed catalog it can rank below popularity"
         )
     mode = _mode(config)
     if mode == "none":

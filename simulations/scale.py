@@ -181,13 +181,18 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
     grid = TimedGrid(spec.users, seed=spec.seed)
     rounds: list[float] = []
     evals: list[float] = []
+    last_round = [time.perf_counter(), time.process_time()]
 
     def on_round(rec: dict[str, Any]) -> None:
         rounds.append(float(rec["seconds"]))
         if rec.get("eval_seconds") is not None:
             evals.append(float(rec["eval_seconds"]))
+        last_round[:] = [time.perf_counter(), time.process_time()]
 
     metrics = run_server(grid, settings, on_round, evaluator=device_evaluator(settings))
+    # after the last round's record: the references (popularity, EASE or item-kNN) and
+    # metrics.json; the last round's evaluation is inside the round
+    after_rounds = [time.perf_counter() - last_round[0], time.process_time() - last_round[1]]
     store_files = list((Path(settings.run_dir) / "clients").glob("*/*.sqlite*"))
     stores = sum(1 for f in store_files if f.suffix == ".sqlite")
     ckpt = load_checkpoint(Path(settings.run_dir))
@@ -205,6 +210,9 @@ def run_scale(spec: ScaleSpec, out: Path) -> dict[str, Any]:
         "seconds_per_round": float(np.mean(rounds)) if rounds else None,
         "eval_seconds": evals,
         "eval_users": spec.eval_users,
+        "reference_seconds": after_rounds[0],
+        "reference_cpu_seconds": after_rounds[1],
+        "cpu_seconds_total": time.process_time(),
         "bytes_per_device_per_round": {"download": upload, "upload": upload},
         "item_array_shapes": [list(a.shape) for a in arrays],
         "device_stores": stores,

@@ -4,6 +4,8 @@ row ranking that partitions only the scores above a sampled floor ranks as befor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -185,3 +187,18 @@ def test_reference_on_a_user_sample_equals_the_full_similarity(
     # Assert: every metric equal
     assert refs["itemknn"] == full
     assert refs["itemknn"]["users_evaluated"] == len(sample)
+
+
+def test_report_names_the_item_knn_reference_and_its_limit(tmp_path: Path) -> None:
+    # Prepare: a run's metrics whose references are popularity and item-kNN (large catalog)
+    from simulations.report import _accuracy_section
+
+    refs = {"popularity": {"ndcg@10": 0.05}, "itemknn": {"ndcg@10": 0.006}}
+    config = {"settings": {"model": "mf", "privacy.mode": "none"}}
+    # Execute
+    lines = _accuracy_section(tmp_path, config, {"ndcg@10": 0.04}, refs)
+    # Assert: both comparisons, and the line that says what item-kNN is and where it falls
+    text = "\n".join(lines)
+    assert "against popularity: NDCG@10 0.0400 vs 0.0500 (80% of it)" in text
+    assert "EASE: skipped" in text and "item-kNN (cosine, 20 neighbours" in text
+    assert "rank below popularity" in text
