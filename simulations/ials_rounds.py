@@ -41,6 +41,7 @@ from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
 from fedrec.training.ials import gramian, item_gradient, solve_rows
+from fedrec.training.threads import single_threaded
 
 F64 = npt.NDArray[np.float64]
 
@@ -170,17 +171,18 @@ def main(argv: list[str] | None = None) -> None:
 
     setup = {"rounds": rounds, "clients_per_round": k, "model": dataclasses.asdict(model_cfg)}
     print(json.dumps({**setup, "server": dataclasses.asdict(server_cfg)}), flush=True)
-    run_rounds(
-        split,
-        model_cfg,
-        train_cfg,
-        server_cfg,
-        rounds=rounds,
-        clients_per_round=k,
-        eval_at=eval_at,
-        fast=args.fast,
-        on_eval=on_eval,
-    )
+    with single_threaded():  # as simulate: one BLAS thread for many small products
+        run_rounds(
+            split,
+            model_cfg,
+            train_cfg,
+            server_cfg,
+            rounds=rounds,
+            clients_per_round=k,
+            eval_at=eval_at,
+            fast=args.fast,
+            on_eval=on_eval,
+        )
     last = [h["ndcg@10"] for h in history if h["round"] >= 0.7 * rounds]
     summary = {"final": history[-1], "last30_range": max(last) - min(last)}
     print(json.dumps(summary), flush=True)
