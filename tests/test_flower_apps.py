@@ -41,9 +41,9 @@ def make_settings(tmp: Path, **overrides: Any) -> RunSettings:
     flat.update(overrides)
     if flat.get("strategy", "fedadam") != "fedadam":
         flat.setdefault("server.server-lr", 1.0)
-    elif flat.get("model") in ("cdae", "multvae"):
-        # the autoencoders' FedSGD preset (one local SGD step of rate 1) steps at the
-        # twin's Adam rate, 1e-3, tuned for hundreds of rounds; a few rounds on toy
+    elif flat.get("model") in ("cdae", "multvae", "ncf"):
+        # the autoencoders' and NCF's FedSGD presets (one local SGD step of rate 1) step
+        # at Adam rates (1e-3, 3e-3) tuned for hundreds of rounds; a few rounds on toy
         # data need a larger server step
         flat.setdefault("server.server-lr", 0.05)
         if "train.epochs" not in overrides:

@@ -1,6 +1,6 @@
 """NeuMF (``--model ncf``): the item-side / user-side split, what an upload carries,
-MF's keyed negatives, learning on planted data (federated and the twin), the privacy
-modes it takes (central) or refuses (local)."""
+the preset's FedSGD device update, MF's keyed negatives, learning on planted data
+(federated and the twin), the privacy modes it takes (central) or refuses (local)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ import torch
 
 from fedrec.data import random_split
 from fedrec.data.interactions import Interactions
-from fedrec.federated.client import client_fit
+from fedrec.federated.client import client_fit, load_device_model
 from fedrec.federated.loop import run_federated
-from fedrec.federated.presets import NCF_LOCAL, NCF_MODEL, NCF_SERVER, federated_preset
+from fedrec.federated.presets import (
+    NCF_LOCAL,
+    NCF_LOCAL_FEW,
+    NCF_MODEL,
+    NCF_SERVER,
+    NCF_SERVER_FEW,
+    federated_preset,
+)
+from fedrec.federated.shape import DataShape
 from fedrec.metrics.evaluate import evaluate_scores
 from fedrec.models.base import check_split, item_side, user_side
 from fedrec.models.config import ModelConfig
@@ -25,6 +33,7 @@ from fedrec.models.ncf import NeuMF, tower_widths
 from fedrec.models.registry import build_model, init_item_arrays, item_array_shapes
 from fedrec.recommend import item_vectors
 from fedrec.training.centralized import central_preset, train_centralized
+from fedrec.training.local import refit_user, user_examples
 
 CFG = ModelConfig(kind="ncf", dim=8)
 
@@ -117,11 +126,87 @@ def test_score_is_the_forward_logit_of_every_item() -> None:
         torch.testing.assert_close(scores[row], logits)
 
 
+def test_preset_device_upload_is_the_global_side_minus_its_mean_loss_gradient() -> None:
+    """The fix of ml-1m's collapse (docs/RESULTS.md, NCF): a device's upload is one SGD
+    step of rate 1 on the gradient of its own mean loss at the global item side (after
+    refitting its user vectors), not a model moved by local Adam epochs."""
+    # Prepare: a returning device (stored user state) with the preset
+    n_items, seed = 40, 4
+    start = init_item_arrays(CFG, n_items, seed=0)
+    own = np.array([1, 4, 9, 16, 25], dtype=np.int64)
+    state = client_fit(CFG, NCF_LOCAL, start, None, own, seed=3).user_state
+    # Execute
+    fit = client_fit(CFG, NCF_LOCAL, start, state, own, seed=seed)
+    # Assert: rebuild the device's loss at the global items: its warm refit, then the
+    # epoch's examples (the same generator draws), and take its gradient by autograd
+    model = load_device_model(CFG, start, state, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    examples = user_examples(model, own)
+    refit_user(model, NCF_LOCAL.for_refit(first=False), examples, generator=gen)
+    batch = examples(gen)
+    loss = model.loss(model(*batch.inputs), batch.target)
+    params = list(item_side(model).values())
+    grads = torch.autograd.grad(loss, params)
+    assert len(fit.item_arrays) == len(params)
+    for name, up, p, g in zip(NeuMF.ITEM_SIDE, fit.item_arrays, params, grads, strict=True):
+        expected = (p - g).detach().numpy()
+        np.testing.assert_allclose(up, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert np.abs(g.numpy()).max() > 0, name  # every array moves (tower included)
+
+
+def test_preset_is_fedsgd_with_server_adam_and_few_rounds_variants_train_locally() -> None:
+    # Execute
+    plain = federated_preset("ncf")
+    private = federated_preset("ncf", privacy="central")
+    averaged = federated_preset("ncf", strategy="fedavg")
+    # Assert: one full-batch SGD step of rate 1 per device, Adam's constants on the server
+    assert plain == (NCF_MODEL, NCF_LOCAL, NCF_SERVER)
+    assert (NCF_LOCAL.epochs, NCF_LOCAL.lr, NCF_LOCAL.optimizer) == (1, 1.0, "sgd")
+    assert NCF_LOCAL.batch_size >= 1 << 20  # a device's whole data in one batch
+    assert NCF_SERVER.strategy == "fedadam" and NCF_SERVER.beta2 == 0.999
+    assert private == averaged == (NCF_MODEL, NCF_LOCAL_FEW, NCF_SERVER_FEW)
+
+
+def test_shaped_rounds_give_every_user_five_passes() -> None:
+    # Execute
+    ml1m = NeuMF.shaped_defaults(DataShape(users=6040, items=3706, interactions=797_758))
+    ml100k = NeuMF.shaped_defaults(DataShape(users=943, items=1682, interactions=79_619))
+    # Assert: 5 x 6040 / 100 rounds on ml-1m; ml-100k keeps the 50-round floor
+    assert (ml1m.rounds, ml1m.clients_per_round, ml1m.passes) == (302, 100, 5)
+    assert (ml100k.rounds, ml100k.clients_per_round) == (50, 100)
+    assert "302" in ml1m.reasons[0]
+
+
+def test_devices_skip_the_item_init_without_changing_the_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the same first update with the device model's item side initialized
+    from fedrec.federated import client
+
+    items = init_item_arrays(CFG, 30, seed=0)
+    own = np.array([0, 3, 7], dtype=np.int64)
+    fast = client_fit(CFG, NCF_LOCAL, items, None, own, seed=5)
+    built = client.build_model
+    monkeypatch.setattr(
+        client, "build_model", lambda *a, **kw: built(*a, **{**kw, "item_init": True})
+    )
+    # Execute
+    slow = client_fit(CFG, NCF_LOCAL, items, None, own, seed=5)
+    # Assert: bit-identical upload and user state (the fresh user vectors come from the
+    # seed alone)
+    for a, b in zip(fast.item_arrays, slow.item_arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for key, value in fast.user_state.items():
+        np.testing.assert_array_equal(value, slow.user_state[key])
+
+
 def test_federated_ncf_beats_popularity_on_planted_data() -> None:
-    # Prepare
+    # Prepare: the preset at a toy's server rate (one Adam step per round: 8 rounds at
+    # the preset's 0.003 barely move a fresh model)
     split = random_split(_planted(), seed=0)
     model, local, server = federated_preset("ncf")
     model = ModelConfig(kind="ncf", dim=8, l2=model.l2)
+    server = dataclasses.replace(server, server_lr=0.03)
     # Execute
     result = run_federated(split, model, local, server, rounds=8, clients_per_round=30, seed=0)
     # Assert

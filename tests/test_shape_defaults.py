@@ -72,13 +72,14 @@ def test_shape_of_a_train_matrix_counts_only_users_with_train_items() -> None:
     assert shape.per_user == 2.5
 
 
-def test_only_ials_and_lightgcns_rounds_are_shaped() -> None:
+def test_only_ials_lightgcns_and_ncfs_rounds_are_shaped() -> None:
     # Execute / Assert: the other presets were measured on ml-100k only and stay as they are
     assert shaped_defaults("mf", ML1M) is None
     assert shaped_defaults("cdae", ML1M) is None
     shaped = shaped_defaults("ials", ML1M)
     assert shaped is not None and shaped.rounds == 604 and len(shaped.reasons) == 2
-    assert shaped_defaults("ncf", ML1M) is None
+    ncf = shaped_defaults("ncf", ML1M)  # 5 passes (presets.NCF_PASSES)
+    assert ncf is not None and (ncf.rounds, ncf.model) == (302, {}) and len(ncf.reasons) == 1
     gcn = shaped_defaults("lightgcn", ML1M)
     assert gcn is not None and (gcn.rounds, gcn.model) == (604, {}) and len(gcn.reasons) == 1
 

@@ -22,6 +22,11 @@ MF's per-example L2 penalty ``l2 * (||q_i||^2 + ||p_u||^2 / rows)`` over the emb
 rows the example uses (both towers' rows). Only ``nn.Embedding``, ``nn.Linear`` and
 elementwise operations are used.
 
+Federated training (:func:`fedrec.federated.presets.ncf_preset`): FedSGD devices (refit
+the user vectors, upload the global item side minus the gradient of the device's mean
+loss) and server Adam, for :data:`fedrec.federated.presets.NCF_PASSES` passes over the
+users (:meth:`NeuMF.shaped_defaults`).
+
 ``--privacy local`` is refused for this model (:data:`LOCAL_DP_REFUSAL`).
 """
 
@@ -41,6 +46,7 @@ from fedrec.models.trainable import Examples, ScoreFn, TrainableRecommender
 
 if TYPE_CHECKING:
     from fedrec.data.split import Split
+    from fedrec.federated.shape import DataShape, ShapedDefaults
 from fedrec.training.negatives import keyed_negatives
 
 LOCAL_DP_REFUSAL = (
@@ -49,6 +55,8 @@ LOCAL_DP_REFUSAL = (
     "positive with its negatives, the ledger's unit and the sensitivity audit that "
     "attacks it) is wired and tested for MF only, so no local guarantee is claimed for NCF"
 )
+USER_INIT_STREAM = 0x4E4346
+"""Stream of a device's fresh user vectors (NumPy PCG64 seeded with ``(seed, stream)``)."""
 
 
 def tower_widths(dim: int) -> tuple[int, ...]:
@@ -67,6 +75,7 @@ class NeuMF(TrainableRecommender):
 
     kind: ClassVar[str] = "ncf"
     PRESET: ClassVar[str] = "fedrec.federated.presets:ncf_preset"
+    SKIPS_ITEM_INIT: ClassVar[bool] = True
     ITEM_SIDE: ClassVar[tuple[str, ...]] = (
         "item_gmf.weight",
         "item_mlp.weight",
@@ -85,25 +94,56 @@ class NeuMF(TrainableRecommender):
     LOCAL_DP_UNIT: ClassVar[LocalUnit | None] = None
     LOCAL_DP_REFUSAL: ClassVar[str | None] = LOCAL_DP_REFUSAL
 
-    def __init__(self, cfg: ModelConfig, n_items: int, n_users: int = 1) -> None:
+    def __init__(
+        self, cfg: ModelConfig, n_items: int, n_users: int = 1, *, item_init: bool = True
+    ) -> None:
         super().__init__(n_items, n_users)
         self.cfg = cfg
         d = cfg.dim
+
+        def item_table() -> nn.Embedding:  # item_init=False: left for the caller to load
+            if item_init:
+                return nn.Embedding(n_items, d)
+            return nn.Embedding(n_items, d, _weight=torch.empty(n_items, d))
+
         self.user_gmf = nn.Embedding(n_users, d)
         self.user_mlp = nn.Embedding(n_users, d)
-        self.item_gmf = nn.Embedding(n_items, d)
-        self.item_mlp = nn.Embedding(n_items, d)
+        self.item_gmf = item_table()
+        self.item_mlp = item_table()
         w_in, w_mid, w_out = tower_widths(d)
         self.tower = nn.Sequential(
             nn.Linear(w_in, w_mid), nn.ReLU(), nn.Linear(w_mid, w_out), nn.ReLU()
         )
         self.output = nn.Linear(d + w_out, 1)
-        for table in (self.user_gmf, self.user_mlp, self.item_gmf, self.item_mlp):
+        tables = (self.user_gmf, self.user_mlp, self.item_gmf, self.item_mlp)
+        for table in tables if item_init else tables[:2]:
             nn.init.normal_(table.weight, std=cfg.init_std)
-        for layer in (self.tower[0], self.tower[2], self.output):
-            assert isinstance(layer, nn.Linear)
-            nn.init.xavier_uniform_(layer.weight)  # Glorot, as He et al.'s MLP
-            nn.init.zeros_(layer.bias)
+        if item_init:
+            for layer in (self.tower[0], self.tower[2], self.output):
+                assert isinstance(layer, nn.Linear)
+                nn.init.xavier_uniform_(layer.weight)  # Glorot, as He et al.'s MLP
+                nn.init.zeros_(layer.bias)
+
+    def seed_device_user(self, seed: int) -> None:
+        """A device's fresh ``p_u^G``, ``p_u^M`` ``~ N(0, init_std^2)``, from ``seed`` alone
+        (NumPy's PCG64 at ``(seed, USER_INIT_STREAM)``): the same whether the device model
+        initialized its item side or not (it skips it: the global arrays overwrite it)."""
+        rng = np.random.default_rng([seed % 2**64, USER_INIT_STREAM])
+        fresh = rng.standard_normal((2, self.cfg.dim)) * self.cfg.init_std
+        with torch.no_grad():
+            self.user_gmf.weight[0] = torch.from_numpy(fresh[0].astype(np.float32))
+            self.user_mlp.weight[0] = torch.from_numpy(fresh[1].astype(np.float32))
+
+    @classmethod
+    def shaped_defaults(cls, shape: DataShape) -> ShapedDefaults:
+        """Rounds for :data:`fedrec.federated.presets.NCF_PASSES` passes over the users
+        at 100 devices per round (at least 50 rounds): ml-100k 50, ml-1m 302."""
+        from fedrec.federated.presets import NCF_PASSES
+        from fedrec.federated.shape import ShapedDefaults, rounds_reason, shaped_rounds
+
+        rounds, k = shaped_rounds(shape, NCF_PASSES)
+        reason = rounds_reason(shape, rounds, k, given=False, passes=NCF_PASSES)
+        return ShapedDefaults(rounds, k, {}, (reason,), passes=NCF_PASSES)
 
     @classmethod
     def twin_preset(cls) -> tuple[ModelConfig, LocalTrainConfig]:
