@@ -13,8 +13,9 @@ validation splits only: rounds and ``alpha0`` on ml-100k's, ml-1m's and the two 
 the dense-data server rate on the dense cut's.
 
 The rules cover iALS (the scalable model they were measured for), the rounds of
-LightGCN (:func:`passes_defaults`; measured on ml-1m's validation split) and SASRec's
-rounds and cohort (:func:`sasrec_shaped_defaults`). Other kinds keep their presets'
+LightGCN (:func:`passes_defaults`; measured on ml-1m's validation split), SASRec's
+rounds and cohort (:func:`sasrec_shaped_defaults`) and NCF's rounds at 5 passes
+(:meth:`fedrec.models.ncf.NeuMF.shaped_defaults`). Other kinds keep their presets'
 rounds and 100 devices per round.
 """
 
