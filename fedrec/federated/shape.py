@@ -300,12 +300,13 @@ SASREC_CLIENTS_PER_ROUND = 33
 """SASRec's devices per round. Its preset is FedSGD with server Adam: a round is one Adam
 step on the cohort's mean gradient, the twin's minibatch step in federated form, and at
 the same passes over the users a smaller cohort makes more, smaller steps for the same
-device work (ml-100k temporal split, test: 600 rounds of 33 devices 0.2234 NDCG@10
-against 400 rounds of 50's 0.2138; ``docs/RESULTS.md``, SASRec)."""
+device work. ml-100k's temporal validation split (each user's last 20% of train by time),
+21 passes: 600 rounds of 33 devices 0.2062 NDCG@10 against 198 rounds of 100's 0.1999,
+at the same CPU (test: 600 x 33 0.2234 against 400 x 50's 0.2138; ``docs/RESULTS.md``)."""
 SASREC_MAX_ROUNDS = 2000
 """Above this many rounds a larger set takes more devices per round instead, keeping the
 passes: every round has a fixed cost through Flower. ml-1m's 1,831 rounds of 33 are
-below it; larger sets were not measured."""
+below it (test: 0.2548 NDCG@10, 93.9% of the twin); larger sets were not measured."""
 
 
 def sasrec_shaped_defaults(shape: DataShape) -> ShapedDefaults:
