@@ -317,6 +317,6 @@ def test_bench_large_entry_reports_every_figure(tmp_path: Path) -> None:
     assert entry["seconds_per_round"] > 0 and entry["eval_seconds_per_user"] > 0
     # the last evaluation is of every test user (more than the 20 sampled), in batches
     assert entry["eval_users"] > 20 and entry["eval_seconds"] > 0
-    assert 0 < entry["reference_cpu_seconds"] and 0 < entry["reference_seconds"]
+    assert entry["reference_cpu_seconds"] > 0 and entry["reference_seconds"] > 0
     assert entry["bytes_per_device_per_round"]["upload"] == 3400 * 33 * 4  # MF d=32 + bias
     assert entry["device_stores"] <= 2 * 10 * 2  # trained users only, not the evaluated
