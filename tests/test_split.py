@@ -100,6 +100,21 @@ def test_validation_split_is_carved_from_train(synthetic_data: Interactions) -> 
     assert not pairs(val.train) & pairs(val.test)
 
 
+def test_validation_of_a_temporal_split_holds_out_the_latest_train_items() -> None:
+    # Prepare: one user, items 0..9 seen at times 9..0 (item 0 last), so the file order
+    # and the time order disagree; the temporal test takes the two latest (items 1, 0)
+    log = tiny([0] * 10, list(range(10)), list(range(9, -1, -1)))
+    split = temporal_split(log)
+    # Execute
+    val = validation_split(split, seed=0, test_fraction=0.25)
+    # Assert: the validation items are the latest of the eight train items (3, 2), not a
+    # random pair (a random holdout fails this for every seed but a 1-in-28 draw)
+    assert sorted(split.test_items(0).tolist()) == [0, 1]
+    assert sorted(val.test_items(0).tolist()) == [2, 3]
+    assert sorted(val.train_items(0).tolist()) == [4, 5, 6, 7, 8, 9]
+    assert val.method == "temporal-validation"
+
+
 def test_split_files_round_trip_original_ids(tmp_path: Path) -> None:
     # Prepare
     lines = [f"u{k % 3},0{k}" for k in range(21)]

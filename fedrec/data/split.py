@@ -187,6 +187,32 @@ def random_split(
     )
 
 
+def _temporal_holdout(
+    data: Interactions,
+    rows: npt.NDArray[np.int64],
+    *,
+    test_fraction: float,
+    min_interactions: int,
+    method: str,
+) -> Split:
+    _check_fraction(test_fraction)
+    if data.timestamp is None:
+        raise DataError(
+            "temporal split needs timestamps, but the data has none",
+            where=data.source,
+            fix="use --split random or add a timestamp column",
+        )
+    train: list[npt.NDArray[np.int64]] = []
+    test: list[npt.NDArray[np.int64]] = []
+    for user_rows in _by_user(data, rows):
+        n = len(user_rows)
+        k = holdout_size(n, test_fraction) if n >= min_interactions else 0
+        ordered = user_rows[np.argsort(data.timestamp[user_rows], kind="stable")]
+        train.append(ordered[: n - k])
+        test.append(ordered[n - k :])
+    return _assemble(data, train, test, method, 0, test_fraction)
+
+
 def temporal_split(
     data: Interactions,
     *,
@@ -197,22 +223,13 @@ def temporal_split(
 
     Ties in timestamp are broken by position in the file (later line = later).
     """
-    _check_fraction(test_fraction)
-    if data.timestamp is None:
-        raise DataError(
-            "temporal split needs timestamps, but the data has none",
-            where=data.source,
-            fix="use --split random or add a timestamp column",
-        )
-    train: list[npt.NDArray[np.int64]] = []
-    test: list[npt.NDArray[np.int64]] = []
-    for user_rows in _by_user(data, first_occurrences(data)):
-        n = len(user_rows)
-        k = holdout_size(n, test_fraction) if n >= min_interactions else 0
-        ordered = user_rows[np.argsort(data.timestamp[user_rows], kind="stable")]
-        train.append(ordered[: n - k])
-        test.append(ordered[n - k :])
-    return _assemble(data, train, test, "temporal", 0, test_fraction)
+    return _temporal_holdout(
+        data,
+        first_occurrences(data),
+        test_fraction=test_fraction,
+        min_interactions=min_interactions,
+        method="temporal",
+    )
 
 
 def validation_split(
@@ -222,16 +239,28 @@ def validation_split(
     test_fraction: float = 0.2,
     min_interactions: int = 5,
 ) -> Split:
-    """Carve a validation split from ``split.train`` by the random-split procedure.
+    """Carve a validation split from ``split.train`` by the split's own procedure.
 
+    A random split gets a random holdout of its train items (``seed``); a temporal split
+    holds out each user's latest train items by timestamp, so a sequential model is
+    chosen on the same kind of task it is tested on (the past predicts the future).
     Returns a :class:`Split` whose ``train`` is the reduced train set and whose
     ``test`` holds the validation items; the original test items appear in neither.
     """
+    method = f"{split.method}-validation"
+    if split.method == "temporal":
+        return _temporal_holdout(
+            split.data,
+            split.train_rows,
+            test_fraction=test_fraction,
+            min_interactions=min_interactions,
+            method=method,
+        )
     return _random_holdout(
         split.data,
         split.train_rows,
         test_fraction=test_fraction,
         seed=seed,
         min_interactions=min_interactions,
-        method=f"{split.method}-validation",
+        method=method,
     )
