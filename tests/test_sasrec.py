@@ -221,6 +221,18 @@ def test_preset_is_fedsgd_with_server_adam_and_local_dp_is_refused() -> None:
         refuse_local_dp("sasrec", "local")
 
 
+def test_preset_weights_uploads_by_count_only_without_privacy() -> None:
+    # Prepare / Execute
+    plain = federated_preset("sasrec")[2]
+    private = {mode: federated_preset("sasrec", privacy=mode)[2] for mode in ("central", "local")}
+    # Assert: the non-private server step is the count-weighted mean (the twin's loss over
+    # positions); a private one keeps uniform weights, which DP-FedAvg's sensitivity needs
+    # and the central strategy refuses otherwise (server.central_dp)
+    assert plain.weighted
+    assert not any(server.weighted for server in private.values())
+    assert {server.server_lr for server in private.values()} == {plain.server_lr}
+
+
 # ---- on the device -------------------------------------------------------------------
 @pytest.fixture
 def trained(federated: tuple[Split, FederatedResult]) -> list[np.ndarray]:
