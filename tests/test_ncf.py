@@ -165,6 +165,9 @@ def test_preset_is_fedsgd_with_server_adam_and_few_rounds_variants_train_locally
     assert NCF_LOCAL.batch_size >= 1 << 20  # a device's whole data in one batch
     assert NCF_SERVER.strategy == "fedadam" and NCF_SERVER.beta2 == 0.999
     assert private == averaged == (NCF_MODEL, NCF_LOCAL_FEW, NCF_SERVER_FEW)
+    # the non-private step weights devices by count (the twin's loss over rows); a private
+    # one stays uniform (DP-FedAvg's sensitivity; the central strategy refuses weights)
+    assert NCF_SERVER.weighted and not NCF_SERVER_FEW.weighted
 
 
 def test_shaped_rounds_give_every_user_five_passes() -> None:
