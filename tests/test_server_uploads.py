@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec.federated import npy
 from fedrec.federated.aggregation import ServerConfig, build_server_optimizer
 from fedrec.federated.compression import UploadCodec
 from server.strategies import RoundPlan, build_strategy
@@ -59,16 +60,28 @@ def _reply(msg: Message, arrays: list[np.ndarray], **extra: Any) -> Message:
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
-    """How often each ArrayRecord (by id) is turned into numpy arrays."""
+    """How often each upload's bytes (by the id of its first array's data) are turned into
+    numpy arrays, by the server's parser (``fedrec.federated.npy``) or Flower's own."""
     reads: dict[int, int] = {}
-    real: Callable[[ArrayRecord], list[np.ndarray]] = ArrayRecord.to_numpy_ndarrays
+    real_load: Callable[[bytes], np.ndarray] = npy.load_npy
+    real_numpy: Callable[[Array], np.ndarray] = Array.numpy
 
-    def counted(self: ArrayRecord) -> list[np.ndarray]:
-        reads[id(self)] = reads.get(id(self), 0) + 1
-        return real(self)
+    def counted_load(data: bytes) -> np.ndarray:
+        reads[id(data)] = reads.get(id(data), 0) + 1
+        return real_load(data)
 
-    monkeypatch.setattr(ArrayRecord, "to_numpy_ndarrays", counted)
+    def counted_numpy(self: Array) -> np.ndarray:
+        reads[id(self.data)] = reads.get(id(self.data), 0) + 1
+        return real_numpy(self)
+
+    monkeypatch.setattr(npy, "load_npy", counted_load)
+    monkeypatch.setattr(Array, "numpy", counted_numpy)
     return reads
+
+
+def _upload_key(reply: Message) -> int:
+    """The key :func:`_count_reads` counts ``reply``'s upload under."""
+    return id(next(iter(reply.content.array_records["arrays"].values())).data)
 
 
 @pytest.mark.parametrize("path", ["aggregate", "collect"])
@@ -77,7 +90,7 @@ def test_each_upload_is_deserialized_once(monkeypatch: pytest.MonkeyPatch, path:
     strategy = _strategy()
     sent = _send(strategy, _upload(0.0))
     replies = [_reply(m, _upload(float(u + 1))) for u, m in enumerate(sent)]
-    records = [id(r.content.array_records["arrays"]) for r in replies]
+    records = [_upload_key(r) for r in replies]
     reads = _count_reads(monkeypatch)
     # Execute: the streaming mean (plain, local DP) or the central-DP collection
     if path == "aggregate":
@@ -152,7 +165,7 @@ def test_the_arrival_order_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> N
         new, _ = strategy.aggregate_train(1, replies[order])
         results.append(new.to_numpy_ndarrays())
         # Assert: still one read per upload
-        counts = [reads.get(id(r.content.array_records["arrays"]), 0) for r in replies]
+        counts = [reads.get(_upload_key(r), 0) for r in replies]
         assert counts == [1, 1, 1]
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
