@@ -7,7 +7,8 @@ config, :func:`server.server_app.main`). Only what was not given changes:
 - neither ``num-server-rounds`` nor ``clients-per-round`` given: both shaped;
 - ``clients-per-round`` given alone: the rounds for the same passes over the users at
   that cohort size (pyproject's ``[tool.flwr.app.config]`` sets it to 100);
-- ``num-server-rounds`` given: the rounds and cohort size stay as given or preset;
+- ``num-server-rounds`` given: the rounds stay as given, and the cohort size as given,
+  or the model's own (SASRec's 33, ``ShapedDefaults.own_cohort``), or the preset;
 - a shaped model or server field (iALS's ``model.alpha0``, its ``server.server-lr`` on
   dense data) given: it stays (a shaped server rate also needs the preset's strategy).
 
@@ -54,6 +55,11 @@ def apply_shaped_defaults(
         k = settings.clients_per_round
         changes["rounds"] = rounds_at(shape, k, shaped.passes)
         reasons.append(rounds_reason(shape, changes["rounds"], k, given=True, passes=shaped.passes))
+    elif CLIENTS_KEY not in given and shaped.own_cohort is not None:
+        changes["clients_per_round"] = shaped.own_cohort
+        reasons.append(
+            f"{shaped.own_cohort} devices per round, the model's own (the rounds were given)"
+        )
     model: dict[str, Any] = {
         name: value
         for name, value in shaped.model.items()

@@ -101,7 +101,12 @@ def test_simulate_applies_the_shaped_rounds_and_a_given_cohort_keeps_the_passes(
 ) -> None:
     # Prepare: a set large enough for 10 passes at 33 to exceed 600 rounds; nothing set,
     # a cohort set, rounds set
-    runs = {"plain": [], "cohort": ["--clients-per-round", "100"], "rounds": ["--rounds", "9"]}
+    runs = {
+        "plain": [],
+        "cohort": ["--clients-per-round", "100"],
+        "rounds": ["--rounds", "9"],
+        "both": ["--rounds", "9", "--clients-per-round", "50"],
+    }
     out = {}
     for name, argv in runs.items():
         args, settings = _settings(argv, tmp_path / name)
@@ -119,4 +124,9 @@ def test_simulate_applies_the_shaped_rounds_and_a_given_cohort_keeps_the_passes(
     cohort = out["cohort"][0]
     assert cohort.clients_per_round == 100
     assert cohort.rounds == rounds_at(shape, 100, expected * 33 / shape.users)
-    assert out["rounds"][0].rounds == 9
+    # given rounds alone keep SASRec's own 33 devices (not simulate's 100), said why;
+    # rounds and a cohort both given stay as given
+    given_rounds, reasons = out["rounds"]
+    assert (given_rounds.rounds, given_rounds.clients_per_round) == (9, 33)
+    assert reasons == ["33 devices per round, the model's own (the rounds were given)"]
+    assert (out["both"][0].rounds, out["both"][0].clients_per_round) == (9, 50)

@@ -166,6 +166,9 @@ class ShapedDefaults:
     """``ServerConfig`` fields to set (e.g. ``{"server_lr": 0.01}``)."""
     passes: float = PASSES
     """Participations per user the rounds are for (at a cohort size given instead)."""
+    own_cohort: int | None = None
+    """The model's own devices per round, kept when a run gives only its rounds (SASRec's
+    33); ``None``: such a run keeps the run's default cohort size."""
 
     def reason(self, part: str, name: str) -> str:
         """The reason of ``model`` or ``server`` field ``name``."""
@@ -328,4 +331,4 @@ def sasrec_shaped_defaults(shape: DataShape) -> ShapedDefaults:
         f"{PASSES} passes and the preset's {floor} server steps, more devices per round "
         f"rather than over {SASREC_MAX_ROUNDS} rounds)"
     )
-    return ShapedDefaults(rounds, k, {}, (reason,), {}, passes)
+    return ShapedDefaults(rounds, k, {}, (reason,), {}, passes, own_cohort=k)
