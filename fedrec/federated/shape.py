@@ -176,10 +176,17 @@ class ShapedDefaults:
         return self.reasons[1 + names.index((part, name))]
 
 
-def shaped_rounds(shape: DataShape, passes: float = PASSES) -> tuple[int, int]:
-    """``(rounds, clients per round)`` for ``passes`` passes over the users."""
+def shaped_rounds(
+    shape: DataShape,
+    passes: float = PASSES,
+    *,
+    least_clients: int = CLIENTS_PER_ROUND,
+    max_rounds: int = MAX_ROUNDS,
+) -> tuple[int, int]:
+    """``(rounds, clients per round)`` for ``passes`` passes over the users: at least
+    ``least_clients`` devices a round, more rather than over ``max_rounds`` rounds."""
     n = max(shape.users, 1)
-    k = min(n, max(CLIENTS_PER_ROUND, math.ceil(passes * n / MAX_ROUNDS)))
+    k = min(n, max(least_clients, math.ceil(passes * n / max_rounds)))
     return rounds_at(shape, k, passes), k
 
 
@@ -320,11 +327,12 @@ def sasrec_shaped_defaults(shape: DataShape) -> ShapedDefaults:
     own cohort size keeps the device work."""
     from fedrec.federated.presets import default_rounds
 
-    n = max(shape.users, 1)
-    k = min(n, max(SASREC_CLIENTS_PER_ROUND, math.ceil(PASSES * n / SASREC_MAX_ROUNDS)))
+    shaped, k = shaped_rounds(
+        shape, least_clients=SASREC_CLIENTS_PER_ROUND, max_rounds=SASREC_MAX_ROUNDS
+    )
     floor = default_rounds("sasrec")
-    rounds = max(floor, rounds_at(shape, k, PASSES))
-    passes = rounds * k / n
+    rounds = max(floor, shaped)
+    passes = rounds * k / max(shape.users, 1)
     reason = (
         f"rounds {rounds} and {k} devices per round: each of the {shape.users} users takes "
         f"part about {passes:.3g} times ({rounds} x {k} / {shape.users}; at least "
