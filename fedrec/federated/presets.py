@@ -134,11 +134,16 @@ def federated_preset(
     budget), they train locally with :data:`AE_LOCAL_AVG` and :data:`AE_SERVER_FEW`.
 
     Each model class names its preset (``federated_preset`` classmethod, one of the
-    functions below).
+    functions below). Under a privacy mode the server never weights uploads by count
+    (a count is not released there; DP-FedAvg's sensitivity assumes uniform weights),
+    whatever the model's non-private preset does.
     """
     from fedrec.models.registry import model_class
 
-    return model_class(kind).federated_preset(strategy, privacy)
+    model, local, server = model_class(kind).federated_preset(strategy, privacy)
+    if privacy != "none" and server.weighted:
+        server = replace(server, weighted=False)
+    return model, local, server
 
 
 Preset = tuple[ModelConfig, LocalTrainConfig, ServerConfig]
@@ -243,29 +248,29 @@ SASREC_LOCAL = LocalTrainConfig(
 step of rate 1 on all its windows, so its upload is the global model minus the gradient
 of its mean next-item loss; there is no user state to refit."""
 SASREC_SERVER = ServerConfig(
-    strategy="fedadam", server_lr=1e-3, beta2=0.999, tau=1e-8, lr_schedule="step"
+    strategy="fedadam",
+    server_lr=1e-3,
+    beta2=0.999,
+    tau=1e-8,
+    lr_schedule="step",
+    weighted=True,
 )
 """Server Adam at the twin's rate and constants on the cohort's mean gradient (FedAdam,
 Reddi et al. 2021): each round is one Adam step on a minibatch of about
-``clients_per_round`` users, the twin's minibatch Adam in federated form."""
-
-
-SASREC_SERVER_WEIGHTED = replace(SASREC_SERVER, weighted=True)
-"""Without privacy each upload is weighted by the device's train count (McMahan et al.
-2017's FedAvg weights), so the server's step is the mean next-item gradient over
-positions, the twin's loss, instead of over devices, where a long history counted as
-much as a short one. Chosen on ml-100k's temporal validation split (0.2230 against 0.2062
-unweighted); ml-1m temporal test 0.2594 against 0.2548 (docs/RESULTS.md, SASRec). The
-server learns each cohort device's count (PRIVACY.md); private modes keep uniform
-weights, which DP-FedAvg's sensitivity and local DP's reply rules require."""
+``clients_per_round`` users, the twin's minibatch Adam in federated form. Each upload is
+weighted by the device's train count (McMahan et al. 2017's FedAvg weights), so the step
+is the mean next-item gradient over positions, the twin's loss, instead of over devices,
+where a long history counted as much as a short one. Chosen on ml-100k's temporal
+validation split (0.2230 against 0.2062 unweighted); ml-1m temporal test 0.2594 against
+0.2548 (docs/RESULTS.md, SASRec). The server learns each cohort device's count
+(PRIVACY.md); private modes keep uniform weights (:func:`federated_preset`)."""
 
 
 def sasrec_preset(strategy: str | None, privacy: str) -> Preset:
-    """SASRec: FedSGD with server Adam, every parameter item-side (no user state);
-    count-weighted uploads without privacy (:data:`SASREC_SERVER_WEIGHTED`)."""
-    del strategy
-    server = SASREC_SERVER_WEIGHTED if privacy == "none" else SASREC_SERVER
-    return SASREC_MODEL, SASREC_LOCAL, server
+    """SASRec: FedSGD with server Adam, every parameter item-side (no user state),
+    count-weighted uploads (uniform under privacy: :func:`federated_preset`)."""
+    del strategy, privacy
+    return SASREC_MODEL, SASREC_LOCAL, SASREC_SERVER
 
 
 def default_rounds(kind: str, privacy: str = "none") -> int:
