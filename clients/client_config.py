@@ -16,12 +16,11 @@ from typing import Any, TypeVar
 
 from flwr.app import ConfigRecord
 
-from fedrec.data import resolve_data
-from fedrec.data.split import Split, random_split, temporal_split, validation_split
+from fedrec.data.split import Split
+from fedrec.data.split_cache import SplitSpec, cached_split
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.privacy.config import PrivacyConfig
 
-_SPLITS: dict[tuple[Any, ...], Split] = {}
 _LOCK = threading.Lock()
 
 
@@ -32,38 +31,32 @@ def fail_users(config: ConfigRecord, key: str) -> set[int]:
 
 
 def load_split(config: ConfigRecord) -> Split:
-    """The split named by ``config``, loaded once per process and cached."""
-    key = tuple(
-        config.get(k) for k in ("data", "min-rating", "k-core", "split", "test-fraction", "seed")
+    """The split named by ``config``: read and split once per process, the same shared,
+    read-only split the server side of an in-process run gets
+    (:func:`fedrec.data.split_cache.cached_split`)."""
+    given = {k: config.get(k) for k in _SPLIT_KEYS}
+    return cached_split(
+        SplitSpec(
+            data=str(given["data"]),
+            min_rating=given["min-rating"],  # type: ignore[arg-type]
+            k_core=given["k-core"],  # type: ignore[arg-type]
+            method=str(given["split"] or "random"),
+            test_fraction=given["test-fraction"],  # type: ignore[arg-type]
+            seed=given["seed"],  # type: ignore[arg-type]
+            validation_fraction=given["validation-fraction"],  # type: ignore[arg-type]
+        )
     )
-    fraction = config.get("validation-fraction")
-    if fraction is not None:  # fedrec tune's trials: the validation split (server.settings)
-        with _LOCK:
-            vkey = (*key, float(fraction))  # type: ignore[arg-type]
-            if vkey in _SPLITS:
-                return _SPLITS[vkey]
-        protocol = load_split_protocol(key)
-        split = validation_split(protocol, seed=int(key[5]), test_fraction=float(fraction))  # type: ignore[arg-type]
-        with _LOCK:
-            return _SPLITS.setdefault(vkey, split)
-    return load_split_protocol(key)
 
 
-def load_split_protocol(key: tuple[Any, ...]) -> Split:
-    """The protocol split named by ``key`` (data, min-rating, k-core, split, fraction, seed)."""
-    with _LOCK:
-        if key not in _SPLITS:
-            data, min_rating, k_core, method, fraction, seed = key
-            log = resolve_data(
-                str(data),
-                min_rating=None if min_rating is None else float(min_rating),  # type: ignore[arg-type]
-                k_core=None if k_core is None else int(k_core),  # type: ignore[arg-type]
-            )
-            if method == "temporal":
-                _SPLITS[key] = temporal_split(log, test_fraction=float(fraction))  # type: ignore[arg-type]
-            else:
-                _SPLITS[key] = random_split(log, test_fraction=float(fraction), seed=int(seed))  # type: ignore[arg-type]
-        return _SPLITS[key]
+_SPLIT_KEYS = (
+    "data",
+    "min-rating",
+    "k-core",
+    "split",
+    "test-fraction",
+    "seed",
+    "validation-fraction",
+)
 
 
 def _fields(config: ConfigRecord, prefix: str, cls: type[Any]) -> dict[str, Any]:

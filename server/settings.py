@@ -239,26 +239,23 @@ def unknown_setting(key: str, where: str = "--set / run config") -> ConfigError:
 
 
 def load_split(settings: RunSettings) -> Split:
-    """The protocol split of the run's data (same call as the clients make)."""
-    from fedrec.data import resolve_data
-    from fedrec.data.split import random_split, temporal_split
+    """The protocol split of the run's data (same call as the clients make), or its
+    validation split (``validation_fraction``). Read and split once per process while
+    the file is unchanged: the cached split is shared and read-only
+    (:func:`fedrec.data.split_cache.cached_split`)."""
+    from fedrec.data.split_cache import SplitSpec, cached_split
 
-    data = resolve_data(settings.data, min_rating=settings.min_rating, k_core=settings.k_core)
-    if settings.split == "temporal":
-        split = temporal_split(data, test_fraction=settings.test_fraction)
-    else:
-        split = random_split(data, test_fraction=settings.test_fraction, seed=settings.seed)
-    return with_validation(split, settings.validation_fraction, settings.seed)
-
-
-def with_validation(split: Split, fraction: float | None, seed: int) -> Split:
-    """``split`` itself, or (``fraction`` set) its validation split: train minus a
-    per-user holdout, scored on that holdout; the test items are in neither."""
-    if fraction is None:
-        return split
-    from fedrec.data.split import validation_split
-
-    return validation_split(split, seed=seed, test_fraction=float(fraction))
+    return cached_split(
+        SplitSpec(
+            data=settings.data,
+            min_rating=settings.min_rating,
+            k_core=settings.k_core,
+            method=settings.split,
+            test_fraction=settings.test_fraction,
+            seed=settings.seed,
+            validation_fraction=settings.validation_fraction,
+        )
+    )
 
 
 def read_flat(run_dir: Path) -> dict[str, Any]:
