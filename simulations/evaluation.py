@@ -41,7 +41,7 @@ from fedrec.metrics import aggregate
 from fedrec.metrics.evaluate import ScoreFn, evaluate_scores, evaluate_user
 from fedrec.models.base import Arrays
 from fedrec.models.registry import model_class
-from fedrec.training import ials, mf_fast
+from fedrec.training import ials, lightgcn_fast, mf_fast
 from fedrec.training.threads import single_threaded
 from server.gram_app import GramEvaluator
 from server.sampling import eval_sample
@@ -110,12 +110,47 @@ def _ials_scorer(settings: RunSettings, split: Split, floats: Arrays) -> ScoreFn
     return scores
 
 
+def _lightgcn_scorer(
+    settings: RunSettings,
+    split: Split,
+    floats: list[npt.NDArray[np.float32]],
+    states: dict[int, UserState],
+) -> ScoreFn:
+    """LightGCN: each user's ``e_u = (p_u + m_u) / 2`` as its device computes it
+    (:func:`fedrec.training.lightgcn_fast.user_vector`: ``p_u`` refitted, the message over
+    its train items), then one ``E Q^T + b`` per batch of users."""
+    q, b = floats[0], floats[1].reshape(1, -1)
+
+    def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
+        e = np.stack(
+            [
+                lightgcn_fast.user_vector(
+                    settings.model,
+                    settings.train,
+                    floats,
+                    states.get(int(u)),
+                    np.unique(split.train_items(int(u))),
+                    seed=derive_seed(settings.seed, int(u), EVAL_ROUND),
+                )
+                for u in users
+            ]
+        )
+        out = e @ q.T
+        out += b
+        return torch.from_numpy(out)
+
+    return scores
+
+
 def batched_kind(settings: RunSettings) -> bool:
     """Whether the harness scores ``settings``' model in batches of users: MF on its fast
-    path and iALS, whose user vectors come from the item arrays, the user's train items
-    and (MF) its stored vector. Other models are scored one device at a time."""
+    path, iALS and LightGCN (whose devices always score on the fast path), whose user
+    vectors come from the item arrays, the user's train items and (MF, LightGCN) its
+    stored vector. Other models are scored one device at a time."""
     kind = settings.model.kind
-    return kind == "ials" or (kind == "mf" and mf_fast.supports(settings.model, settings.train))
+    return kind in ("ials", "lightgcn") or (
+        kind == "mf" and mf_fast.supports(settings.model, settings.train)
+    )
 
 
 def device_evaluator(settings: RunSettings) -> Evaluator:
@@ -127,7 +162,7 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
     (``None`` values dropped), or ``None`` when nobody could be evaluated. Users of the
     TEST-ONLY ``fail_users`` switch are dead devices: left out, as their replies were.
 
-    MF and iALS (:func:`batched_kind`) are ranked :data:`BATCH_USERS` users at a time
+    MF, iALS and LightGCN (:func:`batched_kind`) are ranked :data:`BATCH_USERS` users at a time
     (:func:`fedrec.metrics.evaluate.evaluate_scores`: the same ranking code, never a
     users x items matrix); each user's vector is the one its device's
     :meth:`~clients.device.DeviceClient.evaluate_round` would compute, so the metrics
@@ -139,7 +174,7 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
     dead = set(settings.fail_users)
 
     def stored_states(users: list[int], rnd: int) -> tuple[dict[int, UserState], set[int]]:
-        """Stored MF states of the sampled users that have a store; users left out."""
+        """Stored user states (MF, LightGCN) of the sampled users with a store; users left out."""
         states: dict[int, UserState] = {}
         missing: set[int] = set()
         for user in users:
@@ -171,7 +206,8 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
         else:
             states, missing = stored_states(users, rnd)
             users = [u for u in users if u not in missing]
-            scorer = _mf_scorer(settings, split, floats, states)
+            build = _lightgcn_scorer if settings.model.kind == "lightgcn" else _mf_scorer
+            scorer = build(settings, split, floats, states)
         if not users:
             return None
         summary = evaluate_scores(
@@ -193,13 +229,13 @@ def device_evaluator(settings: RunSettings) -> Evaluator:
         floats = [np.ascontiguousarray(a, dtype=np.float32) for a in items]  # as a device
         with single_threaded():  # as on a device (and in the reference loop)
             if batched_kind(settings):
-                result = batched(floats, rnd, alive)
-                evaluated = 0 if result is None else int(result["users_evaluated"])
+                scored = batched(floats, rnd, alive)
+                evaluated = 0 if scored is None else int(scored["users_evaluated"])
                 if evaluated < len(users):
                     log.warning(
                         "evaluation round %d: %d devices left out", rnd, len(users) - evaluated
                     )
-                return result
+                return scored
             for user in alive:
                 config = RoundConfig(
                     model=settings.model,

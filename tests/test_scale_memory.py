@@ -195,12 +195,12 @@ def test_aggregation_holds_one_upload_at_a_time(
 # ---- evaluation without stores for the users it only evaluates ---------------------
 
 
-@pytest.mark.parametrize("kind", ["mf", "ials", "cdae"])
+@pytest.mark.parametrize("kind", ["mf", "ials", "lightgcn", "cdae"])
 def test_harness_scores_unsampled_users_without_stores_and_equal_metrics(
     tmp_path: Path, kind: str
 ) -> None:
-    # Prepare: 2 rounds of 5 clients out of 30: most test users never trained; MF and
-    # iALS are scored in batches of users (BATCH_USERS lowered so that there are several)
+    # Prepare: 2 rounds of 5 clients out of 30: most test users never trained; MF,
+    # iALS and LightGCN are scored in batches of users (BATCH_USERS lowered: several)
     settings = make_settings(
         tmp_path, model=kind, **{"num-server-rounds": 2, "clients-per-round": 5}
     )

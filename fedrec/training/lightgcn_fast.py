@@ -167,8 +167,10 @@ def _start(
     train_items: npt.NDArray[np.int64],
     seed: int,
     key: bytes | None,
+    *,
+    own_items: bool = True,
 ) -> tuple[FastModel, _Loop]:
-    m = load_model(model_cfg, global_items, user_state, seed)
+    m = load_model(model_cfg, global_items, user_state, seed, own_items=own_items)
     pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
     graph = _graph(pos.numpy(), m.q.shape[0])
     gen = torch.Generator().manual_seed(seed)
@@ -205,6 +207,29 @@ def fit(
     return FastFit([m.q, m.b], {USER_KEY: m.p.reshape(1, -1).copy()}, loss)
 
 
+def user_vector(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+) -> F32:
+    """``e_u = (p_u + m_u) / 2`` ``[d]`` as :func:`scores` ranks with: ``p_u`` refitted
+    for ``train_cfg.refit_steps`` epochs, ``m_u`` over ``train_items``' distinct items.
+
+    The simulation harness stacks these for a batch of users and scores them with one
+    ``E Q^T + b`` (:mod:`simulations.evaluation`)."""
+    m, loop = _start(
+        model_cfg, train_cfg, global_items, user_state, train_items, seed, None, own_items=False
+    )  # a refit never writes q or b: no copies of them
+    _refit(train_cfg, m, loop, train_cfg.refit_steps)
+    d = max(len(loop.graph.items), 1)
+    e: F32 = np.float32(0.5) * (m.p + m.q[loop.graph.items].sum(0) / np.float32(np.sqrt(d)))
+    return e
+
+
 def scores(
     model_cfg: ModelConfig,
     train_cfg: LocalTrainConfig,
@@ -215,9 +240,9 @@ def scores(
     seed: int,
 ) -> torch.Tensor:
     """Scores ``[n_items]`` as :func:`fedrec.federated.client.client_scores` computes
-    them: refit ``p_u`` for ``train_cfg.refit_steps`` epochs, then ``e_u Q^T + b``."""
-    m, loop = _start(model_cfg, train_cfg, global_items, user_state, train_items, seed, None)
-    _refit(train_cfg, m, loop, train_cfg.refit_steps)
-    d = max(len(loop.graph.items), 1)
-    e = np.float32(0.5) * (m.p + m.q[loop.graph.items].sum(0) / np.float32(np.sqrt(d)))
-    return torch.from_numpy(m.q @ e + m.b[:, 0])
+    them: refit ``p_u`` for ``train_cfg.refit_steps`` epochs, then ``e_u Q^T + b``
+    (:func:`user_vector`)."""
+    e = user_vector(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+    q = np.asarray(global_items[0], dtype=np.float32)
+    b = np.asarray(global_items[1], dtype=np.float32).reshape(-1)
+    return torch.from_numpy(q @ e + b)
