@@ -134,3 +134,22 @@ def test_clients_and_server_of_one_process_share_one_split(tmp_path: Path) -> No
 
     settings = RunSettings(data=str(_write_log(tmp_path / "log.csv", 20)), validation_fraction=0.2)
     assert client_split(settings.client_config()) is load_split(settings)  # type: ignore[arg-type]
+
+
+def test_a_folder_is_identified_by_every_file_in_it(tmp_path: Path) -> None:
+    # Prepare: a MovieLens-like folder (the loader reads one of its files)
+    from fedrec.data.split_cache import source_identity
+
+    folder = tmp_path / "ml-x"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "ratings.dat").write_text("1::2::5::0\n", encoding="utf-8")
+    (folder / "sub" / "movies.dat").write_text("2::A::Drama\n", encoding="utf-8")
+    before = source_identity(str(folder))
+    # Execute: one file in a subfolder changes
+    (folder / "sub" / "movies.dat").write_text("2::B, a longer title::Drama\n", encoding="utf-8")
+    after = source_identity(str(folder))
+    # Assert
+    assert before is not None and after is not None and before != after
+    assert source_identity(str(folder)) == after
+    assert source_identity(str(tmp_path / "missing.csv")) is None
+    assert source_identity("synthetic:users=5") == ()
