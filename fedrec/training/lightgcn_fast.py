@@ -75,13 +75,21 @@ def _graph(train_items: npt.NDArray[np.int64], n_items: int) -> _Graph:
 
 
 def _step(
-    cfg: ModelConfig, m: FastModel, graph: _Graph, ex: FastExamples, *, items: bool
+    cfg: ModelConfig,
+    m: FastModel,
+    graph: _Graph,
+    ex: FastExamples,
+    *,
+    items: bool,
+    s: F32 | None = None,
 ) -> tuple[float, F32, F32 | None, F32 | None]:
-    """``(loss, dL/dp, dL/dQ, dL/db)`` of one minibatch (``items=False``: ``dL/dp`` only)."""
+    """``(loss, dL/dp, dL/dQ, dL/db)`` of one minibatch (``items=False``: ``dL/dp`` only);
+    ``s``: ``sum_{i in N(u)} q_i`` when the caller holds it (a refit: ``Q`` is frozen)."""
     rows = ex.items.reshape(-1)
     q = m.q[rows]
     a = graph.member[rows].astype(np.float32)
-    s = m.q[graph.items].sum(0)
+    if s is None:
+        s = m.q[graph.items].sum(0)
     n = np.sqrt(np.maximum(np.float32(len(graph.items)) - a, np.float32(1)))
     message = (s[None, :] - a[:, None] * q) / n[:, None]
     half = np.float32(0.5)
@@ -138,13 +146,14 @@ class _Loop:
     ) -> float:
         """``n`` epochs of minibatch steps (:func:`fedrec.training.local.train_epochs`)."""
         total, steps = 0.0, 0
+        s = None if items else m.q[self.graph.items].sum(0)  # Q is frozen: its sum too
         for _ in range(n):
             ex = fast_examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
             perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
             for start in range(0, len(perm), self.batch_size):
                 i = perm[start : start + self.batch_size]
                 batch = FastExamples(ex.items[i], ex.labels[i])
-                loss, gp, gq, gb = _step(self.cfg, m, self.graph, batch, items=items)
+                loss, gp, gq, gb = _step(self.cfg, m, self.graph, batch, items=items, s=s)
                 opt.step("p", m.p, gp)
                 if gq is not None and gb is not None:
                     if proximal is not None:
