@@ -20,7 +20,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedrec.baselines import EASE_MAX_ITEMS
 from fedrec.errors import DataError
 from server.checkpoint import headcount
 from simulations import privacy_words as words
@@ -340,6 +339,8 @@ def _accuracy_section(
                 f"({float(ndcg) / float(value):.0%} of it)"
             )
     if "itemknn" in refs and "ease" not in refs:
+        from fedrec.baselines import EASE_MAX_ITEMS  # imports torch: only where it is said
+
         lines.append(
             "- EASE: skipped, the catalog is above "
             f"{EASE_MAX_ITEMS:,} items (its dense items x items matrices do not fit in "

@@ -54,12 +54,11 @@ import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedrec.data.atomic import PRIVATE_DIR, check_output_dir
-from fedrec.data.split import Split
 from fedrec.errors import DataError, OutputError
 from server.checkpoint import (
     CHECKPOINT_JSON,
@@ -70,6 +69,9 @@ from server.checkpoint import (
     atomic_write_json,
 )
 from server.settings import RunSettings, load_split, read_flat
+
+if TYPE_CHECKING:  # SciPy: a served run reads its settings here (simulations.run_model)
+    from fedrec.data.split import Split
 
 LOCK_FILE = ".fedrec.lock"
 

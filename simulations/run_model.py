@@ -23,6 +23,12 @@ EASE's exact score decomposition and similar items are rows of ``B``
 (:func:`fedrec.federated.gram.explain`, :func:`fedrec.federated.gram.similar_items`).
 A run without a model file (one written by an older fedrec, or stopped before its
 end) is served from its checkpoint and its data, as before.
+
+Serving imports only what the model needs: an MF, iALS, EASE, item-kNN or popularity
+model file is served with NumPy alone (:func:`fedrec.federated.serving.user_scores`;
+``tests/test_light_serving.py``), so ``fedrec recommend`` costs no torch, Opacus or
+SciPy import (docs/BENCHMARKS.md, "Serving without the training stack"). Writing a
+model file (:func:`save_run_model`) is part of a run and imports what the run did.
 """
 
 from __future__ import annotations
@@ -32,33 +38,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from fedrec.data.sequences import user_train_items
-from fedrec.data.split import Split
 from fedrec.errors import DataError, FedrecError
 from fedrec.federated import gram
-from fedrec.federated.client import client_scores, derive_seed
-from fedrec.federated.loop import EVAL_ROUND
+from fedrec.federated.seeds import EVAL_ROUND, derive_seed
+from fedrec.federated.serving import user_scores
 from fedrec.modelfile import ExportedModel, ItemId, load_model, save_model
-from fedrec.models.base import Arrays
-from fedrec.models.config import ModelConfig
-from fedrec.models.registry import MODEL_KINDS, model_class
-from fedrec.recommend.cold_start import popularity_source
+from fedrec.models.kinds import MODEL_CLASSES
+from fedrec.models.torch_free import facts
 from fedrec.recommend.explain import explain
 from fedrec.recommend.similar import item_vectors, similar_items
-from fedrec.training.sequential import reads_order
 from server.checkpoint import CLIENTS_DIR, atomic_write_json, load_checkpoint
 from server.gram_settings import MODEL_KIND, GramSettings
 from server.settings import RunSettings, load_split, read_flat
 from simulations.run_dir import resume_settings
 
+if TYPE_CHECKING:  # serving an MF, iALS or EASE model file imports neither torch nor SciPy
+    import torch
+
+    from fedrec.data.split import Split
+    from fedrec.models.base import Arrays
+    from fedrec.models.config import ModelConfig
+
 FloatArray = npt.NDArray[np.float64]
-ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+ScoreFn = Callable[[npt.NDArray[np.int64]], "torch.Tensor"]
 Citations = list[list[tuple[int, float]]]
 MODEL_FILE = "model.safetensors"
 USERS_JSON = "users.json"
@@ -136,7 +144,7 @@ class RunModel:
         """``user``'s train items: from the split, else from its simulated device store
         (in time order for a sequential model: a device records them in that order)."""
         try:
-            ordered = reads_order(self.settings.model.kind)
+            ordered = _reads_order(self.settings.model.kind)
             return user_train_items(self.split, user, ordered=ordered)
         except DataError as missing:
             return _device_items(self.run_dir, user, missing)
@@ -151,15 +159,15 @@ class RunModel:
         return self.history_scores(self.train_items(user), seed=seed)
 
     def history_scores(self, history: npt.NDArray[np.int64], *, seed: int = 0) -> FloatArray:
-        """``[n_items]`` scores of a user with ``history`` (catalog rows), e.g. a new user."""
-        scores = client_scores(
+        """``[n_items]`` scores of a user with ``history`` (catalog rows), e.g. a new user
+        (:func:`fedrec.federated.client.client_scores`, without torch where the model allows)."""
+        return user_scores(
             self.settings.model, self.settings.train, self.item_arrays, None, history, seed=seed
         )
-        out: FloatArray = scores.double().numpy()
-        return out
 
     def score_fn(self) -> ScoreFn:
         """``score_fn(users) -> [b, n_items]`` from :meth:`user_scores` (for evaluation)."""
+        import torch
 
         def score(users: npt.NDArray[np.int64]) -> torch.Tensor:
             rows = [torch.from_numpy(self.user_scores(int(u))) for u in users]
@@ -243,6 +251,12 @@ ITEM_ITEM_KINDS = (MODEL_KIND, "itemknn")
 """Kinds scored ``x_u W`` with an item-item matrix ``W`` (EASE's ``B``, item-kNN's ``S``)."""
 
 
+def _reads_order(kind: str) -> bool:
+    """:func:`fedrec.training.sequential.reads_order` without importing the class of a
+    kind served without torch (:func:`fedrec.models.torch_free.facts`)."""
+    return kind in MODEL_CLASSES and facts(kind).ORDERED
+
+
 def fallback_scores(
     mode: str, kind: str, model: ModelConfig, arrays: Arrays, split: Split, seed: int
 ) -> FloatArray | None:
@@ -252,6 +266,9 @@ def fallback_scores(
     autoencoders' decoder bias) or, for federated EASE, the released diagonal of the
     Gram matrix; ``None`` when the model has no such signal.
     """
+    from fedrec.models.registry import MODEL_KINDS, model_class
+    from fedrec.recommend.cold_start import popularity_source
+
     if mode == "none":
         return popularity_source("none", train=split.train)
     if kind in ITEM_ITEM_KINDS:

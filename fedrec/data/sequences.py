@@ -17,13 +17,16 @@ is known and ties fall back to item index (:func:`sequence_from_history`).
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from fedrec.data.interactions import Interactions
-from fedrec.data.split import Split
+if TYPE_CHECKING:  # reading a user's items needs neither torch nor scipy (serving)
+    import torch
+
+    from fedrec.data.interactions import Interactions
+    from fedrec.data.split import Split
 
 _CACHE: dict[int, list[npt.NDArray[np.int64]]] = {}
 
@@ -81,6 +84,8 @@ def ordered_history(
 
     A repeated item keeps its last position (its most recent interaction).
     """
+    import torch
+
     history = torch.zeros(1, n_items)
     values = np.asarray(items, dtype=np.int64)
     if ordered and len(np.unique(values)) != len(values):
@@ -95,6 +100,8 @@ def ordered_history(
 
 def sequence_from_history(history: torch.Tensor) -> torch.Tensor:
     """The items of one history row (values > 0), ordered by value, ties by index."""
+    import torch
+
     present = torch.nonzero(history > 0).flatten()
     order = torch.argsort(history[present], stable=True)
     return present[order]

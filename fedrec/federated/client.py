@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 
 from fedrec.data.sequences import ordered_history
+from fedrec.federated.seeds import derive_seed as derive_seed
 from fedrec.models.base import (
     Arrays,
     get_item_arrays,
@@ -63,13 +64,6 @@ class FitResult:
     user_state: UserState
     num_examples: int
     train_loss: float
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed derived from a run seed and e.g. ``(user, round)``."""
-    words = [seed, *parts]  # negative parts (e.g. the evaluation round -1) wrap to 64 bits
-    state = np.random.SeedSequence([w & 0xFFFFFFFFFFFFFFFF for w in words]).generate_state(2)
-    return int(state[0]) << 31 ^ int(state[1])
 
 
 def load_device_model(

@@ -41,6 +41,7 @@ Design rules kept here:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -57,10 +58,10 @@ from fedrec.federated.gram_solve import (
     solve_release,
     spectral_denoise,
 )
-from fedrec.privacy.accounting import Release
-from fedrec.privacy.calibration import OneShot, calibrate_one_shot, one_shot_epsilon
-from fedrec.privacy.central import central_release, clip_update
-from fedrec.privacy.noise import gaussian
+
+if TYPE_CHECKING:  # the privacy stack imports Opacus: only the release needs it, not serving
+    from fedrec.privacy.accounting import Release
+    from fedrec.privacy.calibration import OneShot
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -150,6 +151,8 @@ class GramSum:
         """Add one device's packed contribution (shape checked)."""
         if upload.shape != self.total.shape:
             raise ValueError(f"upload shape {upload.shape} != declared {self.total.shape}")
+        from fedrec.privacy.central import clip_update
+
         self.total += clip_update([upload], 1.0)[0][0] if self.clip else upload
         self.count += 1
 
@@ -159,6 +162,8 @@ def release(total: F64, *, noise_multiplier: float, rng: np.random.Generator) ->
 
     ``rng`` must be secret (:func:`fedrec.privacy.noise.secure_rng`).
     """
+    from fedrec.privacy.noise import gaussian
+
     return total + gaussian(total.shape, noise_multiplier, rng)
 
 
@@ -228,6 +233,8 @@ def gram_calibration(
             where="gram_calibration",
             fix="pass --target-epsilon E to calibrate, or --noise-multiplier Z",
         )
+    from fedrec.privacy.calibration import calibrate_one_shot, one_shot_epsilon
+
     if target_epsilon is not None:
         return calibrate_one_shot(float(target_epsilon), float(delta))
     assert noise_multiplier is not None
@@ -236,6 +243,8 @@ def gram_calibration(
 
 def gram_release(noise_multiplier: float) -> Release:
     """What the release spends: ``(z, 1.0, 1)``."""
+    from fedrec.privacy.central import central_release
+
     return central_release(noise_multiplier, 1.0)
 
 

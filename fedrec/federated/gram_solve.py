@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from fedrec.errors import ConfigError
 
@@ -117,6 +116,8 @@ def spectral_denoise(gram: F64, noise_multiplier: float, tau: float) -> tuple[F6
     ``[-noise_scale, noise_scale]`` (Wigner), so eigenpairs inside it are mostly noise.
     The top eigenpair is always kept (the popularity direction). Post-processing only.
     """
+    import torch  # here: reading a released B (serving) needs no torch
+
     w, v = torch.linalg.eigh(torch.from_numpy(np.asarray(gram, dtype=np.float64)))
     keep = w > tau * noise_scale(noise_multiplier, len(gram))
     keep[-1] = True
@@ -131,6 +132,8 @@ def ease_from_spectrum(values: F64, vectors: F64, lam: float) -> F32:
     ``P = (G_k + lam I)^-1 = I / lam + V diag(1 / (w + lam) - 1 / lam) V^T`` exactly
     (``V`` has orthonormal columns), so the cost is ``O(I^2 k)``, no inverse.
     """
+    import torch
+
     v = torch.from_numpy(vectors)
     d = torch.from_numpy(1.0 / (values + lam) - 1.0 / lam)
     p = (v * d) @ v.T
@@ -158,6 +161,8 @@ def solve_release(
 
 def ease_from_gram(gram: F64, lam: float) -> F32:
     """EASE's closed form (Steck 2019) from a (released) Gram matrix; float32 ``B``."""
+    import torch
+
     g = torch.from_numpy(np.array(gram, dtype=np.float64))
     g.diagonal().add_(lam)
     p = torch.linalg.inv(g)  # LU, as fedrec.baselines.ease

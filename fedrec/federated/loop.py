@@ -23,6 +23,7 @@ from fedrec.data.split import Split
 from fedrec.federated.aggregation import ServerConfig, build_server_optimizer, sample_clients
 from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
 from fedrec.federated.private import LocalPrivacy, PrivateFit, private_round
+from fedrec.federated.seeds import EVAL_ROUND as EVAL_ROUND
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
@@ -30,9 +31,6 @@ from fedrec.privacy.accounting import PrivacyAccount
 from fedrec.privacy.central import DPFedAvg
 from fedrec.privacy.ledger import MemoryLedgerStore, PrivacyLedger
 from fedrec.training.threads import single_threaded
-
-EVAL_ROUND = -1
-"""The ``round`` part of the evaluation seed ``derive_seed(seed, user, EVAL_ROUND)``."""
 
 
 @dataclass

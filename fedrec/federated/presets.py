@@ -19,10 +19,13 @@ late in the run (``lr_schedule="step"``), which averages out the sampled cohorts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from importlib import import_module
 
 from fedrec.federated.aggregation import ServerConfig
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+from fedrec.models.torch_free import TORCH_FREE
 
 AE_FEDSGD = LocalTrainConfig(epochs=1, lr=1.0, optimizer="sgd", refit_steps=0, user_lr=1e-3)
 """One local SGD step of rate 1; CDAE's user vector ``v_u`` (never seen by the server's
@@ -138,15 +141,26 @@ def federated_preset(
     (a count is not released there; DP-FedAvg's sensitivity assumes uniform weights),
     whatever the model's non-private preset does.
     """
-    from fedrec.models.registry import model_class
-
-    model, local, server = model_class(kind).federated_preset(strategy, privacy)
+    model, local, server = _class_preset(kind)(strategy, privacy)
     if privacy != "none" and server.weighted:
         server = replace(server, weighted=False)
     return model, local, server
 
 
 Preset = tuple[ModelConfig, LocalTrainConfig, ServerConfig]
+
+
+def _class_preset(kind: str) -> Callable[[str | None, str], Preset]:
+    """The class's ``federated_preset``; for a kind served without torch the function at
+    its ``PRESET`` (:data:`fedrec.models.torch_free.TORCH_FREE`; no class import)."""
+    light = TORCH_FREE.get(kind)
+    if light is None:
+        from fedrec.models.registry import model_class
+
+        return model_class(kind).federated_preset
+    module, _, name = light.PRESET.partition(":")
+    preset: Callable[[str | None, str], Preset] = getattr(import_module(module), name)
+    return preset
 
 
 def mf_preset(strategy: str | None, privacy: str) -> Preset:

@@ -118,10 +118,8 @@ class IALS(TrainableRecommender):
         """``Q p`` with the closed-form user vector (any ``train_cfg``: it is the refit)."""
         from fedrec.training import ials
 
-        del train_cfg, user_state, seed
-        p64 = ials.user_vector(model_cfg, global_items, train_items)
-        q64 = np.asarray(global_items[0], dtype=np.float64)
-        return torch.from_numpy((q64 @ p64).astype(np.float32))
+        scores = ials.scores(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
+        return torch.from_numpy(scores)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``[b, 2]``: the prediction ``p_u . q_i`` and the example's share of its user's

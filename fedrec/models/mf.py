@@ -33,9 +33,9 @@ from torch.nn import functional as F
 from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.trainable import Examples, TrainableRecommender, UserState
+from fedrec.training.mf_fast import initial_user_vector as initial_user_vector
 from fedrec.training.negatives import keyed_negatives
 
-USER_INIT_STREAM = 0x6D665F75  # ("mf_u") tags the fresh user vector's seed sequence
 ITEM_INIT_SCALE = 0.1
 """Item vectors start at ``N(0, (ITEM_INIT_SCALE * init_std)^2)``, user vectors at
 ``N(0, init_std^2)``. On a large catalog most item rows are never touched in a run (books
@@ -43,19 +43,6 @@ shape, 20 rounds of 100 clients: 329k of 340k items get no positive); at the use
 their random vectors gave every never-trained user's refit and ranking noise to fit
 (validation NDCG@10 0.038 -> 0.044 with the smaller item scale, docs/BENCHMARKS.md, issue 20).
 A trained row is moved by the user vectors' gradient, so learning still starts."""
-
-
-def initial_user_vector(cfg: ModelConfig, seed: int) -> npt.NDArray[np.float32]:
-    """A device's fresh ``p_u ~ N(0, init_std^2)`` ``[dim]``, from ``seed`` alone.
-
-    Drawn from NumPy's PCG64 seeded with ``(seed, USER_INIT_STREAM)``, not from
-    torch's stream after the item table: its cost does not grow with the catalog
-    (at 340,000 items the torch stream meant 10.9M draws per new user) and the
-    stream is not the one the device's negatives are drawn from.
-    """
-    rng = np.random.default_rng([seed % 2**64, USER_INIT_STREAM])
-    out: npt.NDArray[np.float32] = (rng.standard_normal(cfg.dim) * cfg.init_std).astype(np.float32)
-    return out
 
 
 class MatrixFactorization(TrainableRecommender):
@@ -108,13 +95,10 @@ class MatrixFactorization(TrainableRecommender):
         """``p Q^T + b^T`` after :func:`fedrec.training.mf_fast.refit` (no autograd)."""
         from fedrec.training import mf_fast
 
-        if not mf_fast.supports(model_cfg, train_cfg):
-            return None
-        p = mf_fast.refit(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
-        q, b = (np.asarray(a, dtype=np.float32) for a in global_items[:2])
-        scores = p @ q.T  # as the harness's batches of users (simulations.evaluation)
-        scores += b.T
-        return torch.from_numpy(scores[0])
+        scores = mf_fast.scores(
+            model_cfg, train_cfg, global_items, user_state, train_items, seed=seed
+        )
+        return None if scores is None else torch.from_numpy(scores)
 
     def example_units(self, n_interactions: int) -> torch.Tensor:
         """Interaction ``j``'s positive row and its ``negatives`` rows (BCE), or its

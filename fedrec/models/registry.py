@@ -13,14 +13,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from functools import cache
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedrec.errors import ConfigError
-from fedrec.models.base import Arrays, check_split, get_item_arrays
 from fedrec.models.config import ModelConfig
 from fedrec.models.kinds import MODEL_CLASSES
-from fedrec.models.trainable import TrainableRecommender
+
+if TYPE_CHECKING:  # torch: imported with the first model class, not with the registry
+    from fedrec.models.base import Arrays
+    from fedrec.models.trainable import TrainableRecommender
 
 
 def _available() -> tuple[str, ...]:
@@ -42,6 +43,8 @@ def model_class(kind: str) -> type[TrainableRecommender]:
             where="model.kind",
             fix=f"use one of {', '.join(MODEL_KINDS)}",
         )
+    from fedrec.models.trainable import TrainableRecommender
+
     module, _, name = MODEL_CLASSES[kind].partition(":")
     cls = getattr(importlib.import_module(module), name)
     if not (isinstance(cls, type) and issubclass(cls, TrainableRecommender)) or cls.kind != kind:
@@ -77,6 +80,10 @@ def build_model(
         initialization was 40% of a Mult-VAE client update). User-side values are the
         same either way.
     """
+    import torch
+
+    from fedrec.models.base import check_split
+
     cls = model_class(cfg.kind)
     if n_items < 1 or n_users < 1:
         raise ConfigError(
@@ -95,6 +102,8 @@ def build_model(
 
 def init_item_arrays(cfg: ModelConfig, n_items: int, *, seed: int) -> Arrays:
     """The global item-side starting point for ``seed`` (same on every run)."""
+    from fedrec.models.base import get_item_arrays
+
     return get_item_arrays(build_model(cfg, n_items, 1, seed=seed))
 
 

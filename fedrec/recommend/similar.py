@@ -46,7 +46,8 @@ def item_vectors(
         The model's item-side arrays in upload order (e.g. the server's global
         parameters, or :func:`fedrec.models.base.get_item_arrays`).
     """
-    from fedrec.models.registry import MODEL_KINDS, model_class
+    from fedrec.models.registry import MODEL_KINDS
+    from fedrec.models.torch_free import facts
 
     if model_kind not in MODEL_KINDS:
         raise ConfigError(
@@ -54,7 +55,7 @@ def item_vectors(
             where="model.kind",
             fix=f"use one of {', '.join(MODEL_KINDS)}",
         )
-    cls = model_class(model_kind)
+    cls = facts(model_kind)  # the class, or for MF / iALS a copy of its facts (no torch)
     names = cls.ITEM_SIDE
     if len(item_arrays) != len(names):
         raise ConfigError(

@@ -30,15 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
-import torch
 
-from fedrec.data.split import Split
-from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
+
+if TYPE_CHECKING:  # the user solve and serving need neither (no torch import: scores)
+    import scipy.sparse as sp
+    import torch
+
+    from fedrec.data.split import Split
+    from fedrec.models.base import Arrays
 
 F64 = npt.NDArray[np.float64]
 USER_KEY = "user_emb.weight"
@@ -225,6 +229,28 @@ def user_vector(model_cfg: ModelConfig, global_items: Arrays, train_items: npt.A
     return solve_user(global_items[0], items, alpha0=model_cfg.alpha0, lam=model_cfg.l2)
 
 
+def scores(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, npt.NDArray[np.float32]] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    torch_free: bool = True,
+) -> npt.NDArray[np.float32]:
+    """``Q p`` ``[n_items]`` (float32) with the closed-form user vector (any ``train_cfg``:
+    it is the refit; no draw, so ``seed`` and ``torch_free`` change nothing).
+
+    :meth:`fedrec.models.ials.IALS.fast_scores`; serving calls it without torch.
+    """
+    del train_cfg, user_state, seed, torch_free
+    p64 = user_vector(model_cfg, global_items, train_items)
+    q64 = np.asarray(global_items[0], dtype=np.float64)
+    out: npt.NDArray[np.float32] = (q64 @ p64).astype(np.float32)
+    return out
+
+
 def solve_rows(
     other: npt.ArrayLike,
     matrix: sp.csr_matrix,
@@ -241,6 +267,8 @@ def solve_rows(
     row (``O_S^T O_S``, one BLAS call each) and solved together in chunks of
     :data:`SOLVE_CHUNK` rows. ``gram``: ``other``'s :func:`gramian`, when the caller has it.
     """
+    import scipy.sparse as sp
+
     o = np.asarray(other, dtype=np.float64)
     m, d = o.shape
     csr = sp.csr_matrix(matrix)
@@ -269,6 +297,8 @@ def train_als(
 
     Returns ``(P, Q)``: user factors ``[n_users, d]`` and item factors ``[n_items, d]``.
     """
+    import scipy.sparse as sp
+
     a0, lam = model_cfg.alpha0, model_cfg.l2
     q = np.asarray(q0, dtype=np.float64)
     x = sp.csr_matrix(train)
@@ -292,6 +322,8 @@ def train_ials_centralized(
     ``epochs``: ALS iterations (default :data:`ALS_ITERATIONS`); ``train_cfg`` is unused
     (closed-form solves have no optimizer).
     """
+    import torch
+
     from fedrec.models.registry import init_item_arrays
 
     del train_cfg

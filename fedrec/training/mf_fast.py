@@ -5,10 +5,16 @@ Design rule: :func:`fit` and :func:`refit` are a numerical twin of
 on :class:`fedrec.models.mf.MatrixFactorization` (non-private). They make *the same
 ``torch.Generator`` calls in the same order* (the epoch nonce of the keyed negatives of
 :mod:`fedrec.training.negatives`, then ``randperm`` minibatches, per epoch; the fresh
-user vector is the model's, :func:`fedrec.models.mf.initial_user_vector`),
-so results agree with autograd to float rounding (``tests/test_mf_fast.py``). A device
-holds one user and a few hundred examples: torch's per-op autograd and optimizer
-overhead dominated, so the forward/backward here is closed form in numpy.
+user vector is the model's, :func:`initial_user_vector`, defined here and used by
+:mod:`fedrec.models.mf`), so results agree with autograd to float rounding
+(``tests/test_mf_fast.py``). A device holds one user and a few hundred examples: torch's
+per-op autograd and optimizer overhead dominated, so the forward/backward here is closed
+form in numpy.
+
+Serving (:func:`scores` with ``torch_free=True``, e.g. ``fedrec recommend``) makes the
+same draws from :class:`fedrec.training.torch_stream.TorchCpuStream` and imports no
+torch: the refit and its scores are the same arrays. Training keeps torch's generator
+(its C ``randperm`` is faster than the twin's Python shuffle).
 
 Gradients of the MF loss of :mod:`fedrec.models.mf` for a minibatch of ``B`` examples
 (score ``x = p.q_i + b_i``, per-example L2 ``l2 (||q_i||^2 + ||p||^2)``):
@@ -27,19 +33,25 @@ single-tensor update with ``L2`` weight decay, ``betas=(0.9, 0.999)``, ``eps=1e-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.mf import MatrixFactorization
-from fedrec.models.mf import initial_user_vector as mf_initial_user_vector
+from fedrec.models.torch_free import TORCH_FREE
 from fedrec.training.negatives import keyed_negatives
+from fedrec.training.torch_stream import TorchCpuStream
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedrec.models.base import Arrays
 
 F32 = npt.NDArray[np.float32]
-USER_KEY = MatrixFactorization.USER_SIDE[0]
+USER_KEY = TORCH_FREE["mf"].USER_SIDE[0]
+"""``MatrixFactorization.USER_SIDE[0]`` (read from the copy: the class imports torch)."""
+USER_INIT_STREAM = 0x6D665F75  # ("mf_u") tags the fresh user vector's seed sequence
 BETAS, EPS = (0.9, 0.999), 1e-8
 
 
@@ -93,14 +105,14 @@ class FastExamples:
 
 def fast_examples(
     model_cfg: ModelConfig,
-    pos: torch.Tensor,
+    pos: torch.Tensor | npt.NDArray[np.int64],
     n_items: int,
-    gen: torch.Generator,
+    gen: torch.Generator | TorchCpuStream,
     key: bytes | None,
 ) -> FastExamples:
     """:meth:`MatrixFactorization.make_examples`, with the same generator call."""
     k = model_cfg.negatives
-    p = pos.numpy()
+    p = pos if isinstance(pos, np.ndarray) else pos.numpy()
     neg = keyed_negatives(gen, key, np.zeros(len(p), dtype=np.int64), p, k, n_items).reshape(-1)
     if model_cfg.loss == "bpr":
         pairs = np.stack([np.repeat(p, k), neg], axis=1)
@@ -169,6 +181,8 @@ def _grads(
 
 
 def _dense(n_items: int, g: _Grads) -> tuple[F32, F32]:
+    import torch
+
     q = torch.zeros((n_items, g.q.shape[1]))
     b = torch.zeros((n_items, 1))
     idx = torch.from_numpy(g.rows)
@@ -179,6 +193,8 @@ def _dense(n_items: int, g: _Grads) -> tuple[F32, F32]:
 
 def _summed(g: _Grads) -> tuple[npt.NDArray[np.int64], F32, F32]:
     """Unique touched rows and their summed gradient rows (Q, b)."""
+    import torch
+
     uniq, inv = np.unique(g.rows, return_inverse=True)
     idx = torch.from_numpy(inv.reshape(-1))
     q = torch.zeros((len(uniq), g.q.shape[1])).index_add_(0, idx, torch.from_numpy(g.q))
@@ -196,12 +212,18 @@ class FastModel:
 
 
 def initial_user_vector(model_cfg: ModelConfig, seed: int) -> F32:
-    """``p_u`` of ``build_model(model_cfg, n_items, 1, seed=seed)`` for any ``n_items``.
+    """A device's fresh ``p_u ~ N(0, init_std^2)`` ``[dim]``, from ``seed`` alone
+    (``build_model(model_cfg, n_items, 1, seed=seed)``'s ``p_u`` for any ``n_items``).
 
-    :func:`fedrec.models.mf.initial_user_vector`: drawn from ``seed`` alone, so it
-    costs the same at any catalog size.
+    Drawn from NumPy's PCG64 seeded with ``(seed, USER_INIT_STREAM)``, not from
+    torch's stream after the item table: its cost does not grow with the catalog
+    (at 340,000 items the torch stream meant 10.9M draws per new user) and the
+    stream is not the one the device's negatives are drawn from.
     """
-    return mf_initial_user_vector(model_cfg, seed)
+    rng = np.random.default_rng([seed % 2**64, USER_INIT_STREAM])
+    dim = model_cfg.dim
+    out: F32 = (rng.standard_normal(dim) * model_cfg.init_std).astype(np.float32)
+    return out
 
 
 def load_model(
@@ -229,8 +251,8 @@ class _Loop:
     """What :func:`fedrec.training.local.train_epochs` is given, for the MF twin."""
 
     cfg: ModelConfig
-    pos: torch.Tensor
-    gen: torch.Generator
+    pos: npt.NDArray[np.int64]
+    gen: torch.Generator | TorchCpuStream
     batch_size: int
     opt: FastOptimizer
     train_items: bool = False
@@ -243,7 +265,7 @@ class _Loop:
         total, steps = 0.0, 0
         for _ in range(n):
             ex = fast_examples(self.cfg, self.pos, m.q.shape[0], self.gen, self.key)
-            perm = torch.randperm(len(ex.labels), generator=self.gen).numpy()
+            perm = _randperm(self.gen, len(ex.labels))
             for start in range(0, len(perm), self.batch_size):
                 i = perm[start : start + self.batch_size]
                 batch = FastExamples(ex.items[i], ex.labels[i])
@@ -275,6 +297,15 @@ class _Loop:
             self.opt.step("b", m.b, gb)
 
 
+def _randperm(gen: torch.Generator | TorchCpuStream, n: int) -> npt.NDArray[np.int64]:
+    if isinstance(gen, TorchCpuStream):
+        return gen.randperm(n)
+    import torch
+
+    perm: npt.NDArray[np.int64] = torch.randperm(n, generator=gen).numpy()
+    return perm
+
+
 def _refit(model_cfg: ModelConfig, cfg: LocalTrainConfig, m: FastModel, loop: _Loop) -> None:
     """The user-side refit (Singhal et al. 2021) on frozen item rows; its loss is unused."""
     if cfg.refit_steps == 0:
@@ -295,11 +326,19 @@ def _start(
     key: bytes | None,
     *,
     own_items: bool = True,
+    torch_free: bool = False,
 ) -> tuple[FastModel, _Loop]:
-    """The one-user model and the seeded example loop a fit or a refit starts from."""
+    """The one-user model and the seeded example loop a fit or a refit starts from
+    (``torch_free``: torch's draws from :class:`TorchCpuStream`)."""
     m = load_model(model_cfg, global_items, user_state, seed, own_items=own_items)
-    pos = torch.as_tensor(np.asarray(train_items, dtype=np.int64))
-    gen = torch.Generator().manual_seed(seed)
+    pos = np.asarray(train_items, dtype=np.int64)
+    gen: torch.Generator | TorchCpuStream
+    if torch_free:
+        gen = TorchCpuStream(seed)
+    else:
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
     opt = FastOptimizer("sgd", 1.0, 0.0)
     return m, _Loop(model_cfg, pos, gen, train_cfg.batch_size, opt, key=key)
 
@@ -357,10 +396,42 @@ def refit(
     *,
     seed: int,
     key: bytes | None = None,
+    torch_free: bool = False,
 ) -> F32:
-    """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it."""
+    """``p_u`` ``[1, d]`` after :func:`fedrec.training.local.refit_user` as evaluation runs it.
+
+    ``torch_free``: the same draws without importing torch (:class:`TorchCpuStream`).
+    """
     m, base = _start(
-        model_cfg, train_cfg, global_items, user_state, train_items, seed, key, own_items=False
-    )
+        model_cfg, train_cfg, global_items, user_state, train_items, seed, key,
+        own_items=False, torch_free=torch_free,
+    )  # fmt: skip
     _refit(model_cfg, train_cfg, m, base)
     return m.p.reshape(1, -1).copy()
+
+
+def scores(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    torch_free: bool = False,
+) -> F32 | None:
+    """``p Q^T + b^T`` ``[n_items]`` after :func:`refit`; ``None`` unless :func:`supports`.
+
+    :meth:`fedrec.models.mf.MatrixFactorization.fast_scores`; ``torch_free`` for serving.
+    """
+    if not supports(model_cfg, train_cfg):
+        return None
+    p = refit(
+        model_cfg, train_cfg, global_items, user_state, train_items, seed=seed,
+        torch_free=torch_free,
+    )  # fmt: skip
+    q, b = (np.asarray(a, dtype=np.float32) for a in global_items[:2])
+    out = p @ q.T  # as the harness's batches of users (simulations.evaluation)
+    out += b.T
+    row: F32 = out[0]
+    return row

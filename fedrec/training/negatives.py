@@ -36,10 +36,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+from fedrec.training.torch_stream import TorchCpuStream
+
+if TYPE_CHECKING:
+    import torch
 
 KEY_BYTES = 32
 """Length of a device key (BLAKE2b accepts keys of up to 64 bytes)."""
@@ -67,12 +72,18 @@ def check_key(key: bytes) -> bytes:
     return key
 
 
-def epoch_offset(generator: torch.Generator, key: bytes | None) -> int:
+def epoch_offset(generator: torch.Generator | TorchCpuStream, key: bytes | None) -> int:
     """The epoch's 64-bit SplitMix64 stream offset: ``BLAKE2b_key(nonce)``.
 
-    Draws the epoch nonce, two words of ``generator``, always the same amount.
+    Draws the epoch nonce, two words of ``generator``, always the same amount (a
+    :class:`~fedrec.training.torch_stream.TorchCpuStream` draws torch's words).
     """
-    nonce = torch.randint(0, _NONCE_HIGH, (2,), generator=generator).numpy()
+    if isinstance(generator, TorchCpuStream):
+        nonce = generator.randint(0, _NONCE_HIGH, 2)
+    else:
+        import torch
+
+        nonce = torch.randint(0, _NONCE_HIGH, (2,), generator=generator).numpy()
     digest = hashlib.blake2b(
         nonce.astype("<i8").tobytes(),
         key=PUBLIC_KEY if key is None else check_key(key),
@@ -106,7 +117,7 @@ def below(words: U64, n: int) -> npt.NDArray[np.int64]:
 
 
 def keyed_negatives(
-    generator: torch.Generator,
+    generator: torch.Generator | TorchCpuStream,
     key: bytes | None,
     users: npt.NDArray[np.int64],
     items: npt.NDArray[np.int64],
