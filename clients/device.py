@@ -17,6 +17,10 @@ Two user states are kept (docs/DEVICE.md, "real-time updates"):
 Global item rows are aligned to interactions by *original item id* through the item-id
 list that came with them, never by position; an interaction on an item the current
 catalog does not contain is stored and used once a catalog contains it.
+
+An MF or iALS device opens, records, recommends and explains without importing torch,
+Opacus or Flower (:mod:`fedrec.federated.serving`: the serving refit and the item bias
+from the held arrays); a round, an evaluation or another model kind imports them.
 """
 
 from __future__ import annotations
@@ -24,23 +28,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from clients.device_eval import EvalReport, report_metrics
 from clients.device_round import (
     NO_DATA,
     OK,
     EvalReply,
     FitReply,
-    LocalPrivacy,
     RoundConfig,
     fit_private_round,
 )
@@ -55,17 +57,20 @@ from fedrec.data.formats import (
 )
 from fedrec.data.sequences import last_unique, ordered_history
 from fedrec.errors import ConfigError, StoreError
-from fedrec.federated.client import UserState, client_evaluate, client_fit, derive_seed
-from fedrec.metrics.private import PrivateEvaluation
-from fedrec.models.base import get_user_state, item_side, set_user_state, user_side
+from fedrec.federated.seeds import derive_seed
+from fedrec.federated.serving import UserState, refit_state
 from fedrec.models.config import MODEL_KIND_NAMES, LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model, model_class
-from fedrec.models.trainable import TrainableRecommender
-from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
+from fedrec.models.torch_free import TORCH_FREE, facts, side_shapes
 from fedrec.recommend.explain import explain as cite_history
 from fedrec.recommend.types import Recommendation
-from fedrec.training.local import refit_user, user_examples
 from fedrec.training.negatives import check_key, new_device_key
+
+if TYPE_CHECKING:  # torch, Opacus: imported by a round, an evaluation or a torch-only kind
+    from clients.device_eval import EvalReport
+    from clients.device_round import LocalPrivacy
+    from fedrec.metrics.private import PrivateEvaluation
+    from fedrec.models.trainable import TrainableRecommender
+    from fedrec.privacy.ledger import PrivacyLedger, Spent
 
 GLOBAL, TRAIN, TRAIN_PREV, SERVE = "global", "train", "train.prev", "serve"
 TITLES = "item_titles"
@@ -121,7 +126,14 @@ def _catalog_hash(ids: Sequence[ItemId]) -> str:
 def _shapes(
     model_cfg: ModelConfig, n_items: int
 ) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[tuple[str, tuple[int, ...]], ...]]:
-    """Item-side and user-side ``(name, shape)`` of a one-user model (built once)."""
+    """Item-side and user-side ``(name, shape)`` of a one-user model (built once; read
+    from the copied facts for a torch-free kind)."""
+    light = TORCH_FREE.get(model_cfg.kind)
+    if light is not None:
+        return side_shapes(light, model_cfg, n_items)
+    from fedrec.models.base import item_side, user_side
+    from fedrec.models.registry import build_model
+
     model = build_model(model_cfg, n_items, 1, seed=0)
     items = tuple((n, tuple(p.shape)) for n, p in item_side(model).items())
     users = tuple((n, tuple(p.shape)) for n, p in user_side(model).items())
@@ -482,6 +494,8 @@ class DeviceClient:
         private = config.privacy is not None
         state = self._train_state_before(config.round, private=private)
         if config.privacy is None:
+            from fedrec.federated.client import client_fit
+
             model = config.model.at_round(config.round)
             fit = client_fit(
                 model,
@@ -520,6 +534,8 @@ class DeviceClient:
         reads it (:mod:`simulations.evaluation`). What may leave a deployed device is
         :meth:`report_evaluation`'s answer.
         """
+        from fedrec.federated.client import client_evaluate
+
         g = self._receive(global_arrays, config)
         wanted = [item_id(i) for i in test_items]
         test = np.array([g.row[i] for i in wanted if i in g.row], dtype=np.int64)
@@ -557,6 +573,8 @@ class DeviceClient:
         device's ledger before it is returned (``local``; refused, nothing spent, when
         the release would exceed ``config.privacy.epsilon_budget``).
         """
+        from clients.device_eval import report_metrics
+
         if mode != "none" and mechanism is None:  # refuse before touching the data
             return report_metrics({}, mode=mode, mechanism=None)
         result = self.evaluate_round(global_arrays, config, test_items)
@@ -575,6 +593,8 @@ class DeviceClient:
 
         Without any private release: epsilon 0, unit and accountant ``"none"``.
         """
+        from fedrec.privacy.ledger import PrivacyLedger, Spent, SqliteLedgerStore, ledger_records
+
         records = ledger_records(self._store.conn, self.client_id)
         if not records:
             return Spent(0.0, 0.0, "none", "none", 0, 0, [])
@@ -589,6 +609,8 @@ class DeviceClient:
 
     # ---- internals --------------------------------------------------------------
     def _ledger(self, privacy: LocalPrivacy) -> PrivacyLedger:
+        from fedrec.privacy.ledger import PrivacyLedger, SqliteLedgerStore
+
         return PrivacyLedger(
             SqliteLedgerStore(self._store.conn, self.client_id),
             accountant=privacy.accountant,
@@ -707,7 +729,7 @@ class DeviceClient:
         self._cached_scores = None
         # a dot-product model (the class's USER_VECTOR) is served without the model
         g = self._global
-        name = None if g is None else model_class(g.model_cfg.kind).USER_VECTOR
+        name = None if g is None else facts(g.model_cfg.kind).USER_VECTOR
         vector = None if state is None or name is None else state.get(name)
         self._p = None if vector is None else np.ascontiguousarray(vector[0], dtype=np.float32)
 
@@ -732,22 +754,34 @@ class DeviceClient:
 
     def _history(self, g: _Global) -> npt.NDArray[np.int64]:
         """The user's catalog rows: in time order for a sequential model, else sorted."""
-        return self._time_order() if model_class(g.model_cfg.kind).ORDERED else self._seen
+        return self._time_order() if facts(g.model_cfg.kind).ORDERED else self._seen
 
     def _refresh(self) -> None:
         """Refit the serving state on all known items against the frozen global items."""
         g = self._global
         if g is None or len(self._seen) < self.min_interactions:
             return
-        if not model_class(g.model_cfg.kind).USER_SIDE:  # nothing to refit (a sequential
+        if not facts(g.model_cfg.kind).USER_SIDE:  # nothing to refit (a sequential
             # model): the next recommend re-encodes the sequence; the empty state is stored once
             self._set_serve({}, persist=self._serve is None)
             return
         start = self._serve if self._serve is not None else self._load_state(TRAIN)
         steps = g.train_cfg.refit_steps if start is None else self.refresh_steps
-        set_user_state(g.model, g.init_state if start is None else start)
         cfg = dataclasses.replace(g.train_cfg, refit_steps=steps)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, len(self._items)))
+        seed = derive_seed(self.seed, len(self._items))
+        light = refit_state(
+            g.model_cfg, cfg, g.arrays, start, self._seen, seed=seed, init_seed=self.seed
+        )  # MF, iALS: without torch
+        if light is not None:
+            self._set_serve(light)
+            return
+        import torch
+
+        from fedrec.models.base import get_user_state, set_user_state
+        from fedrec.training.local import refit_user, user_examples
+
+        set_user_state(g.model, g.init_state if start is None else start)
+        gen = torch.Generator().manual_seed(seed)
         refit_user(g.model, cfg, user_examples(g.model, self._seen), generator=gen)
         g.model.eval()
         self._set_serve(get_user_state(g.model))
@@ -756,12 +790,16 @@ class DeviceClient:
         if self._p is not None:  # ITEM_VECTORS @ p_u + ITEM_BIAS (see _set_serve)
             # einsum stays on this thread: a BLAS thread pool's wake-ups dominate the tail
             # latency of a 27k x 32 mat-vec on a busy device
-            q = g.arrays[g.item_names.index(model_class(g.model_cfg.kind).ITEM_VECTORS)]
+            q = g.arrays[g.item_names.index(facts(g.model_cfg.kind).ITEM_VECTORS)]
             scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", q, self._p)
             return scores + g.bias
         if self._cached_scores is None:
+            import torch
+
+            from fedrec.models.base import set_user_state
+
             set_user_state(g.model, self._serve or {})
-            ordered = model_class(g.model_cfg.kind).ORDERED  # a sequential model: the order
+            ordered = facts(g.model_cfg.kind).ORDERED  # a sequential model: the order
             history = ordered_history(self._history(g), len(g.ids), ordered=ordered)
             with torch.no_grad():
                 out = g.model.score(torch.zeros(1, dtype=torch.int64), history)[0]
@@ -774,6 +812,14 @@ class DeviceClient:
             return [[] for _ in rows]
         cited = cite_history(g.unit_vectors, self._seen, rows, top=3)
         return [[(g.ids[j], w) for j, w in per_row] for per_row in cited]
+
+
+def __getattr__(name: str) -> Any:
+    """``EvalReport`` and ``LocalPrivacy`` (PEP 562): imported on first use (Opacus)."""
+    lazy = {"EvalReport": "clients.device_eval", "LocalPrivacy": "fedrec.federated.private"}
+    if name in lazy:
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

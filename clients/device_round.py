@@ -10,17 +10,21 @@ before anything is returned for sending (docs/PRIVACY.md, "Ledgers").
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from clients.store import ItemId
-from fedrec.federated.client import UserState
-from fedrec.federated.private import LocalPrivacy, private_round
-from fedrec.models.base import Arrays
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.privacy.ledger import PrivacyLedger, Spent
+
+if TYPE_CHECKING:  # torch and Opacus: imported by a private round, not by a recommending app
+    from fedrec.federated.private import LocalPrivacy
+    from fedrec.federated.serving import UserState
+    from fedrec.models.base import Arrays
+    from fedrec.privacy.ledger import PrivacyLedger, Spent
 
 OK, BUDGET_EXHAUSTED, NO_DATA = "ok", "budget_exhausted", "no_data"
 """The statuses of :class:`FitReply`."""
@@ -103,6 +107,8 @@ def fit_private_round(
     ledger is durable when this returns an ``"ok"`` reply: a crash after it keeps the
     spend. ``key``: the device's secret key of MF's negatives (``None``: public).
     """
+    from fedrec.federated.private import private_round
+
     outcome = private_round(
         ledger,
         config.model.at_round(config.round),
@@ -120,6 +126,13 @@ def fit_private_round(
     fit = outcome.fit
     reply = FitReply(OK, fit.item_arrays, len(train_items), float("nan"), ledger.spent())
     return reply, fit.user_state
+
+
+def __getattr__(name: str) -> Any:
+    """``LocalPrivacy`` (PEP 562): imported on first use, with torch and Opacus."""
+    if name == "LocalPrivacy":
+        return importlib.import_module("fedrec.federated.private").LocalPrivacy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -4,6 +4,10 @@ Design rule: recommendations are computed on the device from the held global ite
 parameters and the *serving* user state; nothing about them leaves the device. The
 popularity fallback uses the learned item bias (trained under the same mechanism as
 every other item parameter), never raw counts (docs/DEVICE.md, "Recommendations").
+
+The one-user model is built (torch) on first use only: an MF or iALS device reads its
+bias and item vectors from the arrays (:mod:`fedrec.federated.serving`) and never
+builds it to open, record or recommend.
 """
 
 from __future__ import annotations
@@ -19,20 +23,21 @@ import numpy.typing as npt
 
 from clients.store import ItemId
 from fedrec.errors import ConfigError
-from fedrec.federated.client import UserState
-from fedrec.models.base import Arrays, get_user_state, item_side, set_item_arrays
+from fedrec.federated.serving import UserState
+from fedrec.federated.serving import item_bias as light_item_bias
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import build_model
-from fedrec.models.trainable import TrainableRecommender
 from fedrec.recommend.similar import item_vectors, unit_rows
 
-if TYPE_CHECKING:
-    pass
+if TYPE_CHECKING:  # torch: imported when a model is built
+    from fedrec.models.base import Arrays
+    from fedrec.models.trainable import TrainableRecommender
 
 
 def item_bias(model: TrainableRecommender, n_items: int) -> npt.NDArray[np.float32]:
     """Popularity signal: the learned item bias (the class's ``ITEM_BIAS``: MF ``b``,
     decoder bias of the AEs); zeros for a model without one."""
+    from fedrec.models.base import item_side
+
     if model.ITEM_BIAS is None:
         return np.zeros(n_items, dtype=np.float32)
     param = item_side(model)[model.ITEM_BIAS]
@@ -54,17 +59,17 @@ def catalog_rows(arrays: Sequence[npt.NDArray[np.float32]], ids: Sequence[object
 
 @dataclasses.dataclass
 class HeldGlobal:
-    """The held global item parameters, loaded once into a one-user model."""
+    """The held global item parameters; the one-user model is built on first use."""
 
     model_cfg: ModelConfig
     train_cfg: LocalTrainConfig
     ids: list[ItemId]
     row: dict[ItemId, int]
     arrays: Arrays
-    model: TrainableRecommender
-    init_state: UserState
+    seed: int
     bias: npt.NDArray[np.float32]
     unit_vectors: npt.NDArray[np.float64] | None
+    _built: tuple[TrainableRecommender, UserState] | None = None
 
     @classmethod
     def build(
@@ -76,26 +81,47 @@ class HeldGlobal:
         seed: int,
     ) -> HeldGlobal:
         n_items = catalog_rows(arrays, ids)
-        model = build_model(model_cfg, n_items, 1, seed=seed)
-        try:
-            set_item_arrays(model, arrays)
-        except ValueError as exc:
-            raise ConfigError(
-                str(exc), where="global arrays", fix="send arrays of the model config's shapes"
-            ) from exc
-        model.eval()
+        light_bias = light_item_bias(model_cfg.kind, arrays)  # None: read from the model
         vectors = unit_rows(item_vectors(model_cfg.kind, arrays))
-        return cls(
+        held = cls(
             model_cfg,
             train_cfg,
             ids,
             {i: r for r, i in enumerate(ids)},
             arrays,
-            model,
-            get_user_state(model),
-            item_bias(model, n_items),
+            seed,
+            np.zeros(n_items, dtype=np.float32) if light_bias is None else light_bias,
             vectors,
         )
+        if light_bias is None:
+            held.bias = item_bias(held.model, n_items)
+        return held
+
+    @property
+    def model(self) -> TrainableRecommender:
+        """The one-user model holding the arrays (built, with torch, on first use)."""
+        return self._build()[0]
+
+    @property
+    def init_state(self) -> UserState:
+        """The fresh user state of that model (``build_model(..., seed=seed)``)."""
+        return self._build()[1]
+
+    def _build(self) -> tuple[TrainableRecommender, UserState]:
+        if self._built is None:
+            from fedrec.models.base import get_user_state, set_item_arrays
+            from fedrec.models.registry import build_model
+
+            model = build_model(self.model_cfg, len(self.ids), 1, seed=self.seed)
+            try:
+                set_item_arrays(model, self.arrays)
+            except ValueError as exc:
+                raise ConfigError(
+                    str(exc), where="global arrays", fix="send arrays of the model config's shapes"
+                ) from exc
+            model.eval()
+            self._built = (model, get_user_state(model))
+        return self._built
 
 
 def top_k(

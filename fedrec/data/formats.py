@@ -12,12 +12,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from fedrec.errors import DataError
+
+if TYPE_CHECKING:  # pandas: imported by the readers (a device checking a rating needs none)
+    import pandas as pd
 
 _COLUMNS = ("user", "item", "rating", "timestamp")
 _KINDS = ("user id", "item id", "rating", "timestamp")
@@ -109,6 +112,8 @@ def _field_problem(kind: str, number: float) -> str | None:
 
 
 def _parse(raw: bytes, sep: str, path: Path, orig_sep: str, header: bool) -> pd.DataFrame:
+    import pandas as pd
+
     dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}
     try:
         frame = pd.read_csv(
@@ -212,6 +217,8 @@ def read_ml_csv(path: Path) -> RawLog:
     movies = path.parent / "movies.csv"
     meta = None
     if movies.is_file():
+        import pandas as pd
+
         table = pd.read_csv(movies, dtype=str, keep_default_na=False)
         rows = table[["movieId", "title", "genres"]].to_numpy().tolist()
         meta = _genre_meta(rows, movies)

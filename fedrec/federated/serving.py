@@ -9,12 +9,18 @@ refit of :mod:`fedrec.training.mf_fast` with torch's draws made by
 :class:`fedrec.training.torch_stream.TorchCpuStream`; iALS: the closed-form user vector),
 which returns the same array; every other kind, or an MF configuration without the fast
 path, goes through ``client_scores``.
+
+An app embedding the device library (:mod:`clients.device`) opens, records and
+recommends on such a kind without torch too: :func:`refit_state` is the serving refit
+(MF: :func:`fedrec.training.mf_fast.refit` from the serving state; iALS: the
+closed-form vector) and :func:`item_bias` the popularity fallback, both read from the
+held item arrays.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +47,7 @@ def user_scores(
     """``client_scores(...)`` as float64 ``[n_items]``, without torch where the kind allows."""
     light = TORCH_FREE.get(model_cfg.kind)
     if light is not None:
-        module, _, name = light.SCORES.partition(":")
-        twin = getattr(import_module(module), name)
-        scores = twin(
+        scores = _twin(light.SCORES)(
             model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, torch_free=True
         )
         if scores is not None:
@@ -54,3 +58,54 @@ def user_scores(
     tensor = client_scores(model_cfg, train_cfg, global_items, user_state, train_items, seed=seed)
     full: FloatArray = tensor.double().numpy()
     return full
+
+
+def refit_state(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: UserState | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    init_seed: int,
+) -> UserState | None:
+    """The user state after a device's serving refit, without torch; ``None``: no twin.
+
+    The refit is :func:`fedrec.training.local.refit_user` on a one-user model holding
+    ``global_items`` and ``user_state`` (``None``: the fresh user of
+    ``build_model(model_cfg, n_items, 1, seed=init_seed)``), its generator seeded with
+    ``seed``, public negatives. For MF it is :func:`fedrec.training.mf_fast.refit`, the
+    refit evaluation and :func:`fedrec.federated.client.client_scores` run (equal to
+    the autograd refit to float rounding, ``tests/test_mf_fast.py``); for iALS the
+    closed-form vector. ``None`` for any other kind or an MF config without the fast
+    path: the caller runs ``refit_user`` (torch).
+    """
+    light = TORCH_FREE.get(model_cfg.kind)
+    if light is None:
+        return None
+    state: UserState | None = _twin(light.REFIT)(
+        model_cfg, train_cfg, global_items, user_state, train_items, seed=seed,
+        init_seed=init_seed,
+    )  # fmt: skip
+    return state
+
+
+def item_bias(kind: str, global_items: Arrays) -> npt.NDArray[np.float32] | None:
+    """The learned item bias ``[n_items]`` (the kind's ``ITEM_BIAS``; zeros without
+    one) from the item-side arrays of a torch-free kind; ``None`` for another kind."""
+    light = TORCH_FREE.get(kind)
+    if light is None:
+        return None
+    n_items = int(global_items[0].shape[0])
+    if light.ITEM_BIAS is None:
+        return np.zeros(n_items, dtype=np.float32)
+    values = global_items[light.ITEM_SIDE.index(light.ITEM_BIAS)]
+    bias: npt.NDArray[np.float32] = np.asarray(values, dtype=np.float32).reshape(n_items).copy()
+    return bias
+
+
+def _twin(path: str) -> Any:
+    """The function ``"module:function"`` (a torch-free twin), imported."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)

@@ -57,6 +57,7 @@ class IALS(TrainableRecommender):
     ITEM_SIDE = ("item_emb.weight",)
     USER_SIDE = ("user_emb.weight",)
     ITEM_VECTORS = "item_emb.weight"  # the Q of p_u . q_i
+    USER_VECTOR = "user_emb.weight"  # a device serves Q p_u without the model (no torch)
     LOCAL_DP_UNIT = None
     LOCAL_DP_REFUSAL = LOCAL_DP_REFUSAL
 

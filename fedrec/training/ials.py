@@ -251,6 +251,24 @@ def scores(
     return out
 
 
+def refit_state(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, npt.NDArray[np.float32]] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    init_seed: int,
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The device's serving refit without torch: :meth:`fedrec.models.ials.IALS.solve_users`
+    on a one-user model (the closed-form vector, stored as float32; whatever the start,
+    ``train_cfg`` and seeds)."""
+    del train_cfg, user_state, seed, init_seed
+    p = user_vector(model_cfg, global_items, train_items)
+    return {USER_KEY: p.astype(np.float32)[None, :]}
+
+
 def solve_rows(
     other: npt.ArrayLike,
     matrix: sp.csr_matrix,

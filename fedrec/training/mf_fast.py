@@ -410,6 +410,29 @@ def refit(
     return m.p.reshape(1, -1).copy()
 
 
+def refit_state(
+    model_cfg: ModelConfig,
+    train_cfg: LocalTrainConfig,
+    global_items: Arrays,
+    user_state: dict[str, F32] | None,
+    train_items: npt.NDArray[np.int64],
+    *,
+    seed: int,
+    init_seed: int,
+) -> dict[str, F32] | None:
+    """The device's serving refit without torch: :func:`refit` from ``user_state`` (or
+    the fresh user vector of ``init_seed``), public negatives, draws of
+    :class:`TorchCpuStream`, as the user state; ``None`` unless :func:`supports`."""
+    if not supports(model_cfg, train_cfg):
+        return None
+    if user_state is None:
+        user_state = {USER_KEY: initial_user_vector(model_cfg, init_seed)[None, :]}
+    p = refit(
+        model_cfg, train_cfg, global_items, user_state, train_items, seed=seed, torch_free=True
+    )
+    return {USER_KEY: p}
+
+
 def scores(
     model_cfg: ModelConfig,
     train_cfg: LocalTrainConfig,
