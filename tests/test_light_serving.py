@@ -23,8 +23,9 @@ from fedrec.federated.presets import federated_preset
 from fedrec.federated.seeds import EVAL_ROUND, derive_seed
 from fedrec.federated.serving import user_scores
 from fedrec.models.config import LocalTrainConfig, ModelConfig
-from fedrec.models.registry import init_item_arrays, model_class
-from fedrec.models.torch_free import TORCH_FREE
+from fedrec.models.base import item_side, user_side
+from fedrec.models.registry import build_model, init_item_arrays, model_class
+from fedrec.models.torch_free import TORCH_FREE, side_shapes
 from server.settings import RunSettings, load_split
 from simulations.run_model import load_run_model, save_run_model
 from tests.test_recommend_cli import DATA, make_run_dir
@@ -52,6 +53,13 @@ def test_copied_facts_are_the_class_facts(kind: str) -> None:
     assert light.USER_SIDE == cls.USER_SIDE
     assert light.ITEM_VECTORS == cls.ITEM_VECTORS
     assert light.ORDERED == cls.ORDERED
+    assert light.ITEM_BIAS == cls.ITEM_BIAS
+    assert light.USER_VECTOR == cls.USER_VECTOR
+    for dim, n_items in ((3, 7), (8, 40)):  # the shapes of a device's one-user model
+        model = build_model(ModelConfig(kind=kind, dim=dim), n_items, 1, seed=0)
+        items = tuple((n, tuple(a.shape)) for n, a in item_side(model).items())
+        users = tuple((n, tuple(a.shape)) for n, a in user_side(model).items())
+        assert side_shapes(light, ModelConfig(kind=kind, dim=dim), n_items) == (items, users)
     for strategy in (None, "fedavg", "fedadam", "fedprox"):
         for privacy in ("none", "central"):
             preset = cls.federated_preset(strategy, privacy)
