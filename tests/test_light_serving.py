@@ -22,8 +22,8 @@ from fedrec.federated.client import client_scores
 from fedrec.federated.presets import federated_preset
 from fedrec.federated.seeds import EVAL_ROUND, derive_seed
 from fedrec.federated.serving import user_scores
-from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.base import item_side, user_side
+from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import build_model, init_item_arrays, model_class
 from fedrec.models.torch_free import TORCH_FREE, side_shapes
 from server.settings import RunSettings, load_split
