@@ -24,6 +24,7 @@ from clients import DeviceClient
 from clients.device_round import RoundConfig
 from clients.serving import HeldGlobal, item_bias, top_k
 from fedrec.federated.seeds import derive_seed
+from fedrec.modelfile import ExportedModel, save_model
 from fedrec.models.config import LocalTrainConfig, ModelConfig
 from fedrec.models.registry import init_item_arrays
 from fedrec.training import mf_fast
@@ -41,6 +42,18 @@ with DeviceClient.open(sys.argv[1], user_id="me", seed=7) as device:
     device.record(sys.argv[2], timestamp=2000.0)
     after = device.recommend(10, explain=True)
 print(json.dumps({"before": rows(before), "after": rows(after), "modules": sorted(sys.modules)}))
+"""
+
+FIRST_START = """
+import json, sys
+from clients import DeviceClient
+
+with DeviceClient.open(sys.argv[1], user_id="me", seed=7) as device:  # creates the store
+    device.load_model(sys.argv[2])
+    device.record_many([(item, None, 1000.0 + j) for j, item in enumerate(sys.argv[3:])])
+    recs = device.recommend(10, explain=True)
+rows = [[r.item, r.score, r.fallback, [list(b) for b in r.because], r.title] for r in recs]
+print(json.dumps({"recs": rows, "modules": sorted(sys.modules)}))
 """
 
 MODELS = {
@@ -160,3 +173,35 @@ def test_the_fallback_bias_is_read_from_the_arrays_as_from_the_model(kind: str) 
     np.testing.assert_array_equal(held.bias, item_bias(held.model, len(IDS)))
     assert held.bias.dtype == np.float32
     assert kind != "mf" or np.ptp(held.bias) > 0
+
+
+def test_a_new_device_loads_a_model_file_without_the_training_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: an exported MF model file with titles
+    model = MODELS["mf"]
+    titles = [f"Title {i}" for i in IDS]
+    exported = ExportedModel(
+        kind="mf", item_ids=list(IDS), arrays=_arrays(model), titles=titles,
+        model=dataclasses.asdict(model), train=dataclasses.asdict(LocalTrainConfig()),
+    )  # fmt: skip
+    model_file = save_model(tmp_path / "model.fedrec", exported)
+    # Execute: an app's first start (the store is created, the ledger table included)
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_START, str(tmp_path / "new.db"), str(model_file), *HISTORY],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    light = json.loads(done.stdout.splitlines()[-1])
+    _torch_path(monkeypatch)
+    with DeviceClient.open(tmp_path / "torch.db", user_id="me", seed=SEED) as device:
+        device.load_model(model_file)
+        device.record_many([(item, None, 1000.0 + j) for j, item in enumerate(HISTORY)])
+        recs = device.recommend(10, explain=True)
+    # Assert: nothing heavy imported; the torch path's list and titles (its refit: to rounding)
+    loaded = {m.split(".")[0] for m in light["modules"]}
+    assert not loaded & set(TRAINING_STACK + DATA_STACK), sorted(loaded & set(TRAINING_STACK))
+    expected = [[r.item, r.fallback, [list(b) for b in r.because], r.title] for r in recs]
+    assert [[r[0], r[2], r[3], r[4]] for r in light["recs"]] == expected
+    np.testing.assert_allclose(
+        [r[1] for r in light["recs"]], [r.score for r in recs], rtol=1e-6, atol=1e-7
+    )

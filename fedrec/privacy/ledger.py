@@ -22,11 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedrec.data.atomic import atomic_write_bytes
 from fedrec.errors import BudgetExhaustedError, StoreError
-from fedrec.privacy.accounting import PrivacyAccount, Release, check_accountant, check_delta
+
+if TYPE_CHECKING:  # Opacus (and torch): imported by the accounting, not by a store's creation
+    from fedrec.privacy.accounting import PrivacyAccount, Release
 
 Record = dict[str, Any]
 FILE_FORMAT = "fedrec-privacy-ledger"
@@ -174,6 +176,8 @@ def spent_from_records(records: Sequence[Record]) -> Spent:
     """
     if not records:
         raise StoreError("empty ledger", where="privacy ledger", fix="read a ledger with releases")
+    from fedrec.privacy.accounting import PrivacyAccount
+
     last = records[-1]
     return Spent(
         epsilon=float(last["epsilon"]),
@@ -202,6 +206,8 @@ class PrivacyLedger:
     """
 
     def __init__(self, store: LedgerStore, *, accountant: str, delta: float, unit: str) -> None:
+        from fedrec.privacy.accounting import check_accountant, check_delta
+
         check_accountant(accountant)
         check_delta(delta)
         self.store = store
@@ -220,6 +226,8 @@ class PrivacyLedger:
     @property
     def account(self) -> PrivacyAccount:
         """The composed account of every recorded release (exactly as recorded)."""
+        from fedrec.privacy.accounting import PrivacyAccount
+
         history = self._records[-1]["history"] if self._records else []
         return PrivacyAccount.from_history(history, accountant=self.accountant)
 
@@ -231,6 +239,8 @@ class PrivacyLedger:
     ) -> bool:
         """Whether recording ``next_release`` (one release or a round's list) would take
         epsilon at ``delta`` (``None``: the ledger's) above ``budget_epsilon``."""
+        from fedrec.privacy.accounting import Release
+
         releases = [next_release] if isinstance(next_release, Release) else list(next_release)
         after = self.account
         for release in releases:
