@@ -72,7 +72,7 @@ from fedrec.models.registry import model_class
 from fedrec.privacy import record as privacy_record
 from fedrec.privacy.record import PrivacyRecord
 from fedrec.ray_auth import secure_flwr_simulation
-from fedrec.training.threads import limit_process_to_one_thread
+from fedrec.training.threads import keep_process_at_one_thread
 
 secure_flwr_simulation()  # `flwr run`: Ray's ports refuse clients without the run's token
 
@@ -165,9 +165,9 @@ def _array_record(arrays: list[npt.NDArray[Any]]) -> ArrayRecord:
 def _begin(msg: Message, context: Context) -> tuple[int, ConfigRecord, int]:
     global _threads_set
     with _THREADS:
-        if not _threads_set:  # many tiny models per process: one thread is fastest
-            limit_process_to_one_thread()
-            _threads_set = True
+        # many tiny models per process: one thread is fastest (and the same sums each time)
+        keep_process_at_one_thread(first=not _threads_set)
+        _threads_set = True
     user = int(context.node_config["partition-id"])
     config = msg.content["config"]
     assert isinstance(config, ConfigRecord)

@@ -40,3 +40,13 @@ def limit_process_to_one_thread() -> None:
     """Set both limits for the rest of the process (a ClientApp's worker: many tiny models)."""
     torch.set_num_threads(1)
     threadpool_limits(limits=1)
+
+
+def keep_process_at_one_thread(first: bool) -> None:
+    """:func:`limit_process_to_one_thread` on a worker's first message (``first``) and again
+    whenever torch's pool is no longer at one thread: a :func:`single_threaded` block that
+    ran in the same process restores the threads it found on exit, and a worker that then
+    trained with several threads would sum in a different order (results differing by
+    float rounding from the same run's reference)."""
+    if first or torch.get_num_threads() != 1:
+        limit_process_to_one_thread()
