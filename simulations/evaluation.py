@@ -23,6 +23,7 @@ A deployment has no such harness; there the server may only ask for a DP aggrega
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,35 +55,51 @@ log = logging.getLogger("fedrec.simulation")
 BATCH_USERS = 128  # users scored together (their scores: BATCH_USERS x n_items floats)
 
 
-def _mf_scorer(
+UserVector = Callable[..., npt.NDArray[np.float32]]
+"""``(model_cfg, train_cfg, floats, user_state, train_items, *, seed) -> v_u`` (``[d]`` or
+``[1, d]``): the vector a device scores ``v_u Q^T + b`` with."""
+
+
+def _refit_scorer(
+    user_vector: UserVector,
     settings: RunSettings,
     split: Split,
     floats: list[npt.NDArray[np.float32]],
     states: dict[int, UserState],
 ) -> ScoreFn:
-    """MF: each user's vector refitted as its device would (one user at a time, cheap),
-    then one ``P Q^T + b`` per batch of users."""
+    """Each user's vector as its device computes it (``user_vector``, one user at a time,
+    cheap), then one ``V Q^T + b`` per batch of users."""
     q, b = floats[0], floats[1].reshape(1, -1)
 
     def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
-        p = np.concatenate(
+        v = np.stack(
             [
-                mf_fast.refit(
+                user_vector(
                     settings.model,
                     settings.train,
                     floats,
                     states.get(int(u)),
                     np.unique(split.train_items(int(u))),
                     seed=derive_seed(settings.seed, int(u), EVAL_ROUND),
-                )
+                ).reshape(-1)
                 for u in users
             ]
         )
-        out = p @ q.T  # NumPy's BLAS: on one thread about twice torch's speed here
+        out = v @ q.T  # NumPy's BLAS: on one thread about twice torch's speed here
         out += b
         return torch.from_numpy(out)
 
     return scores
+
+
+def _mf_scorer(
+    settings: RunSettings,
+    split: Split,
+    floats: list[npt.NDArray[np.float32]],
+    states: dict[int, UserState],
+) -> ScoreFn:
+    """MF: each user's vector refitted as its device would (:func:`mf_fast.refit`)."""
+    return _refit_scorer(mf_fast.refit, settings, split, floats, states)
 
 
 def _ials_scorer(settings: RunSettings, split: Split, floats: Arrays) -> ScoreFn:
@@ -118,28 +135,8 @@ def _lightgcn_scorer(
 ) -> ScoreFn:
     """LightGCN: each user's ``e_u = (p_u + m_u) / 2`` as its device computes it
     (:func:`fedrec.training.lightgcn_fast.user_vector`: ``p_u`` refitted, the message over
-    its train items), then one ``E Q^T + b`` per batch of users."""
-    q, b = floats[0], floats[1].reshape(1, -1)
-
-    def scores(users: npt.NDArray[np.int64]) -> torch.Tensor:
-        e = np.stack(
-            [
-                lightgcn_fast.user_vector(
-                    settings.model,
-                    settings.train,
-                    floats,
-                    states.get(int(u)),
-                    np.unique(split.train_items(int(u))),
-                    seed=derive_seed(settings.seed, int(u), EVAL_ROUND),
-                )
-                for u in users
-            ]
-        )
-        out = e @ q.T
-        out += b
-        return torch.from_numpy(out)
-
-    return scores
+    its train items)."""
+    return _refit_scorer(lightgcn_fast.user_vector, settings, split, floats, states)
 
 
 def batched_kind(settings: RunSettings) -> bool:
