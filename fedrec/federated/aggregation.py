@@ -270,11 +270,37 @@ class FedAdam:
             self.v = [np.zeros_like(g) for g in global_items]
         out: Arrays = []
         for j, (g, avg) in enumerate(zip(global_items, mean, strict=True)):
+            if g.dtype == avg.dtype == self.m[j].dtype == self.v[j].dtype == np.float32:
+                out.append(self._step_in_place(j, g, avg))
+                continue
             delta = avg - g
             self.m[j] = (self.beta1 * self.m[j] + (1 - self.beta1) * delta).astype(np.float32)
             self.v[j] = (self.beta2 * self.v[j] + (1 - self.beta2) * delta**2).astype(np.float32)
             step = self.server_lr * self.m[j] / (np.sqrt(self.v[j]) + self.tau)
             out.append((g + step).astype(np.float32))
+        return out
+
+    def _step_in_place(
+        self, j: int, g: npt.NDArray[np.float32], avg: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """The float32 step above with two scratch arrays instead of about fifteen: the
+        same operations in the same order, so the same bits. At 340,000 x 64 items every
+        temporary is an 87 MB block that glibc maps and the kernel zeroes afresh, which
+        was most of a large catalog's system time (docs/BENCHMARKS.md)."""
+        m, v = self.m[j], self.v[j]
+        delta = np.subtract(avg, g)
+        scratch = np.multiply(delta, 1 - self.beta1)
+        m *= self.beta1
+        m += scratch
+        np.square(delta, out=scratch)
+        scratch *= 1 - self.beta2
+        v *= self.beta2
+        v += scratch
+        np.multiply(m, self.server_lr, out=delta)
+        np.sqrt(v, out=scratch)
+        scratch += self.tau
+        delta /= scratch
+        out: npt.NDArray[np.float32] = np.add(g, delta)
         return out
 
     def state_dict(self) -> State:
